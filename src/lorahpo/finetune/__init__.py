@@ -1,0 +1,1 @@
+"""The LoRA instruction-tuning blackbox: ``run_trial(config) -> TrialResult``."""

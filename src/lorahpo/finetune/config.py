@@ -1,0 +1,131 @@
+"""Typed configuration of one LoRA fine-tuning trial.
+
+Every field has a default and a description, so a YAML file only names what differs.
+Hyperparameters proposed by an optimizer are applied with :func:`apply_hyperparameters`,
+the one place that maps a search-space name onto a config field.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+PAPER_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    name: str = Field(
+        "smollm2-135m",
+        description="Built-in name (smollm2-135m), a hub id, a local folder, or a .gguf file.",
+    )
+    gguf_file: str | None = Field(None, description="GGUF file inside `name` (a folder or hub repo).")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    trust_remote_code: bool = Field(False, description="Allow model code from the hub. Off unless you trust it.")
+
+
+class DataSource(_Strict):
+    path: str = Field(description="Local JSON/JSONL/CSV/Parquet file, a save_to_disk folder, or a hub dataset name.")
+    format: Literal["auto", "alpaca", "dolly", "chat", "prompt_completion"] = Field(
+        "auto", description="Row format; auto detects it from the fields of the first rows."
+    )
+    split: str = Field("train", description="Split to read from a hub dataset or a DatasetDict folder.")
+    weight: float = Field(1.0, gt=0, description="Relative share of this source in the mixture.")
+
+
+class DataConfig(_Strict):
+    preset: Literal["bigbench-instruct", "alpaca-dolly"] | None = Field(
+        "bigbench-instruct", description="Built-in data; set to null and give `sources` for your own."
+    )
+    size: Literal["cpu", "full"] = Field("cpu", description="Size of the built-in bigbench-instruct data.")
+    sources: list[DataSource] = Field(default_factory=list, description="Your data sources (a mixture by weight).")
+    template: Literal["alpaca", "chat"] = Field(
+        "alpaca", description="Prompt rendering: the paper's Alpaca template, or the tokenizer's chat template."
+    )
+    validation_fraction: float = Field(0.2, gt=0, lt=1, description="Share held out for validation (paper: 0.2).")
+    max_examples: int | None = Field(None, gt=0, description="Cap on the mixture size before the split.")
+    max_length: int = Field(512, gt=8, description="Longest tokenized example; longer ones are truncated.")
+    seed: int = Field(0, description="Seed of mixture sampling and of the train/validation split.")
+    cache_dir: str | None = Field(None, description="Where built-in data is cached (default ~/.cache/lorahpo).")
+
+    @model_validator(mode="after")
+    def _needs_data(self) -> DataConfig:
+        if self.preset is None and not self.sources:
+            raise ValueError("give a `preset` or at least one entry in `sources`")
+        return self
+
+
+class LoraConfig(_Strict):
+    rank: int = Field(8, ge=1, description="LoRA rank r.")
+    alpha: float = Field(16, gt=0, description="LoRA scaling alpha (scale = alpha / rank).")
+    dropout: float = Field(0.05, ge=0, le=1, description="Dropout on the LoRA input.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        default_factory=lambda: list(PAPER_TARGET_MODULES),
+        description="Modules that get adapters: the paper's q/k/v/o projections, a list, or all-linear.",
+    )
+
+
+class TrainingConfig(_Strict):
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate of AdamW.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the training split (fractions allowed).")
+    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps (overrides epochs).")
+    train_fraction: float = Field(1.0, gt=0, le=1, description="Use this share of the training split (a fidelity).")
+    batch_size: int = Field(8, ge=1, description="Examples per forward pass (per device).")
+    effective_batch_size: int = Field(8, ge=1, description="Examples per optimizer step (via gradient accumulation).")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps with linear warm-up (paper: 0.03).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (paper: 0).")
+    scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Learning-rate schedule after warm-up.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; null disables it.")
+    eval_every: int | None = Field(
+        None, gt=0, description="Also measure validation loss every N optimizer steps (default: once per epoch)."
+    )
+    precision: Literal["auto", "bf16", "fp32", "fp16"] = Field(
+        "auto", description="auto: bf16 where the device supports it (CUDA, CPUs with AMX/AVX512-BF16), else fp32."
+    )
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    seed: int = Field(0, description="Seed of LoRA init, dropout and data order; the same in every trial of a study.")
+    divergence_factor: float = Field(
+        3.0, gt=1, description="A validation loss above this multiple of the untrained loss is a divergence (failed)."
+    )
+
+    @model_validator(mode="after")
+    def _accumulation(self) -> TrainingConfig:
+        if self.effective_batch_size % self.batch_size:
+            raise ValueError(
+                f"effective_batch_size ({self.effective_batch_size}) must be a multiple of batch_size ({self.batch_size})"
+            )
+        return self
+
+
+class LoraTrialConfig(_Strict):
+    """Everything one fine-tuning trial needs."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    save_adapter: bool = Field(True, description="Write the trained adapter into the trial folder.")
+
+
+#: Search-space names that map onto a trial-config field, by section.
+TUNABLE: dict[str, str] = {
+    **{name: "lora" for name in LoraConfig.model_fields},
+    **{name: "training" for name in TrainingConfig.model_fields if name not in ("device", "precision")},
+}
+
+
+def apply_hyperparameters(config: LoraTrialConfig, params: dict[str, Any]) -> LoraTrialConfig:
+    """Return a copy of ``config`` with the proposed hyperparameters set (validated)."""
+    data = config.model_dump()
+    for name, value in params.items():
+        section = TUNABLE.get(name)
+        if section is None:
+            raise KeyError(f"{name!r} is not a tunable hyperparameter; choose from {sorted(TUNABLE)}")
+        if name == "target_modules" and isinstance(value, str) and value != "all-linear":
+            value = [m.strip() for m in value.split(",")]
+        data[section][name] = value
+    return LoraTrialConfig.model_validate(data)
