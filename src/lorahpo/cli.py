@@ -1,0 +1,174 @@
+"""The ``lorahpo`` command line: a thin layer over the library.
+
+Imports stay inside the commands, so ``lorahpo --help`` answers at once and never loads torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    from lorahpo.config import ConfigError
+
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as e:
+        print(f"lorahpo: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lorahpo",
+        description="Find the best LoRA hyperparameters with NOMAD (MADS), TPE, random or grid search.",
+    )
+    sub = p.add_subparsers(metavar="COMMAND")
+
+    t = sub.add_parser("tune", help="run (or resume) a hyperparameter search", description=_TUNE_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("config", nargs="?", help="study YAML (default: the built-in LoRA study on smollm2-135m)")
+    t.add_argument("--study-dir", help="study folder (default: runs/<config name>)")
+    t.add_argument("--optimizer", help="nomad, tpe, random, grid, or an Optuna sampler import path")
+    t.add_argument("--budget", type=int, help="finished evaluations in the study, across runs")
+    t.add_argument("--parallel", type=int, help="trials run at once")
+    t.add_argument("--seed", type=int, help="optimizer seed")
+    t.add_argument("--new", action="store_true", help="start over if the folder holds a different study")
+    t.set_defaults(func=cmd_tune)
+
+    s = sub.add_parser("status", help="every trial of a study, in order")
+    s.add_argument("study_dir")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_status)
+
+    b = sub.add_parser("best", help="the best trials of a study")
+    b.add_argument("study_dir")
+    b.add_argument("--top", type=int, default=1, help="how many (default 1)")
+    b.add_argument("--json", action="store_true", help="machine-readable output")
+    b.set_defaults(func=cmd_best)
+    return p
+
+
+_TUNE_HELP = """\
+Run a hyperparameter search. The study folder keeps the config, the store (study.db) and one
+folder per trial. Running the same command again resumes; the budget counts every finished
+evaluation in the study. Ctrl-C stops cleanly.
+
+examples:
+  lorahpo tune                                  # built-in LoRA study (smollm2-135m, CPU-sized)
+  lorahpo tune examples/toy.yaml --budget 40    # a synthetic objective, seconds per trial
+  lorahpo tune my.yaml --optimizer tpe --parallel 4
+"""
+
+
+def default_config_path() -> Path:
+    return Path(str(resources.files("lorahpo") / "defaults" / "default.yaml"))
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from lorahpo import config as cfg
+    from lorahpo.progress import Progress, fmt_params
+    from lorahpo.study import Study
+
+    path = Path(args.config) if args.config else default_config_path()
+    overrides = {"optimizer": args.optimizer, "budget": args.budget, "parallel": args.parallel, "seed": args.seed}
+    conf = cfg.load(path, overrides)
+    study_dir = Path(args.study_dir or Path("runs") / (path.stem if args.config else "default"))
+    study = Study.open(study_dir, conf, new=args.new)
+    if conf.objective.lora is not None:
+        _prepare_lora(conf)
+    print(f"study {study_dir} · {conf.optimizer} · budget {conf.budget} · parallel {conf.parallel}", file=sys.stderr)
+    best = study.best(1)
+    with Progress(conf.budget, study.finished_count(), best[0] if best else None, conf.objective.direction) as bar:
+        summary = study.run(on_event=bar)
+    metric = conf.objective.metric_name
+    if summary.stopped == "interrupted":
+        print(f"interrupted: {summary.finished}/{summary.budget} finished; run the same command to resume", file=sys.stderr)
+    elif summary.stopped == "exhausted":
+        print("the optimizer has no new point to propose: the search space is exhausted", file=sys.stderr)
+    print(f"finished {summary.finished}/{summary.budget} evaluations ({summary.new_trials} new, {summary.wall_s:.0f} s)")
+    if summary.best is not None:
+        print(f"best     {metric} = {summary.best.value:.6g}  (trial {summary.best.number})  {fmt_params(summary.best.params)}")
+    if summary.x0 is not None:
+        x0_value = f"{summary.x0.value:.6g}" if summary.x0.value is not None else summary.x0.status
+        print(f"start    {metric} = {x0_value}  (trial {summary.x0.number})  {fmt_params(summary.x0.params)}")
+    if summary.best is not None and (summary.best.directory / "adapter").exists():
+        print(f"adapter  {summary.best.directory / 'adapter'}")
+    return EXIT_INTERRUPTED if summary.stopped == "interrupted" else 0
+
+
+def _prepare_lora(conf: Any) -> None:
+    """Check the model and data once, before any trial runs (one-line errors, exit code 2)."""
+    from lorahpo.config import ConfigError
+    from lorahpo.finetune.prepare import prepare
+
+    try:
+        prepare(conf.objective.lora)
+    except (ValueError, OSError) as e:
+        raise ConfigError(str(e)) from None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from lorahpo.progress import fmt_params
+    from lorahpo.study import Study, dump_records
+
+    study = Study.load(args.study_dir)
+    records = study.records()
+    if args.json:
+        print(dump_records(records))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{args.study_dir}: {study.finished_count()}/{study.config.budget} finished")
+    for col in ("#", "status", study.config.objective.metric_name, "duration", "hyperparameters", "reason"):
+        table.add_column(col, overflow="fold")
+    for r in records:
+        table.add_row(
+            str(r.number),
+            r.status,
+            f"{r.value:.6g}" if r.value is not None else "",
+            f"{r.duration_s:.1f} s" if r.duration_s is not None else "",
+            fmt_params(r.params),
+            r.reason or "",
+        )
+    Console().print(table)
+    return 0
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    from lorahpo.progress import fmt_params
+    from lorahpo.study import Study, dump_records
+
+    study = Study.load(args.study_dir)
+    best = study.best(args.top)
+    if args.json:
+        print(dump_records(best))
+        return 0
+    if not best:
+        print("no completed trial yet")
+        return 1
+    metric = study.config.objective.metric_name
+    for r in best:
+        print(f"trial {r.number}: {metric} = {r.value:.6g}  {fmt_params(r.params)}")
+        extra = {k: v for k, v in r.metrics.items() if k != metric}
+        if extra:
+            print("    " + json.dumps(extra))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

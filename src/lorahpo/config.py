@@ -1,0 +1,94 @@
+"""The study configuration: typed, validated, YAML in and YAML out.
+
+Every mistake becomes a :class:`ConfigError` whose message is one line naming the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from lorahpo.finetune.config import TUNABLE
+from lorahpo.objectives import ObjectiveSpec
+from lorahpo.space import SpaceSpec
+
+#: Fields that may change between runs of one study without making it a different study.
+RUN_FIELDS = ("budget", "parallel", "trial_timeout", "executor")
+
+
+class ConfigError(ValueError):
+    """A configuration mistake, described in one line."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StudyConfig(_Strict):
+    """A whole study: what to search, with which optimizer, and how to run the trials."""
+
+    name: str = Field("lorahpo", description="Study name inside the storage.")
+    storage: str | None = Field(None, description="Optuna storage URL (default: SQLite file in the study folder).")
+    optimizer: str = Field("nomad", description="nomad, tpe, random, grid, or an Optuna sampler import path.")
+    optimizer_options: dict[str, Any] = Field(default_factory=dict, description="Keyword options of the optimizer.")
+    seed: int = Field(0, description="Seed of the optimizer.")
+    budget: int = Field(20, ge=1, description="Finished evaluations in the study, across all runs.")
+    parallel: int = Field(1, ge=1, description="Trials run at once.")
+    trial_timeout: float | None = Field(None, gt=0, description="Seconds before a trial is killed (timeout).")
+    executor: Literal["local"] = Field("local", description="Where trials run: local subprocesses.")
+    space: SpaceSpec = Field(description="The search space.")
+    objective: ObjectiveSpec = Field(description="The blackbox.")
+
+    @model_validator(mode="after")
+    def _check(self) -> StudyConfig:
+        from lorahpo.samplers import OPTIMIZERS
+
+        if self.optimizer not in OPTIMIZERS and not any(c in self.optimizer for c in ":."):
+            raise ValueError(f"optimizer: unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+        if self.objective.lora is not None:
+            unknown = sorted(set(self.space.resolved()) - set(TUNABLE))
+            if unknown:
+                raise ValueError(f"space: {unknown} are not LoRA trial hyperparameters; choose from {sorted(TUNABLE)}")
+        return self
+
+    def identity(self) -> dict[str, Any]:
+        """What makes two runs the same study (everything but run settings)."""
+        return self.model_dump(mode="json", exclude=set(RUN_FIELDS))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def parse(data: Any, source: str = "config") -> StudyConfig:
+    """Validate a mapping into a :class:`StudyConfig`, or raise a one-line :class:`ConfigError`."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
+    try:
+        return StudyConfig.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "config"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+        raise ConfigError(f"{source}: {where}: {msg}{more}") from None
+
+
+def load(path: str | Path, overrides: dict[str, Any] | None = None) -> StudyConfig:
+    """Read a YAML file, apply command-line ``overrides`` and validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    if isinstance(data, dict):
+        data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return parse(data, str(path))

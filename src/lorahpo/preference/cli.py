@@ -1,0 +1,156 @@
+"""Command-line interface of the preference evaluation: ``generate`` and ``preference serve|results``.
+
+Heavy modules (torch, the web stack) are imported inside the commands, so registering these
+commands costs nothing at start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from lorahpo.preference.store import ANSWERS_FILE, VOTES_FILE, preference_dir
+
+
+def add_arguments(subparsers: Any) -> None:
+    """Register ``generate`` and ``preference`` on the subparsers of the main ``lorahpo`` parser.
+
+    Each command stores its handler as ``func`` (``args.func(args)`` runs it).
+    """
+    gen = subparsers.add_parser(
+        "generate",
+        help="write the answers of several models to a set of prompts",
+        description="Write each model's answer to each prompt into DIR/preference/answers.jsonl "
+        "(resumable: answers already there are kept).",
+    )
+    gen.add_argument("study_dir", metavar="DIR", type=Path, help="study folder")
+    gen.add_argument(
+        "--models",
+        required=True,
+        help="comma-separated models, e.g. base,best,x0,trial:7 (base model, best trial, "
+        "the starting point, trial number 7)",
+    )
+    gen.add_argument("--prompts", required=True, metavar="FILE|builtin", help="JSONL with a 'prompt' field, or builtin")
+    gen.add_argument("--max-new-tokens", type=int, default=256, help="longest answer in tokens (default 256)")
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default), else sampling")
+    gen.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    gen.add_argument(
+        "--template",
+        choices=["chat", "alpaca"],
+        help="prompt rendering (default: the template the study trained with, else alpaca)",
+    )
+    gen.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    gen.set_defaults(func=cmd_generate)
+
+    pref = subparsers.add_parser(
+        "preference",
+        help="blind human preference evaluation (web app and results)",
+        description="Raters compare the answers of two hidden models side by side.",
+    )
+    commands = pref.add_subparsers(dest="preference_command", metavar="COMMAND", required=True)
+    serve = commands.add_parser("serve", help="serve the rating web app", description="Serve the rating web app.")
+    serve.add_argument("study_dir", metavar="DIR", type=Path, help="study folder")
+    serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    serve.set_defaults(func=cmd_serve)
+
+    results = commands.add_parser("results", help="print win rates, ranking and agreement", description="Print the results.")
+    results.add_argument("study_dir", metavar="DIR", type=Path, help="study folder")
+    results.add_argument("--csv", type=Path, metavar="PATH", help="also write the votes to this CSV file")
+    results.set_defaults(func=cmd_results)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """``lorahpo generate``: resolve the model names, then generate the missing answers."""
+    from lorahpo.preference.generate import GenModel, generate_answers, load_prompts
+
+    try:
+        from lorahpo.study import resolve_model_spec
+    except ImportError as exc:
+        raise SystemExit(f"error: naming models needs the study engine (lorahpo.study.resolve_model_spec): {exc}") from exc
+
+    names = [name.strip() for name in args.models.split(",") if name.strip()]
+    if len(set(names)) != len(names) or not names:
+        raise SystemExit("error: --models needs distinct, comma-separated names")
+    try:
+        prompts = load_prompts(args.prompts)
+        models = {name: GenModel(*resolve_model_spec(args.study_dir, name)) for name in names}
+    except (OSError, ValueError, KeyError) as exc:
+        raise SystemExit(f"error: {exc}") from exc
+    out = preference_dir(args.study_dir) / ANSWERS_FILE
+    written = generate_answers(
+        models,
+        prompts,
+        out,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        seed=args.seed,
+        template=args.template or _study_template(args.study_dir),
+        device=args.device,
+    )
+    print(f"{written} new answers in {out}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``lorahpo preference serve``: run the web app until Ctrl-C."""
+    from lorahpo.preference.app import serve
+
+    answers = preference_dir(args.study_dir) / ANSWERS_FILE
+    if not answers.is_file():
+        raise SystemExit(f"error: {answers} not found; run `lorahpo generate {args.study_dir} ...` first")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {args.host}: anyone who can reach it can vote and see the results")
+    serve(args.study_dir, host=args.host, port=args.port)
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    """``lorahpo preference results``: print what the results page shows; optionally write CSV."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from lorahpo.preference.stats import percent, summarise, votes_csv
+    from lorahpo.preference.store import VoteStore
+
+    path = preference_dir(args.study_dir) / VOTES_FILE
+    if not path.is_file():
+        raise SystemExit(f"error: {path} not found; no votes have been cast")
+    votes = VoteStore(path).votes()
+    summary = summarise(votes)
+    console = Console()
+    console.print(f"{summary.votes} votes by {summary.raters} raters in {path}")
+
+    rates = Table("Model", "Wins", "Ties", "Losses", "Votes", "Win rate", "95% CI", title="Win rates (tie = half a win)")
+    for r in summary.win_rates:
+        ci = f"{percent(r.low)} – {percent(r.high)}"
+        rates.add_row(r.model, str(r.wins), str(r.ties), str(r.losses), str(r.votes), percent(r.rate), ci)
+    ranking = Table("Rank", "Model", "Strength", title="Bradley–Terry ranking")
+    for s in summary.ranking:
+        ranking.add_row(str(s.rank), s.model, f"{s.strength:.3f}")
+    agreement = Table("Rater", "Votes", "Items compared", "Agreed", "Agreement", title="Rater agreement")
+    for a in summary.agreement:
+        agreement.add_row(a.rater, str(a.votes), str(a.items), str(a.agreed), percent(a.rate))
+    for table in (rates, ranking, agreement):
+        console.print(table)
+
+    if args.csv:
+        args.csv.write_text(votes_csv(votes), encoding="utf-8")
+        console.print(f"votes written to {args.csv}")
+    return 0
+
+
+def _study_template(study_dir: Path) -> str:
+    """The prompt template the study trained with (``objective.lora.data.template``), else alpaca.
+
+    Alpaca is also the default of the trial config's ``data.template``.
+    """
+    import yaml
+
+    try:
+        config = yaml.safe_load((study_dir / "config.yaml").read_text(encoding="utf-8"))
+        template = config["objective"]["lora"]["data"].get("template")
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+        return "alpaca"
+    return template if template in ("chat", "alpaca") else "alpaca"

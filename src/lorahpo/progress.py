@@ -1,0 +1,107 @@
+"""Live progress of a study: finished/budget, running trials, best so far, failures, ETA."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from lorahpo.study import TrialRecord
+
+
+def fmt_params(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={_fmt(v)}" for k, v in params.items())
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+class Progress:
+    """Receives study events; draws a live panel on a terminal, plain lines elsewhere."""
+
+    def __init__(self, budget: int, finished: int, best: TrialRecord | None, direction: str) -> None:
+        self.console = Console(stderr=True)
+        self.budget = budget
+        self.finished = finished
+        self.failures = 0
+        self.best = best
+        self.direction = direction
+        self.running: dict[int, tuple[TrialRecord, float]] = {}
+        self.durations: list[float] = []
+        self._live: Live | None = None
+        self._start_finished = finished
+
+    def __enter__(self) -> Progress:
+        if self.console.is_terminal:
+            self._live = Live(self._render(), console=self.console, refresh_per_second=2, get_renderable=self._render)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._live is not None:
+            self._live.__exit__(*exc)
+
+    def __call__(self, kind: str, record: TrialRecord) -> None:
+        if kind == "start":
+            self.running[record.number] = (record, time.monotonic())
+            return
+        _, started = self.running.pop(record.number, (record, time.monotonic()))
+        self.durations.append(time.monotonic() - started)
+        self.finished += 1
+        if record.status != "complete":
+            self.failures += 1
+        elif self.best is None or self._better(record.value, self.best.value):
+            self.best = record
+        if self._live is None:
+            value = f"{record.value:.6g}" if record.value is not None else record.status
+            why = f" ({record.reason})" if record.reason else ""
+            print(
+                f"[{self.finished}/{self.budget}] trial {record.number}: {value}{why} | {fmt_params(record.params)}"
+                f" | best {self._best_text()} | ETA {self._eta()}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def _better(self, a: float | None, b: float | None) -> bool:
+        if a is None:
+            return False
+        if b is None:
+            return True
+        return a > b if self.direction == "maximize" else a < b
+
+    def _best_text(self) -> str:
+        if self.best is None:
+            return "-"
+        return f"{self.best.value:.6g} (trial {self.best.number})"
+
+    def _eta(self) -> str:
+        if not self.durations:
+            return "?"
+        parallel = max(len(self.running), 1)
+        left = max(self.budget - self.finished, 0)
+        seconds = sum(self.durations) / len(self.durations) * left / parallel
+        return time.strftime("%H:%M:%S", time.gmtime(seconds))
+
+    def _render(self) -> Group:
+        head = Text.assemble(
+            ("finished ", "bold"), f"{self.finished}/{self.budget}   ",
+            ("failures ", "bold"), f"{self.failures}   ",
+            ("ETA ", "bold"), self._eta(),
+        )
+        best = Text.assemble(("best ", "bold green"), self._best_text())
+        if self.best is not None:
+            best.append("  " + fmt_params(self.best.params))
+        table = Table(box=None, show_header=True, header_style="dim")
+        table.add_column("running")
+        table.add_column("elapsed")
+        table.add_column("hyperparameters")
+        now = time.monotonic()
+        for number, (record, started) in sorted(self.running.items()):
+            table.add_row(f"trial {number}", f"{now - started:.0f} s", fmt_params(record.params))
+        return Group(head, best, table)

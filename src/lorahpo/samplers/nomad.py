@@ -1,0 +1,333 @@
+"""NOMAD's MADS algorithm as an Optuna sampler.
+
+``PyNomad.optimize`` drives the search itself and calls a blackbox function. We turn that
+inside out: NOMAD runs in a child process (:mod:`lorahpo.samplers._nomad_worker`) whose blackbox
+sends its points to :meth:`NomadSampler.sample_relative` and waits for the values that
+:meth:`after_trial` brings back. The Optuna study stays in charge of asking, telling and storing.
+
+Resume is exact because NOMAD is deterministic for a given seed and sequence of results, and
+never evaluates a point twice: a new sampler on an existing study restarts NOMAD, answers every
+point the study already holds from the store, and hands out the first point it does not hold:
+the one an uninterrupted run would have proposed next.
+
+Restart policy: when NOMAD stops on its own (mesh converged, no more points) before the study's
+budget is spent, it is restarted from the best point found so far with the next seed
+(``seed + 1``, ``seed + 2``, ...); points already evaluated are answered from the store, never
+re-run. After ``max_idle_restarts`` restarts in a row that produce no new point, the space is
+taken as exhausted: :attr:`NomadSampler.exhausted` becomes True and further trials fall back to
+random sampling with a warning (the lorahpo study loop stops instead).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import warnings
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+from optuna.distributions import BaseDistribution
+from optuna.samplers import BaseSampler, RandomSampler
+from optuna.study import Study, StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from lorahpo import space
+
+#: Trial system attribute holding the trial's point in NOMAD's coordinates.
+POINT_ATTR = "nomad:x"
+#: Trial system attribute set on trials that were interrupted (never replayed to NOMAD).
+INTERRUPTED_ATTR = "lorahpo:interrupted"
+
+Point = tuple[float, ...]
+
+
+class NomadSampler(BaseSampler):
+    """Mesh Adaptive Direct Search (NOMAD 4) behind Optuna's sampler interface.
+
+    Args:
+        search_space: Parameter names mapped to Optuna distributions. Categorical choices are
+            searched as ordered integer indices; log floats in log10; stepped ints and floats as
+            grid indices (see :mod:`lorahpo.space`).
+        x0: Starting point as a dict of parameter values. Default: the middle of each range.
+        seed: NOMAD's ``SEED``.
+        block_size: Points NOMAD may hand out before it needs results (``BB_MAX_BLOCK_SIZE``):
+            set it to the number of trials run in parallel.
+        nomad_params: Extra NOMAD parameter lines, e.g. ``["DIRECTION_TYPE ORTHO N+1 QUAD"]``.
+            Without them NOMAD runs with its defaults.
+        max_idle_restarts: Restarts without a new point before the space counts as exhausted.
+
+    Example:
+        >>> import optuna
+        >>> from lorahpo import NomadSampler
+        >>> dists = {"x": optuna.distributions.FloatDistribution(-5, 5)}
+        >>> study = optuna.create_study(sampler=NomadSampler(dists, seed=1))
+        >>> study.optimize(lambda t: (t.suggest_float("x", -5, 5) - 1) ** 2, n_trials=30)
+        >>> round(study.best_params["x"], 2)
+        1.0
+    """
+
+    def __init__(
+        self,
+        search_space: dict[str, BaseDistribution],
+        x0: dict[str, Any] | None = None,
+        seed: int = 0,
+        block_size: int = 1,
+        nomad_params: Sequence[str] | None = None,
+        max_idle_restarts: int = 3,
+    ) -> None:
+        if not search_space:
+            raise ValueError("NomadSampler needs a non-empty search space")
+        if block_size < 1:
+            raise ValueError("block_size must be >= 1")
+        self._space = dict(search_space)
+        self._names = list(search_space)
+        dists = [self._space[n] for n in self._names]
+        self._vars = [space.nomad_variable(d) for d in dists]
+        if x0 is None:
+            self._x0 = [space.center(d) for d in dists]
+        else:
+            missing = set(self._names) - set(x0)
+            if missing:
+                raise ValueError(f"x0 lacks {sorted(missing)}")
+            self._x0 = [space.encode(d, x0[n]) for n, d in zip(self._names, dists)]
+            for name, x, var in zip(self._names, self._x0, self._vars):
+                if not var.lower <= x <= var.upper:
+                    raise ValueError(f"x0 of {name!r} is outside its bounds")
+            if not self._startable(self._x0):
+                raise ValueError("NOMAD 4.6 cannot start at the origin when every variable is an integer; move x0")
+        self._seed = seed
+        self._block_size = block_size
+        self._extra = list(nomad_params or [])
+        self._max_idle_restarts = max_idle_restarts
+        self._random = RandomSampler(seed=seed)
+        self._engine: _Engine | None = None
+        self._warned = False
+
+    # ---------------------------------------------------------------- Optuna sampler contract
+
+    def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return dict(self._space)
+
+    def sample_relative(
+        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        if not search_space or "fixed_params" in trial.system_attrs:
+            return {}
+        point = self._ensure_engine(study).next_point()
+        if point is None:
+            if not self._warned:
+                self._warned = True
+                why = "the search space is exhausted" if self.exhausted else (
+                    f"NOMAD needs the results of running trials first (block_size={self._block_size})"
+                )
+                warnings.warn(f"NomadSampler falls back to random sampling: {why}", stacklevel=2)
+            return {}
+        study._storage.set_trial_system_attr(trial._trial_id, POINT_ATTR, list(point))
+        return self.decode(point)
+
+    def sample_independent(
+        self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
+        return self._random.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(
+        self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
+    ) -> None:
+        point = trial.system_attrs.get(POINT_ATTR)
+        if point is None or self._engine is None:
+            return
+        self._engine.tell(tuple(point), self._nomad_value(study, state, values))
+
+    def reseed_rng(self) -> None:
+        self._random.reseed_rng()
+
+    # ---------------------------------------------------------------- lorahpo extensions
+
+    @property
+    def exhausted(self) -> bool:
+        """True when NOMAD can propose no new point, even after restarts."""
+        return self._engine is not None and self._engine.exhausted
+
+    def ready(self, study: Study) -> bool:
+        """Whether a trial asked now gets a NOMAD point without waiting for running trials.
+
+        Blocks only while NOMAD computes its next points (milliseconds).
+        """
+        return self._ensure_engine(study).wait_ready()
+
+    def close(self) -> None:
+        """End the NOMAD process (it also ends with the interpreter)."""
+        if self._engine is not None:
+            self._engine.close()
+
+    def decode(self, point: Sequence[float]) -> dict[str, Any]:
+        return {n: space.decode(self._space[n], x) for n, x in zip(self._names, point)}
+
+    def nomad_problem(self) -> tuple[list[float], list[float], list[float], list[str]]:
+        """``(x0, lower, upper, params)`` exactly as given to ``PyNomad.optimize`` (first run)."""
+        return list(self._x0), [v.lower for v in self._vars], [v.upper for v in self._vars], self._params(self._seed)
+
+    # ---------------------------------------------------------------- internals
+
+    def _params(self, seed: int) -> list[str]:
+        types = " ".join(v.type for v in self._vars)
+        return [
+            f"DIMENSION {len(self._vars)}",
+            f"BB_INPUT_TYPE ( {types} )",
+            "BB_OUTPUT_TYPE OBJ",
+            f"BB_MAX_BLOCK_SIZE {self._block_size}",
+            f"SEED {seed}",
+            "DISPLAY_DEGREE 0",
+            *self._extra,
+        ]
+
+    def _startable(self, x: Sequence[float]) -> bool:
+        return any(v.type == "R" for v in self._vars) or any(c != 0 for c in x)
+
+    def _nomad_value(self, study: Study, state: TrialState, values: Sequence[float] | None) -> float | None:
+        """The value NOMAD minimises, or None for a failed evaluation."""
+        if len(study.directions) != 1:
+            raise ValueError("NomadSampler handles single-objective studies")
+        if state != TrialState.COMPLETE or not values or not math.isfinite(values[0]):
+            return None  # failed, pruned or non-finite: a failed evaluation for NOMAD
+        return -values[0] if study.direction == StudyDirection.MAXIMIZE else values[0]
+
+    def _ensure_engine(self, study: Study) -> _Engine:
+        if self._engine is None:
+            if len(study.directions) != 1:
+                raise ValueError("NomadSampler handles single-objective studies")
+            known: dict[Point, float | None] = {}
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)):
+                point = t.system_attrs.get(POINT_ATTR)
+                if point is not None and not t.system_attrs.get(INTERRUPTED_ATTR):
+                    known[tuple(point)] = self._nomad_value(study, t.state, t.values)
+            self._engine = _Engine(self, known)
+        return self._engine
+
+
+class _Engine:
+    """PyNomad.optimize in a child process; its blackbox calls become a queue of points.
+
+    No threads: the parent reads NOMAD's next block only when asked for a point, so all state
+    changes happen in the caller's thread (guarded by a lock for Optuna's ``n_jobs``).
+    """
+
+    def __init__(self, sampler: NomadSampler, known: dict[Point, float | None]) -> None:
+        self._sampler = sampler
+        self._known = known  # every evaluated point, with its value (None = failed)
+        self._queue: deque[Point] = deque()  # proposed by NOMAD, not handed out yet
+        self._block: list[Point] = []  # the block NOMAD waits on
+        self._lock = threading.RLock()
+        self._rng = random.Random(sampler._seed)
+        self._run = 0
+        self._idle_runs = 0
+        self._new_in_run = 0
+        self.exhausted = False
+        self._proc = self._spawn()
+        x0, lower, upper, params = sampler.nomad_problem()
+        self._x0, self._lower, self._upper = x0, lower, upper
+        self._send({"run": [x0, lower, upper, params]})
+
+    def next_point(self) -> Point | None:
+        """The next point to evaluate; None while NOMAD needs results, or when exhausted."""
+        with self._lock:
+            while not self._queue:
+                if self.exhausted or self._block:
+                    return None
+                self._pump()
+            return self._queue.popleft()
+
+    def wait_ready(self) -> bool:
+        with self._lock:
+            while not self._queue and not self._block and not self.exhausted:
+                self._pump()
+            return bool(self._queue)
+
+    def tell(self, point: Point, value: float | None) -> None:
+        with self._lock:
+            self._known[point] = value
+            self._answer_if_complete()
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+
+    def __del__(self) -> None:
+        self.close()
+
+    def _spawn(self) -> subprocess.Popen[str]:
+        self._stderr = tempfile.TemporaryFile()  # NOMAD's chatter; read only if it dies
+        return subprocess.Popen(
+            [sys.executable, "-m", "lorahpo.samplers._nomad_worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+            bufsize=1,
+        )
+
+    def _pump(self) -> None:
+        """Read NOMAD's next message: a block of points, or the end of a run."""
+        assert self._proc.stdout is not None
+        line = self._proc.stdout.readline()
+        if not line:
+            # NOMAD 4.6 occasionally throws an internal exception on small integer problems
+            # (seen natively too). Treat it like NOMAD stopping: the restart policy goes on.
+            self._stderr.seek(0)
+            why = self._stderr.read().decode(errors="replace").strip().splitlines()[-1:]
+            warnings.warn(f"NOMAD ended with an error and is restarted: {' '.join(why)}", stacklevel=2)
+            self._proc.wait()
+            self._proc = self._spawn()
+            line = '{"done": "error"}'
+        msg = json.loads(line)
+        if "block" in msg:
+            self._block = [tuple(p) for p in msg["block"]]
+            fresh = [p for p in self._block if p not in self._known]
+            self._new_in_run += len(fresh)
+            self._queue.extend(fresh)
+            self._answer_if_complete()  # a block of points already in the store (replay)
+            return
+        # NOMAD stopped on its own: restart from the best point (see the module docstring).
+        self._idle_runs = self._idle_runs + 1 if self._new_in_run == 0 else 0
+        if self._idle_runs > self._sampler._max_idle_restarts:
+            self.exhausted = True
+            self.close()
+            return
+        self._run += 1
+        self._new_in_run = 0
+        x0 = self._best()
+        if x0 is None or not self._sampler._startable(x0):
+            x0 = self._random_point()
+        self._send({"run": [x0, self._lower, self._upper, self._sampler._params(self._sampler._seed + self._run)]})
+
+    def _answer_if_complete(self) -> None:
+        if self._block and all(p in self._known for p in self._block):
+            self._send({"values": [self._known[p] for p in self._block]})
+            self._block = []
+
+    def _send(self, msg: dict[str, Any]) -> None:
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(json.dumps(msg) + "\n")
+        self._proc.stdin.flush()
+
+    def _best(self) -> list[float] | None:
+        scored = [(v, p) for p, v in self._known.items() if v is not None]
+        return list(min(scored)[1]) if scored else None
+
+    def _random_point(self) -> list[float]:
+        # NOMAD stops when its starting point fails; with no successful point yet, restart
+        # from a random point of the box (one NOMAD can start from).
+        while True:
+            x = [
+                float(self._rng.randint(int(lo), int(hi))) if v.type == "I" else self._rng.uniform(lo, hi)
+                for v, lo, hi in zip(self._sampler._vars, self._lower, self._upper)
+            ]
+            if self._sampler._startable(x):
+                return x

@@ -1,0 +1,116 @@
+"""Optimizers by name: ``nomad``, ``tpe``, ``random``, ``grid``, or an import path."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any
+
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.samplers import BaseSampler, GridSampler, RandomSampler, TPESampler
+
+from lorahpo.samplers.seeded import TrialSeededSampler
+
+OPTIMIZERS = ("nomad", "tpe", "random", "grid")
+_GRID_LIMIT = 100_000
+
+
+def make_sampler(
+    name: str,
+    distributions: dict[str, BaseDistribution],
+    *,
+    x0: dict[str, Any] | None = None,
+    seed: int = 0,
+    parallel: int = 1,
+    options: dict[str, Any] | None = None,
+) -> BaseSampler:
+    """Build the sampler called ``name``.
+
+    Args:
+        name: ``nomad``, ``tpe`` (constant liar when ``parallel > 1``), ``random``, ``grid``, or
+            ``package.module:ClassName`` / ``package.module.ClassName`` of any Optuna sampler.
+        distributions: The search space.
+        x0: Starting point (NOMAD's X0).
+        seed: Seed of the optimizer.
+        parallel: Trials run at once (NOMAD's block size, TPE's constant liar).
+        options: Keyword arguments of the sampler (for ``nomad``: ``params``, a list of NOMAD
+            parameter lines, and ``max_idle_restarts``).
+
+    Raises:
+        ValueError: Unknown name, bad options, or a space the optimizer cannot search.
+    """
+    options = dict(options or {})
+    if name == "nomad":
+        from lorahpo.samplers.nomad import NomadSampler
+
+        unknown = set(options) - {"params", "max_idle_restarts"}
+        if unknown:
+            raise ValueError(f"unknown nomad options {sorted(unknown)}; use `params` (NOMAD lines) or `max_idle_restarts`")
+        return NomadSampler(
+            distributions,
+            x0=x0,
+            seed=seed,
+            block_size=parallel,
+            nomad_params=options.get("params"),
+            max_idle_restarts=options.get("max_idle_restarts", 3),
+        )
+    if name == "tpe":
+        options.setdefault("constant_liar", parallel > 1)
+        _check_kwargs(TPESampler, options, "tpe")
+        return TrialSeededSampler(lambda s: TPESampler(seed=s, **options), seed)
+    if name == "random":
+        _check_kwargs(RandomSampler, options, "random")
+        return TrialSeededSampler(lambda s: RandomSampler(seed=s), seed)
+    if name == "grid":
+        grid = grid_values(distributions)
+        return TrialSeededSampler(lambda s: GridSampler(grid, seed=s), seed)
+    if ":" in name or "." in name:
+        cls = _import(name)
+        if "seed" in inspect.signature(cls).parameters:
+            options.setdefault("seed", seed)
+        _check_kwargs(cls, options, name)
+        return cls(**options)
+    raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)} or give an import path")
+
+
+def grid_values(distributions: dict[str, BaseDistribution]) -> dict[str, list[Any]]:
+    """Every value of every parameter; reals need a step."""
+    grid: dict[str, list[Any]] = {}
+    size = 1
+    for name, d in distributions.items():
+        if isinstance(d, CategoricalDistribution):
+            grid[name] = list(d.choices)
+        elif isinstance(d, IntDistribution):
+            grid[name] = list(range(d.low, d.high + 1, d.step))
+        elif isinstance(d, FloatDistribution) and d.step is not None:
+            n = round((d.high - d.low) / d.step)
+            grid[name] = [d.low + i * d.step for i in range(n + 1)]
+        else:
+            raise ValueError(f"grid search needs choices, ints or stepped reals; {name!r} is continuous")
+        size *= len(grid[name])
+    if size > _GRID_LIMIT:
+        raise ValueError(f"the grid has {size} points (more than {_GRID_LIMIT}); use choices with fewer values")
+    return grid
+
+
+def _import(path: str) -> type[BaseSampler]:
+    module_name, _, attr = path.replace(":", ".").rpartition(".")
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ValueError(f"cannot import optimizer {path!r}: {e}") from None
+    if not (inspect.isclass(obj) and issubclass(obj, BaseSampler)):
+        raise ValueError(f"optimizer {path!r} is not an Optuna sampler class")
+    return obj
+
+
+def _check_kwargs(cls: type, options: dict[str, Any], name: str) -> None:
+    accepted = set(inspect.signature(cls).parameters) - {"seed"}
+    unknown = set(options) - accepted
+    if unknown:
+        raise ValueError(f"unknown {name} options {sorted(unknown)}")

@@ -1,0 +1,56 @@
+"""Per-trial seeding for Optuna's stateless samplers, so a resumed study repeats itself.
+
+Optuna's TPE, random and grid samplers keep no state but their random generator, which advances
+with every trial: a study resumed in a new process would draw different points than an
+uninterrupted one. :class:`TrialSeededSampler` gives trial ``n`` a fresh inner sampler seeded
+with ``seed + n``; everything else the sampler needs, it reads from the study.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from optuna.distributions import BaseDistribution
+from optuna.samplers import BaseSampler
+from optuna.study import Study
+from optuna.trial import FrozenTrial, TrialState
+
+
+class TrialSeededSampler(BaseSampler):
+    """Wraps ``factory(seed) -> sampler``; trial ``n`` is sampled by ``factory(seed + n)``."""
+
+    def __init__(self, factory: Callable[[int], BaseSampler], seed: int = 0) -> None:
+        self._factory = factory
+        self._seed = seed
+        self._inner: dict[int, BaseSampler] = {}
+
+    def _for(self, trial: FrozenTrial) -> BaseSampler:
+        if trial.number not in self._inner:
+            self._inner[trial.number] = self._factory(self._seed + trial.number)
+        return self._inner[trial.number]
+
+    def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return self._for(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(
+        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return self._for(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(
+        self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
+        return self._for(trial).sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        self._for(trial).before_trial(study, trial)
+
+    def after_trial(
+        self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
+    ) -> None:
+        inner = self._inner.pop(trial.number, None) or self._factory(self._seed + trial.number)
+        inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        """Nothing to do: every trial is seeded from the study seed and its number."""

@@ -1,0 +1,299 @@
+"""A study: one folder, one store, one loop of ask -> execute -> tell.
+
+The folder holds the resolved ``config.yaml``, the Optuna store (``study.db``, SQLite, unless
+another storage URL is configured) and ``trials/<number>/`` for each evaluation. The store is
+the truth: the budget counts the finished evaluations it holds, so running ``tune`` again after
+a crash or Ctrl-C finishes the same budget, and every optimizer resumes from it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+from lorahpo import config as cfg
+from lorahpo.executors import LocalExecutor, TrialTask
+from lorahpo.result import TrialResult
+from lorahpo.samplers import make_sampler
+from lorahpo.samplers.nomad import INTERRUPTED_ATTR, NomadSampler
+
+CONFIG_FILE = "config.yaml"
+FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+_STATE_STATUS = {TrialState.COMPLETE: "complete", TrialState.FAIL: "failed", TrialState.PRUNED: "pruned"}
+
+
+@dataclass
+class TrialRecord:
+    """One evaluation as the store holds it, in human units."""
+
+    number: int
+    status: str  # complete, failed, timeout, pruned, running, interrupted
+    params: dict[str, Any]
+    value: float | None
+    reason: str | None
+    metrics: dict[str, float]
+    start: dt.datetime | None
+    end: dt.datetime | None
+    directory: Path
+
+    @property
+    def duration_s(self) -> float | None:
+        return (self.end - self.start).total_seconds() if self.start and self.end else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "number": self.number,
+            "status": self.status,
+            "params": self.params,
+            "value": self.value,
+            "reason": self.reason,
+            "metrics": self.metrics,
+            "start": self.start.isoformat() if self.start else None,
+            "end": self.end.isoformat() if self.end else None,
+            "duration_s": self.duration_s,
+            "directory": str(self.directory),
+        }
+
+
+@dataclass
+class RunSummary:
+    """What one call of :meth:`Study.run` did."""
+
+    finished: int
+    budget: int
+    new_trials: int
+    stopped: str  # budget, exhausted, interrupted
+    wall_s: float
+    best: TrialRecord | None = None
+    x0: TrialRecord | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+class Study:
+    """A lorahpo study folder and its Optuna study."""
+
+    def __init__(self, directory: str | Path, config: cfg.StudyConfig) -> None:
+        self.directory = Path(directory)
+        self.config = config
+        self._optuna: optuna.Study | None = None
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open(cls, directory: str | Path, config: cfg.StudyConfig, *, new: bool = False) -> Study:
+        """Create a study in ``directory``, or resume the one there.
+
+        A folder holding a study with a different config is refused unless ``new`` is given;
+        then the old folder is kept, renamed with a time stamp, and a fresh study starts.
+
+        Raises:
+            ConfigError: The folder holds a different study.
+        """
+        directory = Path(directory)
+        saved = directory / CONFIG_FILE
+        if saved.exists():
+            old = cfg.parse(yaml.safe_load(saved.read_text()), str(saved))
+            if old.identity() != config.identity():
+                if not new:
+                    diff = _differences(old.identity(), config.identity())
+                    raise cfg.ConfigError(
+                        f"{directory} holds a different study (changed: {', '.join(diff)}); "
+                        "use another --study-dir, or --new to start over (the old folder is kept)"
+                    )
+                stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+                directory.rename(directory.with_name(f"{directory.name}.{stamp}"))
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / (CONFIG_FILE + ".tmp")
+        tmp.write_text(config.to_yaml())
+        tmp.replace(saved)
+        return cls(directory, config)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Study:
+        """Open an existing study folder (for status, best, reports)."""
+        directory = Path(directory)
+        saved = directory / CONFIG_FILE
+        if not saved.exists():
+            raise cfg.ConfigError(f"{directory} is not a lorahpo study folder (no {CONFIG_FILE})")
+        return cls(directory, cfg.parse(yaml.safe_load(saved.read_text()), str(saved)))
+
+    @property
+    def storage_url(self) -> str:
+        return self.config.storage or f"sqlite:///{(self.directory / 'study.db').resolve()}"
+
+    @property
+    def optuna_study(self) -> optuna.Study:
+        if self._optuna is None:
+            storage = optuna.storages.RDBStorage(
+                self.storage_url, engine_kwargs={"connect_args": {"timeout": 60}} if self.storage_url.startswith("sqlite") else {}
+            )
+            self._optuna = optuna.create_study(
+                study_name=self.config.name,
+                storage=storage,
+                direction=self.config.objective.direction,
+                load_if_exists=True,
+            )
+        return self._optuna
+
+    # ------------------------------------------------------------------ reading
+
+    def records(self) -> list[TrialRecord]:
+        """All trials in order of their number."""
+        return [self._record(t) for t in self.optuna_study.get_trials(deepcopy=False)]
+
+    def best(self, k: int = 1) -> list[TrialRecord]:
+        """The ``k`` best completed trials."""
+        done = [r for r in self.records() if r.status == "complete" and r.value is not None]
+        sign = -1 if self.config.objective.direction == "maximize" else 1
+        return sorted(done, key=lambda r: (sign * r.value, r.number))[:k]
+
+    def trial_dir(self, number: int) -> Path:
+        return self.directory / "trials" / str(number)
+
+    def x0_record(self) -> TrialRecord | None:
+        """The trial that evaluated the starting point (the first trial), if any."""
+        records = self.records()
+        return records[0] if records and records[0].status != "running" else None
+
+    def finished_count(self) -> int:
+        return sum(r.status not in ("running", "interrupted") for r in self.records())
+
+    def _record(self, t: FrozenTrial) -> TrialRecord:
+        status = t.user_attrs.get("status") or _STATE_STATUS.get(t.state, "running")
+        if t.system_attrs.get(INTERRUPTED_ATTR):
+            status = "interrupted"
+        return TrialRecord(
+            number=t.number,
+            status=status,
+            params=dict(t.params),
+            value=t.value if t.state == TrialState.COMPLETE else None,
+            reason=t.user_attrs.get("reason"),
+            metrics=dict(t.user_attrs.get("metrics", {})),
+            start=t.datetime_start,
+            end=t.datetime_complete,
+            directory=self.trial_dir(t.number),
+        )
+
+    # ------------------------------------------------------------------ running
+
+    def run(self, on_event: Callable[[str, Any], None] | None = None) -> RunSummary:
+        """Run trials until the store holds ``budget`` finished evaluations.
+
+        ``on_event(kind, payload)`` reports progress: ``("start", TrialRecord)`` and
+        ``("finish", TrialRecord)``. Ctrl-C (KeyboardInterrupt) ends running trials, marks them
+        interrupted and returns; the next run resumes.
+        """
+        notify = on_event or (lambda kind, payload: None)
+        conf = self.config
+        study = self.optuna_study
+        self._mark_interrupted(state_filter=(TrialState.RUNNING,))
+        dists = conf.space.distributions()
+        x0 = conf.space.x0()
+        sampler = make_sampler(
+            conf.optimizer, dists, x0=x0, seed=conf.seed, parallel=conf.parallel, options=conf.optimizer_options
+        )
+        study.sampler = sampler
+        if x0 is not None and not isinstance(sampler, NomadSampler) and not study.trials:
+            study.enqueue_trial(x0)  # every optimizer starts from the same point as NOMAD
+        executor = LocalExecutor(conf.parallel)
+        running: dict[Future[TrialResult], Trial] = {}
+        start, new, stopped = time.monotonic(), 0, "budget"
+        try:
+            while True:
+                finished = self.finished_count()
+                while len(running) < conf.parallel and finished + len(running) < conf.budget:
+                    if isinstance(sampler, NomadSampler) and not sampler.ready(study):
+                        break  # NOMAD waits for running trials, or has nothing left
+                    trial = study.ask(dists)
+                    task = TrialTask(
+                        trial.number,
+                        dict(trial.params),
+                        conf.objective.model_dump(mode="json"),
+                        self.trial_dir(trial.number),
+                        conf.trial_timeout,
+                    )
+                    running[executor.submit(task)] = trial
+                    new += 1
+                    notify("start", self._record(study._storage.get_trial(trial._trial_id)))
+                if not running:
+                    if finished < conf.budget:
+                        stopped = "exhausted"
+                    break
+                done, _ = wait(list(running), timeout=1.0, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    trial = running.pop(fut)
+                    record = self._tell(trial, fut.result())
+                    notify("finish", record)
+        except KeyboardInterrupt:
+            executor.shutdown(kill=True)
+            for trial in running.values():
+                study._storage.set_trial_system_attr(trial._trial_id, INTERRUPTED_ATTR, True)
+                study.tell(trial, state=TrialState.FAIL)
+            stopped = "interrupted"
+        finally:
+            executor.shutdown()
+            if isinstance(sampler, NomadSampler):
+                sampler.close()
+        best = self.best(1)
+        return RunSummary(
+            finished=self.finished_count(),
+            budget=conf.budget,
+            new_trials=new,
+            stopped=stopped,
+            wall_s=time.monotonic() - start,
+            best=best[0] if best else None,
+            x0=self.x0_record(),
+        )
+
+    def _tell(self, trial: Trial, result: TrialResult) -> TrialRecord:
+        study = self.optuna_study
+        values = result.objective([self.config.objective.metric_name]) if result.status == "complete" else None
+        if result.status == "complete" and values is None:
+            result = TrialResult.failure(
+                f"objective {self.config.objective.metric_name!r} missing or not finite", metrics=result.metrics
+            )
+        trial.set_user_attr("status", result.status)
+        trial.set_user_attr("metrics", result.metrics)
+        trial.set_user_attr("duration_s", result.duration_s)
+        if result.reason:
+            trial.set_user_attr("reason", result.reason)
+        for step, value in result.intermediate:
+            trial.report(value, step)
+        if values is not None:
+            study.tell(trial, values[0])
+        else:
+            study.tell(trial, state=TrialState.PRUNED if result.status == "pruned" else TrialState.FAIL)
+        return self._record(study._storage.get_trial(trial._trial_id))
+
+    def _mark_interrupted(self, state_filter: tuple[TrialState, ...]) -> None:
+        """Trials left running by a killed process can never finish: record them as interrupted."""
+        study = self.optuna_study
+        for t in study.get_trials(deepcopy=False, states=state_filter):
+            study._storage.set_trial_system_attr(t._trial_id, INTERRUPTED_ATTR, True)
+            study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+
+
+def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = sorted(set(a) | set(b))
+    out: list[str] = []
+    for k in keys:
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _differences(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}")
+    return out or ["config"]
+
+
+def dump_records(records: list[TrialRecord]) -> str:
+    return json.dumps([r.to_dict() for r in records], indent=1, default=str)

@@ -1,0 +1,41 @@
+import optuna
+import pytest
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@pytest.fixture
+def objectives_module(tmp_path, monkeypatch):
+    """A module of test objectives importable by trial subprocesses (cwd is on their sys.path)."""
+    (tmp_path / "testobj.py").write_text(
+        '''
+import math, os, time
+
+def quad(p):
+    return sum((float(v) - 1.0) ** 2 for v in p.values())
+
+def boom(p):
+    if p["x"] > 0:
+        raise ValueError("x must not be positive")
+    return quad(p)
+
+def nan_when_positive(p):
+    return float("nan") if p["x"] > 0 else quad(p)
+
+def sleepy(p):
+    if p["x"] > 0:
+        time.sleep(60)
+    return quad(p)
+
+def crash(p):
+    if p["x"] > 0:
+        os._exit(3)
+    return quad(p)
+
+def metrics(p):
+    return {"loss": quad(p), "size": 3.0}
+'''
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "testobj"

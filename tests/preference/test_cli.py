@@ -1,0 +1,90 @@
+"""The ``generate`` and ``preference`` commands, parsed as the main ``lorahpo`` parser will."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from lorahpo.finetune.config import ModelConfig
+from lorahpo.preference.cli import add_arguments
+from lorahpo.preference.stats import percent, summarise
+from lorahpo.preference.store import VoteStore
+
+from .conftest import votes_db
+
+
+def run(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="lorahpo")
+    add_arguments(parser.add_subparsers(required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_arguments_and_defaults():
+    parser = argparse.ArgumentParser(prog="lorahpo")
+    add_arguments(parser.add_subparsers(required=True))
+    gen = parser.parse_args(["generate", "DIR", "--models", "base,best", "--prompts", "builtin"])
+    assert (gen.study_dir, gen.models, gen.max_new_tokens, gen.temperature, gen.seed, gen.template) == (
+        Path("DIR"), "base,best", 256, 0.0, 0, None
+    )
+    serve = parser.parse_args(["preference", "serve", "DIR"])
+    assert (serve.host, serve.port) == ("127.0.0.1", 8000)
+    results = parser.parse_args(["preference", "results", "DIR", "--csv", "out.csv"])
+    assert results.csv == Path("out.csv")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["preference", "serve", "DIR", "--port", "eighty"])
+
+
+def test_results_prints_the_summary_and_writes_csv(study, tmp_path, capsys):
+    store = VoteStore(votes_db(study))
+    for rater, choice in [("alice", "A"), ("bob", "A"), ("carol", "tie")]:
+        pair = store.add_pair(rater, "q1", "zeta-best", "zeta-worst")
+        store.record_vote(pair.id, rater, choice)
+    summary = summarise(store.votes())
+
+    assert run("preference", "results", str(study), "--csv", str(tmp_path / "votes.csv")) == 0
+    out = capsys.readouterr().out
+    assert "3 votes by 3 raters" in out
+    best = next(r for r in summary.win_rates if r.model == "zeta-best")
+    assert percent(best.rate) in out and f"{percent(best.low)} – {percent(best.high)}" in out
+    assert f"{summary.ranking[0].strength:.3f}" in out
+    assert len((tmp_path / "votes.csv").read_text().splitlines()) == 4
+
+
+def test_commands_fail_with_a_message_when_data_is_missing(tmp_path):
+    with pytest.raises(SystemExit, match="votes.db not found"):
+        run("preference", "results", str(tmp_path))
+    with pytest.raises(SystemExit, match="answers.jsonl not found"):
+        run("preference", "serve", str(tmp_path))
+
+
+def test_generate_explains_a_missing_study_engine(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "lorahpo.study", None)  # import fails as if the module were absent
+    with pytest.raises(SystemExit, match="needs the study engine"):
+        run("generate", str(tmp_path), "--models", "base", "--prompts", "builtin")
+
+
+def test_generate_resolves_names_through_the_study(monkeypatch, tmp_path, tiny):
+    base, adapter = tiny
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "config.yaml").write_text("objective:\n  lora:\n    data: {template: chat}\n")
+    (tmp_path / "prompts.jsonl").write_text('{"id": "p1", "prompt": "why is the dog big"}\n')
+    fake = types.ModuleType("lorahpo.study")
+    fake.resolve_model_spec = lambda study_dir, name: (ModelConfig(name=str(base)), adapter if name == "best" else None)
+    monkeypatch.setitem(sys.modules, "lorahpo.study", fake)
+
+    argv = ["generate", str(study), "--models", "base,best", "--prompts", str(tmp_path / "prompts.jsonl")]
+    assert run(*argv, "--max-new-tokens", "3") == 0
+    rows = [json.loads(line) for line in (study / "preference" / "answers.jsonl").read_text().splitlines()]
+    assert [(r["model"], r["generation"]["template"], r["generation"]["adapter"]) for r in rows] == [
+        ("base", "chat", None),
+        ("best", "chat", str(adapter)),
+    ]
+    with pytest.raises(SystemExit, match="distinct"):
+        run("generate", str(study), "--models", "base,base", "--prompts", "builtin")
