@@ -22,8 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    import logging
+
     from lorahpo.config import ConfigError
 
+    logging.getLogger("optuna").setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except ConfigError as e:

@@ -44,10 +44,19 @@ class StudyConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> StudyConfig:
-        from lorahpo.samplers import OPTIMIZERS
+        from lorahpo.samplers import make_sampler
 
-        if self.optimizer not in OPTIMIZERS and not any(c in self.optimizer for c in ":."):
-            raise ValueError(f"optimizer: unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+        try:  # build it once, so a bad optimizer is refused before anything is written
+            make_sampler(
+                self.optimizer,
+                self.space.distributions(),
+                x0=self.space.x0(),
+                seed=self.seed,
+                parallel=self.parallel,
+                options=self.optimizer_options,
+            )
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"optimizer: {e}") from None
         if self.objective.lora is not None:
             unknown = sorted(set(self.space.resolved()) - set(TUNABLE))
             if unknown:
@@ -70,12 +79,12 @@ def parse(data: Any, source: str = "config") -> StudyConfig:
         return StudyConfig.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "config"
+        where = "".join(f"{p}: " for p in [".".join(str(p) for p in err["loc"])] if p)
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
-        raise ConfigError(f"{source}: {where}: {msg}{more}") from None
+        raise ConfigError(f"{source}: {where}{msg}{more}") from None
 
 
 def load(path: str | Path, overrides: dict[str, Any] | None = None) -> StudyConfig:

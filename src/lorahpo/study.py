@@ -105,7 +105,7 @@ class Study:
             old = cfg.parse(yaml.safe_load(saved.read_text()), str(saved))
             if old.identity() != config.identity():
                 if not new:
-                    diff = _differences(old.identity(), config.identity())
+                    diff = _differences(old.identity(), config.identity()) or ["config"]
                     raise cfg.ConfigError(
                         f"{directory} holds a different study (changed: {', '.join(diff)}); "
                         "use another --study-dir, or --new to start over (the old folder is kept)"
@@ -284,15 +284,15 @@ class Study:
 
 
 def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
-    keys = sorted(set(a) | set(b))
+    """Dotted names of the settings that differ between two config dumps."""
     out: list[str] = []
-    for k in keys:
+    for k in sorted(set(a) | set(b)):
         va, vb = a.get(k), b.get(k)
         if isinstance(va, dict) and isinstance(vb, dict):
             out += _differences(va, vb, f"{prefix}{k}.")
         elif va != vb:
             out.append(f"{prefix}{k}")
-    return out or ["config"]
+    return out
 
 
 def dump_records(records: list[TrialRecord]) -> str:

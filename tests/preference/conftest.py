@@ -16,7 +16,8 @@ XSS = "<script>alert(1)</script>"
 # Answer texts name no model: the page must not reveal who wrote them.
 _QUALITY_WORD = {"zeta-base": "Plain", "zeta-best": "Excellent", "zeta-worst": "Poor"}
 # Vocabulary of the tiny language model.
-WORDS = "the a cat dog runs sleeps on mat red blue big small and then why how what is it good bad".split()
+WORDS = ["the", "a", "cat", "dog", "runs", "sleeps", "on", "mat", "red", "blue", "big", "small"]
+WORDS += ["and", "then", "why", "how", "what", "is", "it", "good", "bad"]
 
 
 def answer_text(model: str, prompt_id: str) -> str:
@@ -51,7 +52,9 @@ def csrf_of(html: str) -> str:
 
 def vote(rater: str, prompt_id: str, left: str, right: str, choice: str, id: int = 0) -> Vote:
     """A vote record for the statistics tests."""
-    return Vote(id=id, time="2024-01-01T00:00:00+00:00", rater=rater, prompt_id=prompt_id, left=left, right=right, choice=choice)
+    return Vote(
+        id=id, time="2024-01-01T00:00:00+00:00", rater=rater, prompt_id=prompt_id, left=left, right=right, choice=choice
+    )
 
 
 @pytest.fixture
@@ -80,8 +83,16 @@ def tiny(tmp_path_factory) -> tuple[Path, Path]:
     )
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
     )
     model = LlamaForCausalLM(config)
     base = root / "base"

@@ -61,7 +61,9 @@ def test_posts_without_the_session_token_are_refused(client, study, token):
     form = {"pair": pair_of(html), "choice": "A"} | ({} if token is None else {"csrf": token})
     response = client.post("/vote", data=form)
     assert response.status_code == 403
-    assert client.post("/rater", data={"name": "mallory"} | ({} if token is None else {"csrf": token})).status_code == 403
+    assert (
+        client.post("/rater", data={"name": "mallory"} | ({} if token is None else {"csrf": token})).status_code == 403
+    )
     assert VoteStore(votes_db(study)).votes() == []
 
 

@@ -159,7 +159,15 @@ def test_raters_vote_in_a_real_browser_and_the_results_match_the_stored_votes(se
     summary = summarise(votes)
     assert page.inner_text("#totals") == "16 votes by 3 raters"
     assert table(page, "#win-rates") == [
-        [r.model, str(r.wins), str(r.ties), str(r.losses), str(r.votes), percent(r.rate), f"{percent(r.low)} – {percent(r.high)}"]
+        [
+            r.model,
+            str(r.wins),
+            str(r.ties),
+            str(r.losses),
+            str(r.votes),
+            percent(r.rate),
+            f"{percent(r.low)} – {percent(r.high)}",
+        ]
         for r in summary.win_rates
     ]
     assert table(page, "#ranking") == [[str(s.rank), s.model, f"{s.strength:.3f}"] for s in summary.ranking]

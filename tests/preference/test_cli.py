@@ -30,7 +30,12 @@ def test_arguments_and_defaults():
     add_arguments(parser.add_subparsers(required=True))
     gen = parser.parse_args(["generate", "DIR", "--models", "base,best", "--prompts", "builtin"])
     assert (gen.study_dir, gen.models, gen.max_new_tokens, gen.temperature, gen.seed, gen.template) == (
-        Path("DIR"), "base,best", 256, 0.0, 0, None
+        Path("DIR"),
+        "base,best",
+        256,
+        0.0,
+        0,
+        None,
     )
     serve = parser.parse_args(["preference", "serve", "DIR"])
     assert (serve.host, serve.port) == ("127.0.0.1", 8000)

@@ -35,7 +35,12 @@ def test_answers_of_base_and_adapter_and_resume(tiny, tmp_path):
     assert all(answers[("base-again", p["id"])] == answers[("base", p["id"])] for p in PROMPTS)
     tuned = next(r for r in rows if r["model"] == "tuned")
     assert tuned["generation"] == {
-        "max_new_tokens": 6, "temperature": 0.0, "seed": 0, "template": "chat", "base": str(base), "adapter": str(adapter),
+        "max_new_tokens": 6,
+        "temperature": 0.0,
+        "seed": 0,
+        "template": "chat",
+        "base": str(base),
+        "adapter": str(adapter),
     }
     assert tuned["prompt"] == "why is the cat red"
 
@@ -52,7 +57,9 @@ def test_sampling_is_reproducible_with_a_seed(tiny, tmp_path):
     runs = []
     for n in range(2):
         out = tmp_path / f"{n}.jsonl"
-        generate_answers(models, PROMPTS, out, max_new_tokens=8, temperature=1.0, seed=3, template="alpaca", progress=False)
+        generate_answers(
+            models, PROMPTS, out, max_new_tokens=8, temperature=1.0, seed=3, template="alpaca", progress=False
+        )
         runs.append([r["answer"] for r in _rows(out)])
     assert runs[0] == runs[1]
 

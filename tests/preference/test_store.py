@@ -44,7 +44,13 @@ def test_votes_persist_across_store_instances(study):
 
     stored = VoteStore(votes_db(study)).votes()
     assert stored == [cast]
-    assert (cast.rater, cast.prompt_id, cast.left, cast.right, cast.choice) == ("alice", "q1", "zeta-best", "zeta-base", "A")
+    assert (cast.rater, cast.prompt_id, cast.left, cast.right, cast.choice) == (
+        "alice",
+        "q1",
+        "zeta-best",
+        "zeta-base",
+        "A",
+    )
     assert cast.winner == "zeta-best" and cast.item == ("q1", "zeta-base", "zeta-best")
     assert cast.time.endswith("+00:00")
 

@@ -17,7 +17,8 @@ What goes in:
   scripts, such as Hindi or Persian).
 - The BIG-Bench-Hard source tasks (:data:`BBH_TASKS`) are held out for downstream evaluation.
 - A generative example (``target``) becomes instruction/output; a multiple-choice example
-  (``target_scores``) lists its options in the input and answers with the single best option.
+  (``target_scores``) lists its options in the input, in a fixed pseudo-random order, and answers
+  with the single best option.
   The instruction is the task's ``task_prefix`` when it has one, else its description.
 """
 
@@ -30,6 +31,7 @@ import random
 import tarfile
 import tempfile
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,9 +188,9 @@ def _example_row(example: dict[str, Any], instruction: str) -> dict[str, str] | 
         answers = [option for option, score in scores.items() if score == best]
         if len(answers) != 1:
             return None  # no single correct option to teach
-        # BIG-bench often lists the correct option first; shuffle (seeded by the input) to hide that.
-        order = list(scores)
-        random.Random(text).shuffle(order)
+        # BIG-bench often lists the correct option first; a stable pseudo-random order hides that
+        # (a checksum, not random.Random: seeding one per example would double the build time).
+        order = sorted(scores, key=lambda option: zlib.crc32(f"{text}\0{option}".encode()))
         options = "\n".join(f"- {option}" for option in order)
         return {"instruction": instruction, "input": f"{text.strip()}\n\nOptions:\n{options}", "output": answers[0]}
     target = example.get("target")

@@ -59,8 +59,13 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
 # punctuation, starting with a letter or digit (so a spreadsheet never reads it as a formula).
 _RATER_NAME = re.compile(r"\w[\w .'-]{0,39}")
 _SECURITY_HEADERS = [
-    (b"content-security-policy", b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
-     b"form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
+    (
+        b"content-security-policy",
+        (
+            b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+            b"form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+        ),
+    ),
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
 ]

@@ -55,7 +55,9 @@ def add_arguments(subparsers: Any) -> None:
     serve.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     serve.set_defaults(func=cmd_serve)
 
-    results = commands.add_parser("results", help="print win rates, ranking and agreement", description="Print the results.")
+    results = commands.add_parser(
+        "results", help="print win rates, ranking and agreement", description="Print the results."
+    )
     results.add_argument("study_dir", metavar="DIR", type=Path, help="study folder")
     results.add_argument("--csv", type=Path, metavar="PATH", help="also write the votes to this CSV file")
     results.set_defaults(func=cmd_results)
@@ -68,7 +70,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     try:
         from lorahpo.study import resolve_model_spec
     except ImportError as exc:
-        raise SystemExit(f"error: naming models needs the study engine (lorahpo.study.resolve_model_spec): {exc}") from exc
+        raise SystemExit(
+            f"error: naming models needs the study engine (lorahpo.study.resolve_model_spec): {exc}"
+        ) from exc
 
     names = [name.strip() for name in args.models.split(",") if name.strip()]
     if len(set(names)) != len(names) or not names:
@@ -122,7 +126,9 @@ def cmd_results(args: argparse.Namespace) -> int:
     console = Console()
     console.print(f"{summary.votes} votes by {summary.raters} raters in {path}")
 
-    rates = Table("Model", "Wins", "Ties", "Losses", "Votes", "Win rate", "95% CI", title="Win rates (tie = half a win)")
+    rates = Table(
+        "Model", "Wins", "Ties", "Losses", "Votes", "Win rate", "95% CI", title="Win rates (tie = half a win)"
+    )
     for r in summary.win_rates:
         ci = f"{percent(r.low)} – {percent(r.high)}"
         rates.add_row(r.model, str(r.wins), str(r.ties), str(r.losses), str(r.votes), percent(r.rate), ci)

@@ -151,9 +151,15 @@ def bradley_terry(votes: list[Vote], *, max_iter: int = 2000, tol: float = 1e-12
     votes between ``i`` and ``j``; strengths are rescaled to sum to 1 after each step. A tie
     counts as half a win for each side, which keeps the likelihood of a tie-free fit.
 
-    The maximum-likelihood strengths are finite only when every model has won and lost at least
-    half a vote against the connected rest; otherwise the iteration drives a model that never
-    won towards 0 (and one that never lost towards 1), which still ranks them correctly.
+    The maximum-likelihood strengths are all positive and finite only when, however the models
+    are split into two groups, each group has won (or tied) against the other at least once
+    (Hunter's condition). Otherwise the fit sits on the boundary: a model that never won gets
+    0 and one that never lost heads towards 1, which still orders them correctly.
+
+    Args:
+        votes: The votes.
+        max_iter: Most MM steps; only a fit that heads for the boundary needs them all.
+        tol: Stop when no strength changes by more than this in one step.
 
     Returns:
         One entry per model, strongest first (then by name).

@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from itertools import combinations
 from pathlib import Path
 from typing import Any, Literal
@@ -187,9 +187,10 @@ class VoteStore:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        with closing(sqlite3.connect(self.path, timeout=30)) as conn:
-            with conn:  # one transaction: committed on success, rolled back on error
-                yield conn
+        # closing() closes the connection; `with conn` makes the body one transaction, committed
+        # on success and rolled back on error.
+        with closing(sqlite3.connect(self.path, timeout=30)) as conn, conn:
+            yield conn
 
     def votes(self) -> list[Vote]:
         """All votes, oldest first."""
@@ -261,4 +262,4 @@ class VoteStore:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -1,0 +1,154 @@
+"""The command line as a user meets it: help, bad configs, status/best, kill -9 and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lorahpo.study import Study
+
+TOY = {
+    "name": "toy",
+    "optimizer": "nomad",
+    "budget": 10,
+    "space": {"preset": "paper"},
+    "objective": {"python": "lorahpo.toys:lora_surface", "metric": "validation_loss"},
+}
+
+
+def lorahpo(*args, cwd=None, check=False):
+    proc = subprocess.run([sys.executable, "-m", "lorahpo.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, stdin=subprocess.DEVNULL)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def write(path: Path, data) -> Path:
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return path
+
+
+def test_help_is_fast_and_does_not_import_torch():
+    code = "import sys; from lorahpo.cli import main\ntry: main(['--help'])\nexcept SystemExit: pass\n" \
+           "print('torch' in sys.modules, 'optuna' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "False False"
+    for cmd in ("tune", "status", "best"):
+        assert lorahpo(cmd, "--help", check=True).stdout.startswith("usage: lorahpo " + cmd)
+
+
+def _with(**changes):
+    data = json.loads(json.dumps(TOY))
+    for dotted, value in changes.items():
+        node = data
+        *parents, last = dotted.split("__")
+        for p in parents:
+            node = node[p]
+        if value is _DROP:
+            node.pop(last)
+        else:
+            node[last] = value
+    return data
+
+
+_DROP = object()
+
+BAD_CONFIGS = {
+    "unknown_key": (_with(colour="blue"), "colour: unknown key"),
+    "wrong_type": (_with(budget="many"), "budget: Input should be a valid integer"),
+    "zero_budget": (_with(budget=0), "budget: Input should be greater than or equal to 1"),
+    "low_above_high": (_with(space={"params": {"x": {"type": "real", "low": 2, "high": 1}}}), "low (2.0) > high (1.0)"),
+    "x0_outside": (_with(space={"params": {"x": {"type": "int", "low": 0, "high": 5, "x0": 9}}}), "x0 9 is outside [0.0, 5.0]"),
+    "x0_not_a_choice": (_with(space={"params": {"r": {"type": "choice", "values": [4, 8], "x0": 5}}}), "x0 5 is not one of the values"),
+    "unknown_optimizer": (_with(optimizer="simulated-annealing"), "unknown optimizer 'simulated-annealing'"),
+    "bad_import_path": (_with(optimizer="no.such.Sampler"), "cannot import optimizer 'no.such.Sampler'"),
+    "unknown_param_type": (_with(space={"params": {"x": {"type": "float", "low": 0, "high": 1}}}), "space.params.x.type"),
+    "log_nonpositive": (_with(space={"params": {"x": {"type": "real", "low": 0, "high": 1, "log": True}}}), "log scale needs low > 0"),
+    "empty_space": (_with(space={}), "give a `preset` or at least one parameter"),
+    "unknown_preset": (_with(space={"preset": "best"}), "space.preset"),
+    "two_objectives": (_with(objective={"python": "a:b", "command": "x"}), "give exactly one of python, command or lora"),
+    "no_objective": (_with(objective={}), "give exactly one of python, command or lora (got none)"),
+    "python_not_module_function": (_with(objective={"python": "lorahpo.toys.sphere"}), "python must look like `module:function`"),
+    "lora_unknown_field": (_with(objective={"lora": {"training": {"learnin_rate": 1e-4}}}), "objective.lora.training.learnin_rate: unknown key"),
+    "lora_bad_batch": (_with(objective={"lora": {"training": {"batch_size": 3, "effective_batch_size": 8}}}), "must be a multiple of batch_size"),
+    "lora_space_not_tunable": (_with(objective={"lora": {}}, space={"params": {"colour": {"type": "int", "low": 0, "high": 1}}}), "not LoRA trial hyperparameters"),
+    "choice_without_values": (_with(space={"params": {"r": {"type": "choice"}}}), "a choice needs a non-empty `values` list"),
+    "negative_parallel": (_with(parallel=-1), "parallel: Input should be greater than or equal to 1"),
+    "not_a_mapping": ("- just\n- a list\n", "expected a mapping of settings"),
+    "bad_yaml": ("budget: [1, 2\n", "not valid YAML"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_CONFIGS))
+def test_bad_config_is_one_line_exit_2_and_writes_nothing(tmp_path, name):
+    data, message = BAD_CONFIGS[name]
+    config = write(tmp_path / "bad.yaml", data)
+    proc = lorahpo("tune", config, "--study-dir", tmp_path / "study")
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("lorahpo: error: ") and message in lines[0], lines[0]
+    assert not (tmp_path / "study").exists()
+
+
+def test_missing_config_file(tmp_path):
+    proc = lorahpo("tune", tmp_path / "nope.yaml")
+    assert proc.returncode == 2 and proc.stderr.strip() == f"lorahpo: error: config file not found: {tmp_path / 'nope.yaml'}"
+
+
+def test_bad_command_line_override(tmp_path):
+    proc = lorahpo("tune", write(tmp_path / "c.yaml", TOY), "--optimizer", "magic", "--study-dir", tmp_path / "s")
+    assert proc.returncode == 2 and "unknown optimizer 'magic'" in proc.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_status_and_best_on_a_finished_study(tmp_path):
+    config = write(tmp_path / "c.yaml", TOY)
+    run = lorahpo("tune", config, "--study-dir", tmp_path / "s", "--budget", 5, check=True)
+    assert "finished 5/5 evaluations" in run.stdout and "best     validation_loss" in run.stdout
+    status = json.loads(lorahpo("status", tmp_path / "s", "--json", check=True).stdout)
+    assert [t["number"] for t in status] == [0, 1, 2, 3, 4]
+    assert status[0]["params"] == {"rank": 8, "dropout": 0.1, "alpha": 32, "learning_rate": pytest.approx(1e-5)}
+    assert all(t["status"] == "complete" and t["duration_s"] > 0 for t in status)
+    best = json.loads(lorahpo("best", tmp_path / "s", "--top", "2", "--json", check=True).stdout)
+    values = sorted(t["value"] for t in status)
+    assert [b["value"] for b in best] == values[:2]
+    assert "trial" in lorahpo("best", tmp_path / "s", check=True).stdout
+    assert lorahpo("status", tmp_path / "nothing").returncode == 2
+
+
+def _points(study_dir: Path) -> list[tuple]:
+    records = Study.load(study_dir).records()
+    return [tuple(r.params.values()) for r in records if r.status not in ("running", "interrupted")]
+
+
+@pytest.mark.parametrize("optimizer", ["nomad", "tpe"])
+def test_sigkill_then_resume_gives_the_uninterrupted_sequence(tmp_path, optimizer):
+    config = write(tmp_path / "c.yaml", {**TOY, "optimizer": optimizer, "budget": 12})
+    lorahpo("tune", config, "--study-dir", tmp_path / "full", check=True)
+    expected = _points(tmp_path / "full")
+    assert len(expected) == 12
+
+    proc = subprocess.Popen([sys.executable, "-m", "lorahpo.cli", "tune", str(config), "--study-dir",
+                             str(tmp_path / "cut")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        if len(list((tmp_path / "cut" / "trials").glob("*/result.json"))) >= 5:
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = _points(tmp_path / "cut")
+    assert 5 <= len(done_before) < 12
+
+    resumed = lorahpo("tune", config, "--study-dir", tmp_path / "cut", check=True)
+    assert "finished 12/12" in resumed.stdout
+    assert _points(tmp_path / "cut") == expected
+    assert _points(tmp_path / "cut")[: len(done_before)] == done_before  # nothing completed was lost

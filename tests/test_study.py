@@ -1,0 +1,123 @@
+"""The study loop: store, budget, failures as results, resume and config identity."""
+
+import math
+import sys
+
+import pytest
+
+from lorahpo import config as cfg
+from lorahpo.study import Study
+
+
+def make_config(objective, **kw):
+    data = {
+        "name": "t",
+        "optimizer": "nomad",
+        "budget": 6,
+        "space": {"params": {"x": {"type": "real", "low": -2, "high": 2, "x0": -1.0},
+                             "y": {"type": "int", "low": -3, "high": 3, "x0": 2}}},
+        "objective": objective,
+    }
+    data.update(kw)
+    return cfg.parse(data)
+
+
+def test_records_hold_params_value_status_times_and_folders(tmp_path, objectives_module):
+    study = Study.open(tmp_path / "s", make_config({"python": "testobj:quad"}))
+    summary = study.run()
+    records = study.records()
+    assert summary.stopped == "budget" and summary.finished == 6 and len(records) == 6
+    first = records[0]
+    assert first.params == {"x": -1.0, "y": 2}  # NOMAD starts at X0
+    assert first.value == pytest.approx(4.0 + 1.0)
+    assert first.status == "complete" and first.reason is None
+    assert first.start <= first.end and first.duration_s > 0
+    assert (first.directory / "trial.json").exists() and (first.directory / "result.json").exists()
+    assert (tmp_path / "s" / "config.yaml").exists() and (tmp_path / "s" / "study.db").exists()
+    assert summary.best.value == min(r.value for r in records)
+
+
+@pytest.mark.parametrize(
+    "objective, reason",
+    [
+        ({"python": "testobj:boom"}, "ValueError: x must not be positive"),
+        ({"python": "testobj:nan_when_positive"}, "not a finite number"),
+        ({"python": "testobj:crash"}, "worker exited with code 3"),
+        ({"command": f"{sys.executable} -c \"import json,sys; p=json.load(sys.stdin); "
+                     "sys.exit(4) if p['x'] > 0 else print(json.dumps({'value': p['x']**2}))\""},
+         "command exited with code 4"),
+    ],
+)
+def test_failures_are_recorded_and_the_study_finishes(tmp_path, objectives_module, objective, reason):
+    study = Study.open(tmp_path / "s", make_config(objective, budget=8, optimizer="random"))
+    summary = study.run()
+    records = study.records()
+    assert summary.finished == 8 and len(records) == 8
+    failed = [r for r in records if r.params["x"] > 0]
+    ok = [r for r in records if r.params["x"] <= 0]
+    assert failed and ok
+    assert all(r.status == "failed" and reason in r.reason for r in failed)
+    assert all(r.status == "complete" and math.isfinite(r.value) for r in ok)
+
+
+def test_timeout_kills_the_trial_and_is_recorded(tmp_path, objectives_module):
+    conf = make_config({"python": "testobj:sleepy"}, budget=3, optimizer="random", trial_timeout=3)
+    study = Study.open(tmp_path / "s", conf)
+    study.enqueue = None
+    summary = study.run()
+    records = study.records()
+    assert summary.finished == 3
+    slow = [r for r in records if r.params["x"] > 0]
+    assert all(r.status == "timeout" and "timed out after 3 s" in r.reason for r in slow)
+    assert all(r.duration_s < 30 for r in records)
+
+
+def test_command_objective_receives_params_and_reports_metrics(tmp_path, objectives_module):
+    cmd = f"{sys.executable} -c \"import json,os,sys; p=json.load(sys.stdin); e=json.loads(os.environ['LORAHPO_PARAMS']); " \
+          "assert p == e; print('noise'); print(json.dumps({'loss': (p['x']-1)**2 + p['y']**2, 'other': 1}))\""
+    conf = make_config({"command": cmd, "metric": "loss"}, budget=4)
+    study = Study.open(tmp_path / "s", conf)
+    study.run()
+    r = study.records()[0]
+    assert r.status == "complete" and r.value == pytest.approx(4.0 + 4.0)
+    assert r.metrics == {"loss": pytest.approx(8.0), "other": 1.0}
+
+
+def test_budget_counts_the_whole_study_across_runs(tmp_path, objectives_module):
+    conf = make_config({"python": "testobj:quad"}, budget=4)
+    assert Study.open(tmp_path / "s", conf).run().new_trials == 4
+    again = Study.open(tmp_path / "s", conf).run()
+    assert again.new_trials == 0 and again.finished == 4
+    more = Study.open(tmp_path / "s", make_config({"python": "testobj:quad"}, budget=7)).run()
+    assert more.new_trials == 3 and more.finished == 7
+
+
+def test_a_different_config_is_refused_unless_new(tmp_path, objectives_module):
+    Study.open(tmp_path / "s", make_config({"python": "testobj:quad"}, budget=2)).run()
+    other = make_config({"python": "testobj:quad"}, budget=2, seed=5)
+    with pytest.raises(cfg.ConfigError, match=r"different study \(changed: seed\)"):
+        Study.open(tmp_path / "s", other)
+    study = Study.open(tmp_path / "s", other, new=True)
+    assert study.records() == []
+    archived = [p for p in tmp_path.iterdir() if p.name.startswith("s.")]
+    assert len(archived) == 1 and (archived[0] / "study.db").exists()
+
+
+@pytest.mark.parametrize("optimizer", ["tpe", "random", "grid", "optuna.samplers.QMCSampler"])
+def test_other_optimizers_start_from_x0_and_finish(tmp_path, objectives_module, optimizer):
+    space = {"params": {"x": {"type": "choice", "values": [-1, 0, 1, 2], "x0": 2},
+                        "y": {"type": "int", "low": 0, "high": 2, "x0": 0}}}
+    study = Study.open(tmp_path / "s", make_config({"python": "testobj:quad"}, optimizer=optimizer, space=space))
+    summary = study.run()
+    records = study.records()
+    assert summary.finished == 6
+    assert records[0].params == {"x": 2, "y": 0}
+    if optimizer == "grid":
+        assert len({tuple(r.params.values()) for r in records}) == 6
+
+
+def test_python_objective_returning_metrics(tmp_path, objectives_module):
+    study = Study.open(tmp_path / "s", make_config({"python": "testobj:metrics", "metric": "size"}, budget=2))
+    study.run()
+    assert [r.value for r in study.records()] == [3.0, 3.0]
+    assert study.records()[0].metrics["loss"] == pytest.approx(5.0)
