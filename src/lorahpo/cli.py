@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--top", type=int, default=1, help="how many (default 1)")
     b.add_argument("--json", action="store_true", help="machine-readable output")
     b.set_defaults(func=cmd_best)
+
+    from lorahpo.preference.cli import add_arguments as add_preference
+
+    add_preference(sub)
     return p
 
 

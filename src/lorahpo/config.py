@@ -16,7 +16,7 @@ from lorahpo.objectives import ObjectiveSpec
 from lorahpo.space import SpaceSpec
 
 #: Fields that may change between runs of one study without making it a different study.
-RUN_FIELDS = ("budget", "parallel", "trial_timeout", "executor")
+RUN_FIELDS = ("budget", "parallel", "trial_timeout", "executor", "keep_adapters")
 
 
 class ConfigError(ValueError):
@@ -39,6 +39,9 @@ class StudyConfig(_Strict):
     parallel: int = Field(1, ge=1, description="Trials run at once.")
     trial_timeout: float | None = Field(None, gt=0, description="Seconds before a trial is killed (timeout).")
     executor: Literal["local"] = Field("local", description="Where trials run: local subprocesses.")
+    keep_adapters: int = Field(
+        3, ge=0, description="LoRA studies keep the adapters of this many best trials (and of the start point)."
+    )
     space: SpaceSpec = Field(description="The search space.")
     objective: ObjectiveSpec = Field(description="The blackbox.")
 

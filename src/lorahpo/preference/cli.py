@@ -113,7 +113,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_results(args: argparse.Namespace) -> int:
     """``lorahpo preference results``: print what the results page shows; optionally write CSV."""
     from rich.console import Console
-    from rich.table import Table
 
     from lorahpo.preference.stats import percent, summarise, votes_csv
     from lorahpo.preference.store import VoteStore
@@ -126,16 +125,14 @@ def cmd_results(args: argparse.Namespace) -> int:
     console = Console()
     console.print(f"{summary.votes} votes by {summary.raters} raters in {path}")
 
-    rates = Table(
-        "Model", "Wins", "Ties", "Losses", "Votes", "Win rate", "95% CI", title="Win rates (tie = half a win)"
-    )
+    rates = _table("Win rates (tie = half a win)", ["Model"], ["Wins", "Ties", "Losses", "Votes", "Win rate", "95% CI"])
     for r in summary.win_rates:
         ci = f"{percent(r.low)} – {percent(r.high)}"
         rates.add_row(r.model, str(r.wins), str(r.ties), str(r.losses), str(r.votes), percent(r.rate), ci)
-    ranking = Table("Rank", "Model", "Strength", title="Bradley–Terry ranking")
+    ranking = _table("Bradley–Terry ranking", ["Rank", "Model"], ["Strength"])
     for s in summary.ranking:
         ranking.add_row(str(s.rank), s.model, f"{s.strength:.3f}")
-    agreement = Table("Rater", "Votes", "Items compared", "Agreed", "Agreement", title="Rater agreement")
+    agreement = _table("Rater agreement", ["Rater"], ["Votes", "Items compared", "Agreed", "Agreement"])
     for a in summary.agreement:
         agreement.add_row(a.rater, str(a.votes), str(a.items), str(a.agreed), percent(a.rate))
     for table in (rates, ranking, agreement):
@@ -145,6 +142,18 @@ def cmd_results(args: argparse.Namespace) -> int:
         args.csv.write_text(votes_csv(votes), encoding="utf-8")
         console.print(f"votes written to {args.csv}")
     return 0
+
+
+def _table(title: str, text_columns: list[str], number_columns: list[str]) -> Any:
+    """A rich table with text columns on the left and right-aligned number columns."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for name in text_columns:
+        table.add_column(name)
+    for name in number_columns:
+        table.add_column(name, justify="right")
+    return table
 
 
 def _study_template(study_dir: Path) -> str:

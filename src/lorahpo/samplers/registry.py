@@ -73,7 +73,7 @@ def make_sampler(
         cls = _import(name)
         if "seed" in inspect.signature(cls).parameters:
             options.setdefault("seed", seed)
-        _check_kwargs(cls, options, name)
+        _check_kwargs(cls, options, name, reserved=())
         return cls(**options)
     raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)} or give an import path")
 
@@ -109,8 +109,8 @@ def _import(path: str) -> type[BaseSampler]:
     return obj
 
 
-def _check_kwargs(cls: type, options: dict[str, Any], name: str) -> None:
-    accepted = set(inspect.signature(cls).parameters) - {"seed"}
+def _check_kwargs(cls: type, options: dict[str, Any], name: str, reserved: tuple[str, ...] = ("seed",)) -> None:
+    accepted = set(inspect.signature(cls).parameters) - set(reserved)
     unknown = set(options) - accepted
     if unknown:
         raise ValueError(f"unknown {name} options {sorted(unknown)}")

@@ -1,0 +1,426 @@
+"""The blackbox: fine-tune a LoRA adapter with one trial config and return its validation loss.
+
+One readable recipe, ``setup -> fit -> validate``, in a plain PyTorch loop:
+
+* **setup** loads the model and tokenizer, builds the data splits and wraps the model with LoRA
+  (seeded by ``training.seed``, so every trial starts from the same adapter initialisation).
+* **fit** trains with AdamW, linear warm-up then a cosine/linear/constant schedule, gradient
+  accumulation up to ``effective_batch_size`` and gradient clipping. Batches are grouped by
+  length (little padding) in an order fixed by ``training.seed``, the same in every trial.
+* **validate** measures the mean cross-entropy per response token over the whole validation
+  split: token-weighted, so a batch of long answers counts for more than one of short answers.
+
+Speed: with bf16 the frozen base weights are stored in bf16 while the LoRA weights stay in fp32,
+and matrix products run under autocast. Logits are computed only at response positions, the
+only ones the loss reads; for a vocabulary of ~50k the full logits cost a fifth of the compute.
+
+Failures are results: out of memory, a non-finite loss, a divergence, bad data or a missing
+model return ``TrialResult(status="failed", reason=...)``; nothing here exits the process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import resource
+import sys
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+import torch
+import torch.nn.functional as F
+
+from lorahpo.finetune.config import LoraConfig, LoraTrialConfig, TrainingConfig
+from lorahpo.finetune.data import IGNORE_INDEX, DataError, Example, build_splits
+from lorahpo.finetune.models import ModelError, load_model_and_tokenizer
+from lorahpo.result import TrialResult
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+#: Called with ``(step, validation_loss)`` after each intermediate evaluation; True stops the trial.
+Reporter = Callable[[int, float], bool]
+
+#: Architectures whose language-model head is a plain linear layer on the decoder's output
+#: (no logit scaling or soft-capping), so logits may be computed at response positions only.
+_PLAIN_HEAD = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi", "phi3", "gemma", "olmo2", "smollm3", "starcoder2"})
+
+#: Length grouping: examples are shuffled, cut into chunks of this many batches, sorted by
+#: length within a chunk, and the batches shuffled again (as HF's LengthGroupedSampler does).
+_BATCHES_PER_GROUP = 50
+
+
+class TrialFailure(Exception):
+    """The trial ran but its outcome is unusable (non-finite loss, divergence)."""
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How the frozen base model computes: its weight dtype and the autocast dtype."""
+
+    name: str
+    dtype: torch.dtype
+
+    def autocast(self, device: torch.device) -> AbstractContextManager[Any]:
+        return torch.autocast(device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+
+
+@dataclass
+class Setup:
+    """A loaded model (not yet adapted), its tokenizer and data, and where it computes."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    train: list[Example]
+    validation: list[Example]
+    device: torch.device
+    precision: Precision
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    attention_mask: torch.Tensor | None  # None when no row is padded: attention takes its fast causal path
+    tokens: int  # non-pad tokens
+    targets: int  # response tokens the loss covers
+
+
+@dataclass
+class Progress:
+    """What a trial has measured so far; a pruned or failed trial returns it as its metrics."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    intermediate: list[tuple[int, float]] = field(default_factory=list)
+
+
+def run_trial(
+    config: LoraTrialConfig, trial_dir: Path | None = None, reporter: Reporter | None = None
+) -> TrialResult:
+    """Fine-tune one LoRA adapter and measure its validation loss.
+
+    Args:
+        config: The trial's model, data, LoRA and training settings.
+        trial_dir: Folder for ``metrics.json``, ``train_log.jsonl`` and ``adapter/`` (PEFT
+            format) when ``config.save_adapter``; nothing is written when None.
+        reporter: Called with ``(step, validation_loss)`` after every intermediate evaluation
+            (each epoch, or every ``training.eval_every`` steps); returning True stops the
+            trial with status ``pruned``. A stop request after the last step is ignored.
+
+    Returns:
+        The trial's result. Its metrics are ``validation_loss`` (the objective),
+        ``initial_validation_loss`` (of the untrained adapter), ``train_loss`` (token-weighted
+        mean over the last epoch's worth of optimizer steps), ``runtime_s`` (training time
+        without evaluation), ``train_tokens`` (non-pad tokens trained on),
+        ``train_tokens_per_s``, ``peak_memory_mb`` (CUDA peak allocation, or the process's peak
+        resident memory on CPU), ``trainable_params``, ``steps`` and ``epochs``.
+    """
+    start = time.perf_counter()
+    progress = Progress()
+    if trial_dir is not None:
+        trial_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        setup = load(config)
+        model = add_lora(setup.model, config.lora, config.training.seed)
+        progress.metrics["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        with _train_log(trial_dir) as log:
+            stopped = fit(model, setup, config.training, progress, reporter, log)
+        status = "pruned" if stopped else "complete"
+        if status == "complete" and config.save_adapter and trial_dir is not None:
+            model.save_pretrained(trial_dir / "adapter")
+        result = TrialResult(status, progress.metrics, None, progress.intermediate)
+    except (DataError, ModelError, TrialFailure) as exc:
+        result = TrialResult.failure(_one_line(exc), metrics=progress.metrics, intermediate=progress.intermediate)
+    except Exception as exc:  # a failure is a result: the study goes on
+        traceback.print_exc(file=sys.stdout)
+        text = _one_line(exc)
+        if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text.lower():
+            reason = f"out of memory: {text}"
+        else:
+            reason = f"{type(exc).__name__}: {text}"
+        result = TrialResult.failure(reason, metrics=progress.metrics, intermediate=progress.intermediate)
+    finally:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    result.duration_s = time.perf_counter() - start
+    print(f"trial {result.status}" + (f": {result.reason}" if result.reason else ""), flush=True)
+    if trial_dir is not None:
+        result.save(trial_dir / "metrics.json")
+    return result
+
+
+def load(config: LoraTrialConfig) -> Setup:
+    """Load the model, tokenizer and data splits of a trial, on its device and in its precision."""
+    device = resolve_device(config.training.device)
+    precision = resolve_precision(config.training.precision, device)
+    threads = os.environ.get("LORAHPO_NUM_THREADS")
+    if threads:  # several trials sharing one CPU must split its cores, not fight over them
+        torch.set_num_threads(int(threads))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    model, tokenizer = load_model_and_tokenizer(config.model, precision.dtype, device)
+    splits = build_splits(config.data, tokenizer)
+    print(splits.report.summary(), flush=True)
+    n_train = max(1, round(len(splits.train) * config.training.train_fraction))
+    # The split is already a seeded shuffle: its prefix is a fixed random subset, nested across fractions.
+    return Setup(model, tokenizer, splits.train[:n_train], splits.validation, device, precision)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is the first CUDA device when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> Precision:
+    """Pick the compute precision; ``auto`` is bf16 wherever the hardware runs it fast.
+
+    On a CPU without bf16 matrix instructions (AMX or AVX512-BF16) bf16 is emulated and many
+    times slower than fp32, so ``auto`` keeps fp32 there.
+    """
+    if name == "auto":
+        if device.type == "cuda":
+            fast = torch.cuda.is_bf16_supported()
+        else:
+            fast = device.type == "cpu" and _cpu_has_bf16()
+        name = "bf16" if fast else "fp32"
+    return Precision(name, {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name])
+
+
+def add_lora(model: PreTrainedModel, cfg: LoraConfig, seed: int) -> Any:
+    """Wrap ``model`` with fresh LoRA adapters; the base weights are frozen, the adapters fp32."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    torch.manual_seed(seed)  # same adapter initialisation (and dropout stream) in every trial
+    peft_cfg = PeftLoraConfig(
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=cfg.target_modules,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    # autocast_adapter_dtype keeps adapter weights in fp32 over a bf16/fp16 base: small
+    # updates to bf16 weights would round away.
+    return get_peft_model(model, peft_cfg, autocast_adapter_dtype=True)
+
+
+def fit(
+    model: Any,
+    setup: Setup,
+    cfg: TrainingConfig,
+    progress: Progress,
+    reporter: Reporter | None,
+    log: TextIO | None,
+) -> bool:
+    """Train ``model`` in place, filling ``progress``; return True when the reporter stopped it.
+
+    Raises:
+        TrialFailure: The training loss became non-finite, or the final validation loss
+            diverged from the untrained one.
+    """
+    from transformers import get_scheduler
+
+    device, precision, metrics = setup.device, setup.precision, progress.metrics
+    accumulation = cfg.effective_batch_size // cfg.batch_size
+    steps_per_epoch = math.ceil(math.ceil(len(setup.train) / cfg.batch_size) / accumulation)
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    eval_every = cfg.eval_every or steps_per_epoch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    scheduler = get_scheduler(
+        "constant_with_warmup" if cfg.scheduler == "constant" else cfg.scheduler,
+        optimizer,
+        num_warmup_steps=math.ceil(cfg.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+    # fp16 gradients of the frozen activations can underflow; the scaler rescales them.
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.name == "fp16")
+
+    eval_batch_size = 2 * cfg.batch_size  # no activations kept for backward: twice the rows fit
+    initial = validate(model, setup.validation, setup, eval_batch_size)
+    metrics["initial_validation_loss"] = initial
+    print(f"initial validation loss {initial:.4f}; {total_steps} steps of {cfg.effective_batch_size} examples", flush=True)
+
+    recent: deque[tuple[float, int]] = deque(maxlen=steps_per_epoch)  # (loss sum, targets) per step
+    step, tokens, train_time = 0, 0, 0.0
+    print_every = max(1, total_steps // 50)
+    model.train()
+    while step < total_steps:
+        epoch_batches = length_grouped(setup.train, cfg.batch_size, seed=f"{cfg.seed}-{step // steps_per_epoch}")
+        for group_start in range(0, len(epoch_batches), accumulation):
+            tic = time.perf_counter()
+            batches = [
+                _collate(setup.train, indices, setup.tokenizer.pad_token_id, device)
+                for indices in epoch_batches[group_start : group_start + accumulation]
+            ]
+            targets = sum(b.targets for b in batches)
+            loss_sum = torch.zeros((), device=device)
+            for batch in batches:
+                with precision.autocast(device):
+                    loss = response_loss_sum(model, batch)
+                scaler.scale(loss / targets).backward()  # token-weighted over the whole effective batch
+                loss_sum += loss.detach()
+            step_loss = loss_sum.item()
+            if not math.isfinite(step_loss):
+                raise TrialFailure(f"non-finite loss at step {step + 1}")
+            if cfg.max_grad_norm is not None:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            lr = scheduler.get_last_lr()[0]
+            scheduler.step()
+            step += 1
+            tokens += sum(b.tokens for b in batches)
+            train_time += time.perf_counter() - tic
+            recent.append((step_loss, targets))
+            metrics.update(
+                train_loss=sum(s for s, _ in recent) / sum(n for _, n in recent),
+                runtime_s=train_time,
+                train_tokens=tokens,
+                train_tokens_per_s=tokens / train_time,
+                steps=step,
+                epochs=step / steps_per_epoch,
+            )
+            if log is not None:
+                log.write(json.dumps({"step": step, "loss": step_loss / targets, "lr": lr, "tokens": tokens}) + "\n")
+            if step % print_every == 0 or step == total_steps:
+                print(
+                    f"step {step}/{total_steps} loss {step_loss / targets:.4f} lr {lr:.2e} "
+                    f"tokens/s {tokens / train_time:.0f}",
+                    flush=True,
+                )
+            if step % eval_every == 0 or step == total_steps:
+                value = validate(model, setup.validation, setup, eval_batch_size)
+                progress.intermediate.append((step, value))
+                metrics["validation_loss"] = value
+                metrics["peak_memory_mb"] = _peak_memory_mb(device)
+                print(f"step {step} validation loss {value:.4f}", flush=True)
+                if log is not None:
+                    log.write(json.dumps({"step": step, "validation_loss": value}) + "\n")
+                if reporter is not None and reporter(step, value) and step < total_steps:
+                    return True
+            if step == total_steps:
+                break
+
+    final = metrics["validation_loss"]
+    if not math.isfinite(final):
+        raise TrialFailure(f"non-finite validation loss after step {step}")
+    if final > cfg.divergence_factor * initial:
+        raise TrialFailure(
+            f"diverged: validation loss {final:.4g} > {cfg.divergence_factor:g} x initial {initial:.4g}"
+        )
+    return False
+
+
+@torch.no_grad()
+def validate(model: Any, examples: list[Example], setup: Setup, batch_size: int) -> float:
+    """Mean cross-entropy per response token over ``examples`` (token-weighted, dropout off)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    # Sorted by length, no shuffle: the least padding, and the same batches every time.
+    for indices in length_grouped(examples, batch_size, seed=None):
+        batch = _collate(examples, indices, setup.tokenizer.pad_token_id, setup.device)
+        with setup.precision.autocast(setup.device):
+            total += response_loss_sum(model, batch).item()
+        count += batch.targets
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def response_loss_sum(model: Any, batch: Batch) -> torch.Tensor:
+    """Summed next-token cross-entropy over the response tokens of ``batch`` (fp32)."""
+    targets = batch.labels[:, 1:]
+    keep = targets != IGNORE_INDEX
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if base.config.model_type in _PLAIN_HEAD:
+        hidden = base.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+        logits = base.get_output_embeddings()(hidden[:, :-1][keep])
+    else:
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1][keep]
+    return F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+
+
+def length_grouped(examples: list[Example], batch_size: int, seed: str | None) -> list[list[int]]:
+    """Batches of example indices with similar lengths.
+
+    With a seed: shuffle, sort by length within chunks of :data:`_BATCHES_PER_GROUP` batches,
+    then shuffle the batches, so each batch has little padding yet the order stays random and
+    is the same for the same seed. Without a seed: sorted by length, longest first.
+    """
+    order = list(range(len(examples)))
+    if seed is None:
+        chunk = len(order) or 1
+    else:
+        rng = random.Random(seed)
+        rng.shuffle(order)
+        chunk = batch_size * _BATCHES_PER_GROUP
+    batches = []
+    for start in range(0, len(order), chunk):
+        group = sorted(order[start : start + chunk], key=lambda i: -len(examples[i].input_ids))
+        batches += [group[i : i + batch_size] for i in range(0, len(group), batch_size)]
+    if seed is not None:
+        rng.shuffle(batches)
+    return batches
+
+
+def _collate(examples: list[Example], indices: list[int], pad_id: int, device: torch.device) -> Batch:
+    """Right-pad a batch to its longest example."""
+    rows = [examples[i] for i in indices]
+    length = max(len(r.input_ids) for r in rows)
+    input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, row in enumerate(rows):
+        n = len(row.input_ids)
+        input_ids[i, :n] = torch.tensor(row.input_ids)
+        labels[i, :n] = torch.tensor(row.labels)
+        mask[i, :n] = 1
+    tokens = int(mask.sum())
+    targets = int((labels[:, 1:] != IGNORE_INDEX).sum())
+    padded = tokens < mask.numel()
+    return Batch(input_ids.to(device), labels.to(device), mask.to(device) if padded else None, tokens, targets)
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags for flag in ("amx_bf16", "avx512_bf16"))
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
+
+
+@contextmanager
+def _train_log(trial_dir: Path | None) -> Iterator[TextIO | None]:
+    """``train_log.jsonl`` in the trial folder, line-buffered so a killed trial keeps its log."""
+    if trial_dir is None:
+        yield None
+        return
+    with (trial_dir / "train_log.jsonl").open("w", buffering=1) as log:
+        yield log
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

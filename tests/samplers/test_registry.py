@@ -1,0 +1,68 @@
+"""Optimizers by name, their options, and per-trial seeding."""
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.samplers import QMCSampler
+
+from lorahpo import NomadSampler
+from lorahpo.samplers import make_sampler
+from lorahpo.samplers.nomad import INTERRUPTED_ATTR
+from lorahpo.samplers.registry import grid_values
+from lorahpo.samplers.seeded import TrialSeededSampler
+
+SPACE = {"x": FloatDistribution(-1, 1), "k": IntDistribution(0, 3)}
+
+
+def test_names():
+    assert isinstance(make_sampler("nomad", SPACE, parallel=3), NomadSampler)
+    for name in ("tpe", "random"):
+        assert isinstance(make_sampler(name, SPACE), TrialSeededSampler)
+    assert isinstance(make_sampler("optuna.samplers:QMCSampler", SPACE), QMCSampler)
+    assert isinstance(make_sampler("optuna.samplers.QMCSampler", SPACE, options={"scramble": True}), QMCSampler)
+
+
+@pytest.mark.parametrize(
+    "name, options, message",
+    [
+        ("annealing", None, "unknown optimizer"),
+        ("tpe", {"n_startup": 3}, "unknown tpe options"),
+        ("nomad", {"block": 2}, "unknown nomad options"),
+        ("grid", None, "continuous"),
+        ("os:path", None, "not an Optuna sampler"),
+    ],
+)
+def test_errors(name, options, message):
+    with pytest.raises(ValueError, match=message):
+        make_sampler(name, SPACE, options=options)
+
+
+def test_grid_values_and_limit():
+    grid = grid_values({"r": CategoricalDistribution([4, 8]), "a": IntDistribution(1, 5, step=2),
+                        "f": FloatDistribution(0.0, 1.0, step=0.5)})
+    assert grid == {"r": [4, 8], "a": [1, 3, 5], "f": [0.0, 0.5, 1.0]}
+    with pytest.raises(ValueError, match="more than"):
+        grid_values({"a": IntDistribution(0, 1000), "b": IntDistribution(0, 1000)})
+
+
+def _run(sampler, n, interrupt_at=None):
+    study = optuna.create_study(sampler=sampler)
+    points = []
+    while len(points) < n:
+        t = study.ask(SPACE)
+        if t.number == interrupt_at:
+            study._storage.set_trial_system_attr(t._trial_id, INTERRUPTED_ATTR, True)
+            study.tell(t, state=optuna.trial.TrialState.FAIL)
+            continue
+        points.append(dict(t.params))
+        study.tell(t, t.params["x"] ** 2 + t.params["k"])
+    return points
+
+
+@pytest.mark.parametrize("name", ["tpe", "random"])
+def test_trial_seeding_is_reproducible_and_skips_interrupted_trials(name):
+    a = _run(make_sampler(name, SPACE, seed=3), 14)
+    b = _run(make_sampler(name, SPACE, seed=3), 14)
+    c = _run(make_sampler(name, SPACE, seed=3), 14, interrupt_at=5)
+    assert a == b == c
+    assert a != _run(make_sampler(name, SPACE, seed=4), 14)
