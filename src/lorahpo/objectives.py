@@ -37,7 +37,7 @@ class ObjectiveSpec(BaseModel):
     metric: str | None = Field(
         None, description="Metric to optimise (default: validation_loss for lora, else `value`)."
     )
-    direction: Literal["minimize", "maximize"] = "minimize"
+    direction: Literal["minimize", "maximize"] = Field("minimize", description="Minimise or maximise the metric.")
 
     @model_validator(mode="after")
     def _one_kind(self) -> ObjectiveSpec:

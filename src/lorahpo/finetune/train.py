@@ -53,6 +53,9 @@ Reporter = Callable[[int, float], bool]
 #: (no logit scaling or soft-capping), so logits may be computed at response positions only.
 _PLAIN_HEAD = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi", "phi3", "gemma", "olmo2", "smollm3", "starcoder2"})
 
+#: How allocation failures read when they are not a ``torch.OutOfMemoryError`` (the CPU allocator's).
+_OOM_MESSAGES = ("out of memory", "can't allocate memory", "not enough memory")
+
 #: Length grouping: examples are shuffled, cut into chunks of this many batches, sorted by
 #: length within a chunk, and the batches shuffled again (as HF's LengthGroupedSampler does).
 _BATCHES_PER_GROUP = 50
@@ -142,7 +145,7 @@ def run_trial(
     except Exception as exc:  # a failure is a result: the study goes on
         traceback.print_exc(file=sys.stdout)
         text = _one_line(exc)
-        if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text.lower():
+        if isinstance(exc, torch.OutOfMemoryError) or any(m in text.lower() for m in _OOM_MESSAGES):
             reason = f"out of memory: {text}"
         else:
             reason = f"{type(exc).__name__}: {text}"

@@ -1,0 +1,111 @@
+"""Tiny stand-ins for a real model and data, built in code: the blackbox tests run in seconds.
+
+* a byte-level BPE tokenizer trained on the fixture texts (exact round trip, EOS and pad);
+* a 2-layer Llama with hidden size 32 and random weights, saved with ``save_pretrained``;
+* Alpaca-format instruction rows with simple, learnable answers, written as JSONL.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lorahpo.finetune.config import LoraTrialConfig
+
+COLOURS = ["red", "blue", "green", "yellow", "black", "white", "orange", "purple"]
+THINGS = ["sky", "grass", "sun", "coal", "snow", "carrot", "plum", "leaf"]
+
+
+def instruction_rows(n: int = 48) -> list[dict[str, str]]:
+    """Arithmetic and colour questions of varied lengths, with answers a small model can learn."""
+    rows = []
+    for i in range(n):
+        a, b = i % 7 + 1, i % 5 + 2
+        if i % 3 == 0:
+            rows.append({"instruction": f"Add {a} and {b}.", "input": "", "output": f"The sum is {a + b}."})
+        elif i % 3 == 1:
+            thing, colour = THINGS[i % 8], COLOURS[i % 8]
+            rows.append(
+                {
+                    "instruction": "Name the colour of the thing.",
+                    "input": f"The thing is the {thing}. " * (1 + i % 4),
+                    "output": f"The {thing} is {colour}.",
+                }
+            )
+        else:
+            rows.append(
+                {"instruction": f"Count from {a} to {a + b}.", "input": "", "output": " ".join(map(str, range(a, a + b + 1)))}
+            )
+    return rows
+
+
+def build_tokenizer(texts: list[str]) -> Any:
+    """A byte-level BPE tokenizer with ``<eos>`` and ``<pad>``, trained on ``texts``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=512, special_tokens=["<pad>", "<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    backend.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", pad_token="<pad>")
+
+
+def build_model(folder: Path, tokenizer: Any, seed: int = 0) -> Path:
+    """Save a random 2-layer Llama and ``tokenizer`` into ``folder``, loadable by ``from_pretrained``."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@dataclass
+class Tiny:
+    """Paths of a tiny model folder and its instruction data."""
+
+    model_dir: Path
+    data_path: Path
+
+    def config(self, **training: Any) -> LoraTrialConfig:
+        """A trial config on the tiny model and data; ``training`` overrides training fields."""
+        return LoraTrialConfig.model_validate(
+            {
+                "model": {"name": str(self.model_dir)},
+                "data": {"preset": None, "sources": [{"path": str(self.data_path)}], "max_length": 128},
+                "lora": {"rank": 4, "alpha": 8, "dropout": 0.0},
+                "training": {"batch_size": 4, "effective_batch_size": 4, "learning_rate": 1e-2, **training},
+            }
+        )
+
+
+def make_tiny(folder: Path) -> Tiny:
+    """Write the tiny model, tokenizer and data into ``folder``."""
+    from lorahpo.finetune.data import ALPACA_PROMPT
+
+    rows = instruction_rows()
+    data_path = folder / "data.jsonl"
+    data_path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    texts = [ALPACA_PROMPT] + [" ".join(row.values()) for row in rows]
+    model_dir = build_model(folder / "model", build_tokenizer(texts))
+    return Tiny(model_dir, data_path)
