@@ -204,8 +204,8 @@ class Study:
             conf.optimizer, dists, x0=x0, seed=conf.seed, parallel=conf.parallel, options=conf.optimizer_options
         )
         study.sampler = sampler
-        if x0 is not None and not isinstance(sampler, NomadSampler) and not study.trials:
-            study.enqueue_trial(x0)  # every optimizer starts from the same point as NOMAD
+        if x0 is not None and not study.trials and conf.optimizer not in ("nomad", "grid"):
+            study.enqueue_trial(x0)  # start from the same point as NOMAD (a grid has its own points)
         executor = LocalExecutor(conf.parallel)
         running: dict[Future[TrialResult], Trial] = {}
         start, new, stopped = time.monotonic(), 0, "budget"

@@ -1,7 +1,8 @@
 """Tiny stand-ins for a real model and data, built in code: the blackbox tests run in seconds.
 
 * a byte-level BPE tokenizer trained on the fixture texts (exact round trip, EOS and pad);
-* a 2-layer Llama with hidden size 32 and random weights, saved with ``save_pretrained``;
+* a 2-layer Llama with hidden size 32 and random weights, saved with ``save_pretrained``, and
+  the same model and tokenizer written as a GGUF file the way llama.cpp's converter writes them;
 * Alpaca-format instruction rows with simple, learnable answers, written as JSONL.
 """
 
@@ -78,6 +79,69 @@ def build_model(folder: Path, tokenizer: Any, seed: int = 0) -> Path:
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def write_gguf(model_dir: Path, path: Path) -> Path:
+    """Write the model and tokenizer in ``model_dir`` as an F32 GGUF file (llama architecture)."""
+    import gguf
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    c = model.config
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name("tiny llama")
+    writer.add_context_length(c.max_position_embeddings)
+    writer.add_embedding_length(c.hidden_size)
+    writer.add_block_count(c.num_hidden_layers)
+    writer.add_feed_forward_length(c.intermediate_size)
+    writer.add_head_count(c.num_attention_heads)
+    writer.add_head_count_kv(c.num_key_value_heads)
+    writer.add_layer_norm_rms_eps(c.rms_norm_eps)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_rope_dimension_count(c.hidden_size // c.num_attention_heads)
+    writer.add_vocab_size(c.vocab_size)
+
+    backend = json.loads(tokenizer.backend_tokenizer.to_str())
+    tokens = [""] * len(tokenizer)
+    for token, index in backend["model"]["vocab"].items():
+        tokens[index] = token
+    special = {t["content"] for t in backend["added_tokens"]}
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([gguf.TokenType.CONTROL if t in special else gguf.TokenType.NORMAL for t in tokens])
+    writer.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in backend["model"]["merges"]])
+    writer.add_bos_token_id(tokenizer.eos_token_id)
+    writer.add_eos_token_id(tokenizer.eos_token_id)
+    writer.add_pad_token_id(tokenizer.pad_token_id)
+
+    def permute(w: Any, heads: int) -> Any:  # llama.cpp's rotary layout of q/k rows
+        return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+    weights = {k: v.numpy() for k, v in model.state_dict().items()}
+    writer.add_tensor("token_embd.weight", weights["model.embed_tokens.weight"])
+    names = {
+        "attn_norm": "input_layernorm",
+        "attn_v": "self_attn.v_proj",
+        "attn_output": "self_attn.o_proj",
+        "ffn_norm": "post_attention_layernorm",
+        "ffn_gate": "mlp.gate_proj",
+        "ffn_up": "mlp.up_proj",
+        "ffn_down": "mlp.down_proj",
+    }
+    for i in range(c.num_hidden_layers):
+        hf = f"model.layers.{i}."
+        writer.add_tensor(f"blk.{i}.attn_q.weight", permute(weights[hf + "self_attn.q_proj.weight"], c.num_attention_heads))
+        writer.add_tensor(f"blk.{i}.attn_k.weight", permute(weights[hf + "self_attn.k_proj.weight"], c.num_key_value_heads))
+        for gguf_name, hf_name in names.items():
+            writer.add_tensor(f"blk.{i}.{gguf_name}.weight", weights[hf + hf_name + ".weight"])
+    writer.add_tensor("output_norm.weight", weights["model.norm.weight"])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
 
 
 @dataclass

@@ -46,6 +46,20 @@ from lorahpo.result import TrialResult
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+#: The metrics of a trial that ran; a pruned or failed one has those measured before it stopped.
+METRIC_KEYS = (
+    "validation_loss",
+    "initial_validation_loss",
+    "train_loss",
+    "runtime_s",
+    "train_tokens",
+    "train_tokens_per_s",
+    "peak_memory_mb",
+    "trainable_params",
+    "steps",
+    "epochs",
+)
+
 #: Called with ``(step, validation_loss)`` after each intermediate evaluation; True stops the trial.
 Reporter = Callable[[int, float], bool]
 
@@ -251,8 +265,7 @@ def fit(
     # fp16 gradients of the frozen activations can underflow; the scaler rescales them.
     scaler = torch.amp.GradScaler(device.type, enabled=precision.name == "fp16")
 
-    eval_batch_size = 2 * cfg.batch_size  # no activations kept for backward: twice the rows fit
-    initial = validate(model, setup.validation, setup, eval_batch_size)
+    initial = validate(model, setup.validation, setup, eval_batch_size(cfg))
     metrics["initial_validation_loss"] = initial
     print(f"initial validation loss {initial:.4f}; {total_steps} steps of {cfg.effective_batch_size} examples", flush=True)
 
@@ -307,7 +320,7 @@ def fit(
                     flush=True,
                 )
             if step % eval_every == 0 or step == total_steps:
-                value = validate(model, setup.validation, setup, eval_batch_size)
+                value = validate(model, setup.validation, setup, eval_batch_size(cfg))
                 progress.intermediate.append((step, value))
                 metrics["validation_loss"] = value
                 metrics["peak_memory_mb"] = _peak_memory_mb(device)
@@ -343,6 +356,11 @@ def validate(model: Any, examples: list[Example], setup: Setup, batch_size: int)
         count += batch.targets
     model.train(was_training)
     return total / max(count, 1)
+
+
+def eval_batch_size(cfg: TrainingConfig) -> int:
+    """Validation batch size: twice the training one, as no activations are kept for backward."""
+    return 2 * cfg.batch_size
 
 
 def response_loss_sum(model: Any, batch: Batch) -> torch.Tensor:

@@ -1,0 +1,170 @@
+"""Start-up script of a sandboxed program: ``python -I -S -B _jail.py FOLDER PROGRAM SETTINGS``.
+
+Trusted code runs first and confines the process, as SETTINGS (JSON) asks:
+
+1. resource limits (CPU seconds, address space, file size, open files, processes, no core);
+2. a new, empty network namespace (``unshare``), when asked;
+3. when asked and started as root: import the standard-library modules such programs use, then
+   become ``nobody`` (imports after that need files ``nobody`` can read);
+
+then it installs an audit hook and runs PROGRAM (a file in FOLDER) as ``__main__``. A layer
+that was asked for and cannot be set up ends the process with exit code 97 before PROGRAM runs.
+The hook refuses, by raising ``PermissionError``:
+
+- opening a file for writing, or any directory, outside FOLDER (``/dev/null`` excepted);
+- deleting, renaming, or changing modes, owners or times of paths outside FOLDER; links; and
+  every such call relative to a directory descriptor (which could point anywhere);
+- creating processes (fork, exec, spawn, ``subprocess``, ``os.system``) and sending signals;
+- sockets of any kind, and loading native code (``ctypes``, ``_posixsubprocess``);
+- raising limits, and walking the garbage collector's object graph (a way to reach the hook).
+
+Audit hooks are not a security boundary on their own (Python's documentation says so): they are
+the inner layer, under the limits, the network namespace and the unprivileged user.
+"""
+
+import json
+import os
+import resource
+import sys
+
+SETUP_FAILED = 97
+_CLONE_NEWUSER = 0x10000000
+_CLONE_NEWNET = 0x40000000
+_PRELOAD = (
+    "array", "bisect", "cmath", "collections", "copy", "datetime", "decimal", "fractions", "functools",
+    "hashlib", "heapq", "itertools", "json", "math", "numbers", "operator", "random", "re", "statistics",
+    "string", "struct", "textwrap", "typing", "unicodedata",
+)
+
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+_DEVNULL = ("/dev/null", b"/dev/null")
+_ALWAYS = frozenset(
+    {
+        "os.fork", "os.forkpty", "os.exec", "os.spawn", "os.posix_spawn", "os.system", "os.kill", "os.killpg",
+        "os.chroot", "os.link", "os.symlink", "subprocess.Popen", "pty.spawn", "resource.setrlimit",
+        "resource.prlimit", "gc.get_objects", "gc.get_referrers", "gc.get_referents", "sys.setprofile",
+        "sys.settrace", "os.startfile",
+    }
+)
+_DENIED_PREFIXES = ("socket.", "ctypes.", "syslog.", "urllib.", "http.", "ftplib.", "smtplib.", "webbrowser.")
+_DENIED_IMPORTS = frozenset({"ctypes", "_ctypes", "_posixsubprocess", "cffi"})
+# Events that change the file system: positions of their path arguments, and of their
+# directory-descriptor arguments (a path relative to a descriptor could be anywhere).
+_PATH_EVENTS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    "os.remove": ((0,), (1,)),
+    "os.rmdir": ((0,), (1,)),
+    "os.rename": ((0, 1), (2, 3)),
+    "os.mkdir": ((0,), (2,)),
+    "os.chmod": ((0,), (2,)),
+    "os.chown": ((0,), (3,)),
+    "os.utime": ((0,), (3,)),
+    "os.mkfifo": ((0,), (2,)),
+    "os.mknod": ((0,), (3,)),
+    "os.truncate": ((0,), ()),
+    "os.chflags": ((0,), ()),
+    "os.lchflags": ((0,), ()),
+    "os.setxattr": ((0,), ()),
+    "os.removexattr": ((0,), ()),
+    "shutil.rmtree": ((0,), (1,)),
+    "shutil.copyfile": ((1,), ()),
+    "shutil.copymode": ((1,), ()),
+    "shutil.copystat": ((1,), ()),
+    "shutil.copytree": ((1,), ()),
+    "shutil.move": ((0, 1), ()),
+    "shutil.chown": ((0,), ()),
+}
+
+
+def _install(root: str) -> None:
+    # Everything the hook needs lives in this closure; nothing is reachable from module globals.
+    realpath, abspath, isdir, fspath = os.path.realpath, os.path.abspath, os.path.isdir, os.fspath
+    prefix = root + os.sep
+
+    def inside(path: object) -> bool:
+        try:
+            full = realpath(abspath(fspath(path)))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return False
+        if isinstance(full, bytes):
+            full = full.decode("utf-8", "surrogateescape")
+        return full == root or full.startswith(prefix)
+
+    def deny(what: str) -> None:
+        raise PermissionError(f"sandbox: {what} is not allowed")
+
+    def hook(event: str, args: tuple) -> None:
+        if event == "open":
+            path, mode, flags = (tuple(args) + (None, None))[:3]
+            if isinstance(path, int) or inside(path) or path in _DEVNULL:
+                return
+            if (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
+                isinstance(flags, int) and flags & _WRITE_FLAGS
+            ):
+                deny(f"writing {path!r} outside the work folder")
+            if isdir(path):  # a directory descriptor would let *at() calls reach outside
+                deny(f"opening the directory {path!r}")
+        elif event in _PATH_EVENTS:
+            paths, dir_fds = _PATH_EVENTS[event]
+            if any(i < len(args) and args[i] not in (None, -1) for i in dir_fds):
+                deny(f"{event} relative to a directory descriptor")
+            for i in paths:
+                path = args[i] if i < len(args) else None
+                if isinstance(path, int):
+                    if event != "os.truncate":  # truncating needs a descriptor opened for writing
+                        deny(f"{event} on a file descriptor")
+                elif path is not None and not inside(path):
+                    deny(f"{event}({path!r}) outside the work folder")
+        elif event == "import":
+            if args[0] in _DENIED_IMPORTS:
+                deny(f"import {args[0]}")
+        elif event in _ALWAYS or event.startswith(_DENIED_PREFIXES):
+            deny(event)
+
+    sys.addaudithook(hook)
+
+
+def _confine(settings: dict) -> None:
+    """Apply the limits, the network namespace and the user that ``settings`` ask for."""
+    mib = 1024 * 1024
+    for which, value in (
+        (resource.RLIMIT_CPU, settings["cpu_s"]),
+        (resource.RLIMIT_AS, settings["memory_mb"] * mib),
+        (resource.RLIMIT_FSIZE, settings["file_mb"] * mib),
+        (resource.RLIMIT_NOFILE, settings["open_files"]),
+        (resource.RLIMIT_NPROC, settings["processes"]),
+        (resource.RLIMIT_CORE, 0),
+    ):
+        resource.setrlimit(which, (value, value))
+    if settings["network_namespace"]:
+        import ctypes
+
+        flags = _CLONE_NEWNET | (_CLONE_NEWUSER if os.geteuid() != 0 else 0)
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.unshare(flags) != 0:
+            raise OSError(ctypes.get_errno(), "unshare: " + os.strerror(ctypes.get_errno()))
+    if settings["uid"] is not None:
+        for name in _PRELOAD:
+            __import__(name)
+        os.setgroups([])
+        os.setgid(settings["gid"])
+        os.setuid(settings["uid"])
+
+
+def main() -> None:
+    folder, program, settings = os.path.realpath(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
+    os.chdir(folder)
+    with open(program, encoding="utf-8") as fh:
+        code = compile(fh.read(), program, "exec")
+    try:
+        _confine(settings)
+    except (OSError, ValueError) as exc:
+        print(f"sandbox: setup failed: {exc}", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(SETUP_FAILED)
+    del sys.argv[1:]
+    _install(folder)
+    exec(code, {"__name__": "__main__", "__builtins__": __builtins__})
+
+
+if __name__ == "__main__":
+    main()

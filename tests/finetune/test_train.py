@@ -1,0 +1,252 @@
+"""Specification of the blackbox ``run_trial``: metrics, artefacts, failures, pruning, determinism."""
+
+import json
+import math
+import re
+
+import pytest
+import torch
+
+from lorahpo.finetune import train
+from lorahpo.finetune.config import LoraTrialConfig
+from lorahpo.finetune.data import Example
+from lorahpo.finetune.train import METRIC_KEYS, Batch, length_grouped, resolve_precision, response_loss_sum, run_trial
+from lorahpo.result import TrialResult
+
+from .tiny import make_tiny
+
+# The tiny data has 38 training examples: 10 batches of 4, so 10 optimizer steps per epoch.
+STEPS_PER_EPOCH = 10
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def trained(tiny, tmp_path_factory):
+    """One complete 3-epoch trial, shared by the tests that only read its outcome."""
+    trial_dir = tmp_path_factory.mktemp("trial")
+    return run_trial(tiny.config(epochs=3), trial_dir), trial_dir
+
+
+# --- a complete trial ---------------------------------------------------------------------------
+
+
+def test_complete_trial_reports_every_metric(trained):
+    result, _ = trained
+    assert result.status == "complete" and result.reason is None
+    m = result.metrics
+    assert set(m) == set(METRIC_KEYS)
+    assert all(math.isfinite(v) for v in m.values())
+    assert m["steps"] == 3 * STEPS_PER_EPOCH and m["epochs"] == 3.0
+    # Rank 4 on q and o (32 -> 32) and on k and v (32 -> 16), in each of 2 layers.
+    assert m["trainable_params"] == 2 * (2 * (4 * 32 + 32 * 4) + 2 * (4 * 32 + 16 * 4))
+    assert 0 < m["runtime_s"] < result.duration_s
+    assert m["train_tokens"] > 3 * 38 * 40  # every example is at least 40 tokens long
+    assert m["train_tokens_per_s"] == pytest.approx(m["train_tokens"] / m["runtime_s"])
+    assert m["peak_memory_mb"] > 50
+    assert 0 < m["train_loss"] < 10
+
+
+def test_a_sane_learning_rate_lowers_validation_loss(trained):
+    result, _ = trained
+    assert result.metrics["validation_loss"] < result.metrics["initial_validation_loss"] - 0.1
+
+
+def test_validation_loss_is_measured_every_epoch(trained):
+    result, _ = trained
+    assert [step for step, _ in result.intermediate] == [10, 20, 30]
+    assert result.intermediate[-1][1] == result.metrics["validation_loss"]
+
+
+def test_trial_folder_holds_adapter_metrics_and_log(trained):
+    result, trial_dir = trained
+    assert (trial_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert (trial_dir / "adapter" / "adapter_config.json").is_file()
+    assert TrialResult.load(trial_dir / "metrics.json") == result
+    lines = [json.loads(line) for line in (trial_dir / "train_log.jsonl").read_text().splitlines()]
+    steps = [line for line in lines if "loss" in line]
+    assert [line["step"] for line in steps] == list(range(1, 31))
+    assert set(steps[0]) == {"step", "loss", "lr", "tokens"}
+    assert steps[-1]["tokens"] == result.metrics["train_tokens"]
+    assert [line["step"] for line in lines if "validation_loss" in line] == [10, 20, 30]
+
+
+def test_progress_is_printed(tiny, capsys):
+    run_trial(tiny.config(max_steps=2))
+    out = capsys.readouterr().out
+    assert "initial validation loss" in out and "step 2/2 loss" in out and "tokens/s" in out
+    assert "trial complete" in out
+
+
+def test_same_config_gives_the_same_validation_loss(tiny, trained):
+    again = run_trial(tiny.config(epochs=3))
+    assert again.metrics["validation_loss"] == trained[0].metrics["validation_loss"]
+    assert again.intermediate == trained[0].intermediate
+
+
+# --- schedule, fidelity, intermediate values ----------------------------------------------------
+
+
+def test_eval_every_and_max_steps(tiny):
+    seen = []
+    result = run_trial(tiny.config(max_steps=7, eval_every=3), reporter=lambda s, v: seen.append((s, v)))
+    assert [s for s, _ in result.intermediate] == [3, 6, 7]
+    assert seen == result.intermediate
+    assert result.metrics["steps"] == 7 and result.metrics["epochs"] == 0.7
+
+
+def test_train_fraction_and_gradient_accumulation_set_the_steps(tiny):
+    half = run_trial(tiny.config(train_fraction=0.5, epochs=1))  # 19 examples: 5 batches of 4
+    assert half.metrics["steps"] == 5
+    accumulated = run_trial(tiny.config(effective_batch_size=8, epochs=1))  # 10 batches, 2 per step
+    assert accumulated.metrics["steps"] == 5
+    assert accumulated.metrics["train_tokens"] > 2 * half.metrics["train_tokens"] * 0.8
+
+
+def test_reporter_returning_true_prunes_the_trial(tiny, tmp_path):
+    result = run_trial(tiny.config(max_steps=6, eval_every=2), tmp_path, reporter=lambda step, value: True)
+    assert result.status == "pruned"
+    assert len(result.intermediate) == 1 and result.intermediate[0][0] == 2
+    assert result.metrics["validation_loss"] == result.intermediate[0][1]
+    assert result.metrics["steps"] == 2
+    assert not (tmp_path / "adapter").exists()
+    assert TrialResult.load(tmp_path / "metrics.json").status == "pruned"
+
+
+def test_a_stop_request_after_the_last_step_is_ignored(tiny):
+    result = run_trial(tiny.config(max_steps=2, eval_every=2), reporter=lambda step, value: True)
+    assert result.status == "complete"
+
+
+# --- failures are results -----------------------------------------------------------------------
+
+
+def test_huge_learning_rate_fails_with_a_reason(tiny):
+    result = run_trial(tiny.config(learning_rate=1e3, epochs=3, max_grad_norm=None))
+    assert result.status == "failed"
+    assert re.fullmatch(r"non-finite loss at step \d+|diverged: .*", result.reason)
+
+
+def test_divergence_from_the_untrained_loss_fails(tiny, monkeypatch):
+    values = iter([2.0, 7.0])  # initial, then after the only epoch
+    monkeypatch.setattr(train, "validate", lambda *args: next(values))
+    result = run_trial(tiny.config(epochs=1, divergence_factor=3.0))
+    assert result.status == "failed"
+    assert result.reason == "diverged: validation loss 7 > 3 x initial 2"
+    assert result.metrics["validation_loss"] == 7.0 and result.metrics["initial_validation_loss"] == 2.0
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+        RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: 8 GB"),
+    ],
+)
+def test_out_of_memory_fails_with_a_reason(tiny, monkeypatch, error):
+    def step(self, *args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    result = run_trial(tiny.config(epochs=1))
+    assert result.status == "failed"
+    assert result.reason.startswith("out of memory: ") and "\n" not in result.reason
+    assert "initial_validation_loss" in result.metrics
+
+
+def test_missing_model_fails_with_a_one_line_reason(tiny, tmp_path):
+    config = tiny.config()
+    config.model.name = str(tmp_path / "no-such-model")
+    result = run_trial(config, tmp_path / "trial")
+    assert result.status == "failed"
+    assert result.reason == f"model path not found: {tmp_path / 'no-such-model'}"
+    assert TrialResult.load(tmp_path / "trial" / "metrics.json").reason == result.reason
+
+
+def test_bad_data_fails_with_the_data_message(tiny, tmp_path):
+    config = tiny.config()
+    config.data.sources[0].path = str(tmp_path / "missing.jsonl")
+    result = run_trial(config)
+    assert result.status == "failed" and result.reason.endswith("missing.jsonl: file not found")
+
+
+def test_any_other_exception_fails_with_its_type_and_message(tiny):
+    config = tiny.config()
+    config.lora.target_modules = ["no_such_module"]
+    result = run_trial(config)
+    assert result.status == "failed"
+    assert re.match(r"\w+Error: Target modules \{'no_such_module'\} not found", result.reason)
+    assert "\n" not in result.reason
+
+
+# --- building blocks ----------------------------------------------------------------------------
+
+
+def test_response_only_logits_give_the_full_forward_loss(tiny):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny.model_dir, dtype=torch.float32)
+    ids = torch.randint(2, 400, (3, 12))
+    labels = ids.clone()
+    labels[:, :5] = -100
+    labels[2, 9:] = -100
+    mask = torch.ones_like(ids)
+    mask[2, 9:] = 0
+    batch = Batch(ids, labels, mask, tokens=int(mask.sum()), targets=int((labels[:, 1:] != -100).sum()))
+    with torch.no_grad():
+        expected = model(input_ids=ids, attention_mask=mask, labels=labels).loss * batch.targets
+        assert response_loss_sum(model, batch).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_length_grouped_batches_are_seeded_complete_and_tight():
+    examples = [Example(list(range(n)), list(range(n))) for n in [5, 40, 7, 39, 6, 41, 8, 38] * 10]
+    batches = length_grouped(examples, 4, seed="0-0")
+    assert batches == length_grouped(examples, 4, seed="0-0")
+    assert batches != length_grouped(examples, 4, seed="0-1")
+    assert sorted(i for b in batches for i in b) == list(range(80))
+    padding = sum(len(b) * max(len(examples[i].input_ids) for i in b) for b in batches)
+    assert padding < 1.1 * sum(len(e.input_ids) for e in examples)
+    ordered = length_grouped(examples, 4, seed=None)
+    assert [len(examples[b[0]].input_ids) for b in ordered][:3] == [41, 41, 41]
+
+
+def test_auto_precision_is_bf16_only_where_it_is_fast(monkeypatch):
+    monkeypatch.setattr(train, "_cpu_has_bf16", lambda: False)
+    assert resolve_precision("auto", torch.device("cpu")).dtype == torch.float32
+    monkeypatch.setattr(train, "_cpu_has_bf16", lambda: True)
+    assert resolve_precision("auto", torch.device("cpu")).dtype == torch.bfloat16
+    assert resolve_precision("fp16", torch.device("cpu")).dtype == torch.float16
+
+
+def test_bf16_trains_fp32_adapters_on_a_bf16_base(tiny, monkeypatch):
+    seen = {}
+    add_lora = train.add_lora
+
+    def spy(model, cfg, seed):
+        peft_model = add_lora(model, cfg, seed)
+        seen.update({name: p.dtype for name, p in peft_model.named_parameters()})
+        return peft_model
+
+    monkeypatch.setattr(train, "add_lora", spy)
+    result = run_trial(tiny.config(max_steps=3, precision="bf16"))
+    assert result.status == "complete"
+    assert {d for n, d in seen.items() if "lora_" in n} == {torch.float32}
+    assert {d for n, d in seen.items() if "lora_" not in n} == {torch.bfloat16}
+
+
+def test_thread_count_follows_the_environment(tiny, monkeypatch):
+    before = torch.get_num_threads()
+    monkeypatch.setenv("LORAHPO_NUM_THREADS", "1")
+    try:
+        run_trial(tiny.config(max_steps=1))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_config_defaults_follow_the_paper():
+    training = LoraTrialConfig().training
+    assert (training.warmup_ratio, training.weight_decay, training.scheduler) == (0.03, 0.0, "cosine")
