@@ -68,7 +68,9 @@ def make_sampler(
         return TrialSeededSampler(lambda s: RandomSampler(seed=s), seed)
     if name == "grid":
         grid = grid_values(distributions)
-        return TrialSeededSampler(lambda s: GridSampler(grid, seed=s), seed)
+        # The seed shuffles the grid's numbering, so every trial needs the same one; a fresh
+        # sampler per trial then picks its point as a function of the unvisited points alone.
+        return TrialSeededSampler(lambda _: GridSampler(grid, seed=seed), seed)
     if ":" in name or "." in name:
         cls = _import(name)
         if "seed" in inspect.signature(cls).parameters:
