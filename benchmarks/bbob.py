@@ -208,9 +208,11 @@ def run_study(sampler: BaseSampler, objective: Objective, budget: int) -> Run:
 def run_native(sampler: NomadSampler, objective: Objective, budget: int) -> Run:
     """``PyNomad.optimize`` on the sampler's problem, in a forked child process.
 
+    A fresh process per run, for two reasons: NOMAD's evaluation cache outlives ``optimize``
+    (a second run in the same process would skip the points the first one evaluated), and
     NOMAD 4.6 can take the whole process down (a segmentation fault after an internal exception
-    on some small integer problems), so it runs in a child that sends every evaluation back as
-    it happens: a crash keeps the evaluations made before it.
+    on some small integer problems). The child sends every evaluation back as it happens, so a
+    crash keeps the evaluations made before it.
     """
     x0, lower, upper, params = sampler.nomad_problem()
     params = [*params, f"MAX_BB_EVAL {budget}"]

@@ -122,3 +122,41 @@ def test_python_objective_returning_metrics(tmp_path, objectives_module):
     study.run()
     assert [r.value for r in study.records()] == [3.0, 3.0]
     assert study.records()[0].metrics["loss"] == pytest.approx(5.0)
+
+
+def _lora_study(tmp_path, values, keep=1):
+    from lorahpo.result import TrialResult
+
+    conf = cfg.parse({
+        "name": "l", "budget": len(values), "keep_adapters": keep,
+        "space": {"params": {"rank": {"type": "choice", "values": [4, 8, 16], "x0": 8}}},
+        "objective": {"lora": {"model": {"name": str(tmp_path / "model")}}},
+    })
+    study = Study.open(tmp_path / "s", conf)
+    for value in values:
+        trial = study.optuna_study.ask(conf.space.distributions())
+        (study.trial_dir(trial.number) / "adapter").mkdir(parents=True)
+        study._tell(trial, TrialResult(metrics={"validation_loss": value}))
+    return study
+
+
+def test_only_the_best_adapters_and_the_start_point_are_kept(tmp_path):
+    study = _lora_study(tmp_path, [3.0, 1.0, 2.0, 0.5], keep=2)
+    study._prune_adapters()
+    kept = sorted(r.number for r in study.records() if (r.directory / "adapter").is_dir())
+    assert kept == [0, 1, 3]  # the two best (3, 1) and the start point (0)
+
+
+def test_resolve_model_spec_names(tmp_path):
+    from lorahpo.study import resolve_model_spec
+
+    study = _lora_study(tmp_path, [3.0, 1.0, 2.0], keep=1)
+    study._prune_adapters()
+    model, adapter = resolve_model_spec(tmp_path / "s", "base")
+    assert model.name == str(tmp_path / "model") and adapter is None
+    assert resolve_model_spec(tmp_path / "s", "best")[1] == study.trial_dir(1) / "adapter"
+    assert resolve_model_spec(tmp_path / "s", "x0")[1] == study.trial_dir(0) / "adapter"
+    assert resolve_model_spec(tmp_path / "s", "trial:1")[1] == study.trial_dir(1) / "adapter"
+    for name, message in [("trial:2", "no adapter on disk"), ("trial:9", "no trial 9"), ("worst", "unknown model")]:
+        with pytest.raises(cfg.ConfigError, match=message):
+            resolve_model_spec(tmp_path / "s", name)

@@ -94,9 +94,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     overrides = {"optimizer": args.optimizer, "budget": args.budget, "parallel": args.parallel, "seed": args.seed}
     conf = cfg.load(path, overrides)
     study_dir = Path(args.study_dir or Path("runs") / (path.stem if args.config else "default"))
-    study = Study.open(study_dir, conf, new=args.new)
     if conf.objective.lora is not None:
         _prepare_lora(conf)
+    study = Study.open(study_dir, conf, new=args.new)
     print(f"study {study_dir} · {conf.optimizer} · budget {conf.budget} · parallel {conf.parallel}", file=sys.stderr)
     best = study.best(1)
     with Progress(conf.budget, study.finished_count(), best[0] if best else None, conf.objective.direction) as bar:

@@ -9,6 +9,15 @@ from lorahpo.finetune.train import run_trial
 from .tiny import make_tiny
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matrices run fastest on one thread, which also keeps other processes' load out."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def trial(tmp_path_factory):
     """A tiny model, one complete trial on it (all-linear adapters), and its folder."""

@@ -12,6 +12,15 @@ from lorahpo.finetune.models import BUILTIN_MODELS, ModelError, load_model_and_t
 from .tiny import build_model, build_tokenizer, make_tiny, write_gguf
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matrices run fastest on one thread, which also keeps other processes' load out."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return make_tiny(tmp_path_factory.mktemp("tiny"))

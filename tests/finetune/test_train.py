@@ -19,6 +19,15 @@ from .tiny import make_tiny
 STEPS_PER_EPOCH = 10
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matrices run fastest on one thread, which also keeps other processes' load out."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return make_tiny(tmp_path_factory.mktemp("tiny"))
@@ -238,13 +247,11 @@ def test_bf16_trains_fp32_adapters_on_a_bf16_base(tiny, monkeypatch):
 
 
 def test_thread_count_follows_the_environment(tiny, monkeypatch):
-    before = torch.get_num_threads()
-    monkeypatch.setenv("LORAHPO_NUM_THREADS", "1")
-    try:
-        run_trial(tiny.config(max_steps=1))
-        assert torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(before)
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    monkeypatch.setenv("LORAHPO_NUM_THREADS", "3")
+    run_trial(tiny.config(max_steps=1))
+    assert calls == [3]
 
 
 def test_config_defaults_follow_the_paper():
