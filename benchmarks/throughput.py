@@ -24,7 +24,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,9 @@ from lorahpo.finetune.train import length_grouped, resolve_device, resolve_preci
 BATCH, MAX_LENGTH, SEED = 8, 128, 0
 LORA = {"rank": 8, "alpha": 16, "dropout": 0.05}
 # A small validation split keeps run_trial's two validation passes (not timed) short.
-DATA = DataConfig(preset="bigbench-instruct", size="cpu", max_length=MAX_LENGTH, max_examples=600, validation_fraction=0.05)
+DATA = DataConfig(
+    preset="bigbench-instruct", size="cpu", max_length=MAX_LENGTH, max_examples=600, validation_fraction=0.05
+)
 
 
 class CountingCollator:
@@ -99,8 +100,14 @@ def run_trainer(examples: list[Any], steps: int) -> dict[str, float]:
         metrics = Trainer(model=model, args=args, train_dataset=rows, data_collator=collator).train().metrics
     tokens = sum(len(e.input_ids) for e in examples)
     seconds = metrics["train_runtime"]
-    return {"steps": steps, "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
-            "padding_efficiency": tokens / collator.padded, "train_loss": metrics["train_loss"]}
+    return {
+        "steps": steps,
+        "tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_s": tokens / seconds,
+        "padding_efficiency": tokens / collator.padded,
+        "train_loss": metrics["train_loss"],
+    }
 
 
 def run_lorahpo(n_train: int, total_train: int, steps: int) -> dict[str, float]:
@@ -109,8 +116,13 @@ def run_lorahpo(n_train: int, total_train: int, steps: int) -> dict[str, float]:
         {
             "data": DATA.model_dump(),
             "lora": LORA,
-            "training": {"batch_size": BATCH, "effective_batch_size": BATCH, "epochs": 1, "seed": SEED,
-                         "train_fraction": n_train / total_train},
+            "training": {
+                "batch_size": BATCH,
+                "effective_batch_size": BATCH,
+                "epochs": 1,
+                "seed": SEED,
+                "train_fraction": n_train / total_train,
+            },
             "save_adapter": False,
         }
     )
@@ -120,8 +132,13 @@ def run_lorahpo(n_train: int, total_train: int, steps: int) -> dict[str, float]:
     m = result.metrics
     if m["steps"] != steps:
         raise SystemExit(f"run_trial made {m['steps']} steps, expected {steps}")
-    return {"steps": m["steps"], "tokens": m["train_tokens"], "seconds": m["runtime_s"],
-            "tokens_per_s": m["train_tokens_per_s"], "train_loss": m["train_loss"]}
+    return {
+        "steps": m["steps"],
+        "tokens": m["train_tokens"],
+        "seconds": m["runtime_s"],
+        "tokens_per_s": m["train_tokens_per_s"],
+        "train_loss": m["train_loss"],
+    }
 
 
 def main() -> None:
@@ -153,8 +170,10 @@ def main() -> None:
 
     print(f"\n{'variant':<10} {'steps':>5} {'tokens':>7} {'time_s':>8} {'tokens/s':>9} {'padding eff.':>12}")
     for name, r in results.items():
-        print(f"{name:<10} {r['steps']:>5} {r['tokens']:>7} {r['seconds']:>8.1f} {r['tokens_per_s']:>9.1f} "
-              f"{r['padding_efficiency']:>12.2f}")
+        print(
+            f"{name:<10} {r['steps']:>5} {r['tokens']:>7} {r['seconds']:>8.1f} {r['tokens_per_s']:>9.1f} "
+            f"{r['padding_efficiency']:>12.2f}"
+        )
     print(f"speed-up of run_trial over Trainer: {speedup:.2f}x (target >= 1.5x)")
 
     device = resolve_device("auto")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from importlib import resources
 from pathlib import Path
@@ -98,6 +99,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         _prepare_lora(conf)
     study = Study.open(study_dir, conf, new=args.new)
     print(f"study {study_dir} · {conf.optimizer} · budget {conf.budget} · parallel {conf.parallel}", file=sys.stderr)
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # `kill` stops as cleanly as Ctrl-C
     best = study.best(1)
     with Progress(conf.budget, study.finished_count(), best[0] if best else None, conf.objective.direction) as bar:
         summary = study.run(on_event=bar)
@@ -115,6 +117,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if summary.best is not None and (summary.best.directory / "adapter").exists():
         print(f"adapter  {summary.best.directory / 'adapter'}")
     return EXIT_INTERRUPTED if summary.stopped == "interrupted" else 0
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _prepare_lora(conf: Any) -> None:

@@ -52,13 +52,22 @@ def test_merged_export_gives_the_same_validation_loss(trial, tmp_path):
     assert evaluate_adapter(merged, None) == pytest.approx(result.metrics["validation_loss"], rel=1e-4)
 
 
+def test_a_bf16_adapter_is_evaluated_as_it_was_trained(trial, tmp_path):
+    config, _, _ = trial
+    config = config.model_copy(deep=True)
+    config.training.precision = "bf16"
+    config.training.max_steps = 3
+    result = run_trial(config, tmp_path)
+    assert evaluate_adapter(config, tmp_path / "adapter") == result.metrics["validation_loss"]
+
+
 def test_the_untrained_model_gives_the_initial_loss(trial):
     config, _, result = trial
     assert evaluate_adapter(config, None) == pytest.approx(result.metrics["initial_validation_loss"], rel=1e-6)
 
 
 def test_export_needs_an_adapter_and_merging_needs_the_model(trial, tmp_path):
-    config, trial_dir, _ = trial
+    _, trial_dir, _ = trial
     with pytest.raises(FileNotFoundError, match="no adapter"):
         export_adapter(tmp_path, tmp_path / "out")
     with pytest.raises(ValueError, match="model config"):

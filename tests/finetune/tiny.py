@@ -37,7 +37,11 @@ def instruction_rows(n: int = 48) -> list[dict[str, str]]:
             )
         else:
             rows.append(
-                {"instruction": f"Count from {a} to {a + b}.", "input": "", "output": " ".join(map(str, range(a, a + b + 1)))}
+                {
+                    "instruction": f"Count from {a} to {a + b}.",
+                    "input": "",
+                    "output": " ".join(map(str, range(a, a + b + 1))),
+                }
             )
     return rows
 
@@ -132,8 +136,12 @@ def write_gguf(model_dir: Path, path: Path) -> Path:
     }
     for i in range(c.num_hidden_layers):
         hf = f"model.layers.{i}."
-        writer.add_tensor(f"blk.{i}.attn_q.weight", permute(weights[hf + "self_attn.q_proj.weight"], c.num_attention_heads))
-        writer.add_tensor(f"blk.{i}.attn_k.weight", permute(weights[hf + "self_attn.k_proj.weight"], c.num_key_value_heads))
+        writer.add_tensor(
+            f"blk.{i}.attn_q.weight", permute(weights[hf + "self_attn.q_proj.weight"], c.num_attention_heads)
+        )
+        writer.add_tensor(
+            f"blk.{i}.attn_k.weight", permute(weights[hf + "self_attn.k_proj.weight"], c.num_key_value_heads)
+        )
         for gguf_name, hf_name in names.items():
             writer.add_tensor(f"blk.{i}.{gguf_name}.weight", weights[hf + hf_name + ".weight"])
     writer.add_tensor("output_norm.weight", weights["model.norm.weight"])

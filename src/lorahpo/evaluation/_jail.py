@@ -22,18 +22,23 @@ Audit hooks are not a security boundary on their own (Python's documentation say
 the inner layer, under the limits, the network namespace and the unprivileged user.
 """
 
+import builtins
 import json
 import os
+import posixpath
 import resource
+import stat
 import sys
+import types
 
 SETUP_FAILED = 97
 _CLONE_NEWUSER = 0x10000000
 _CLONE_NEWNET = 0x40000000
 _PRELOAD = (
-    "array", "bisect", "cmath", "collections", "copy", "datetime", "decimal", "fractions", "functools",
-    "hashlib", "heapq", "itertools", "json", "math", "numbers", "operator", "random", "re", "statistics",
-    "string", "struct", "textwrap", "typing", "unicodedata",
+    "abc", "array", "bisect", "calendar", "cmath", "collections", "contextlib", "copy", "dataclasses", "datetime",
+    "decimal", "enum", "fractions", "functools", "hashlib", "heapq", "io", "itertools", "json", "math", "numbers",
+    "operator", "pprint", "random", "re", "statistics", "string", "struct", "textwrap", "time", "typing",
+    "unicodedata",
 )
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
@@ -75,52 +80,72 @@ _PATH_EVENTS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
 }
 
 
+def _inside(path: object) -> bool:
+    try:
+        full = realpath(abspath(fspath(path)))
+    except (TypeError, ValueError):
+        return False
+    if isinstance(full, bytes):
+        full = full.decode("utf-8", "surrogateescape")
+    return full == _ROOT or full.startswith(_PREFIX)
+
+
+def _deny(what: str) -> None:
+    raise PermissionError(f"sandbox: {what} is not allowed")
+
+
+def _hook(event: str, args: tuple) -> None:
+    if event == "open":
+        path, mode, flags = (tuple(args) + (None, None))[:3]
+        if isinstance(path, int) or _inside(path) or path in _DEVNULL:
+            return
+        if (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
+            isinstance(flags, int) and flags & _WRITE_FLAGS
+        ):
+            _deny(f"writing {path!r} outside the work folder")
+        if isdir(path):  # a directory descriptor would let *at() calls reach outside
+            _deny(f"opening the directory {path!r}")
+    elif event in _PATH_EVENTS:
+        paths, dir_fds = _PATH_EVENTS[event]
+        if any(i < len(args) and args[i] not in (None, -1) for i in dir_fds):
+            _deny(f"{event} relative to a directory descriptor")
+        for i in paths:
+            path = args[i] if i < len(args) else None
+            if isinstance(path, int):
+                if event != "os.truncate":  # truncating needs a descriptor opened for writing
+                    _deny(f"{event} on a file descriptor")
+            elif path is not None and not _inside(path):
+                _deny(f"{event}({path!r}) outside the work folder")
+    elif event == "import":
+        if args[0] in _DENIED_IMPORTS:
+            _deny(f"import {args[0]}")
+    elif event in _ALWAYS or event.startswith(_DENIED_PREFIXES):
+        _deny(event)
+
+
 def _install(root: str) -> None:
-    # Everything the hook needs lives in this closure; nothing is reachable from module globals.
-    realpath, abspath, isdir, fspath = os.path.realpath, os.path.abspath, os.path.isdir, os.fspath
-    prefix = root + os.sep
+    """Install :func:`_hook`, cut off from everything the program can change.
 
-    def inside(path: object) -> bool:
-        try:
-            full = realpath(abspath(fspath(path)))  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            return False
-        if isinstance(full, bytes):
-            full = full.decode("utf-8", "surrogateescape")
-        return full == root or full.startswith(prefix)
-
-    def deny(what: str) -> None:
-        raise PermissionError(f"sandbox: {what} is not allowed")
-
-    def hook(event: str, args: tuple) -> None:
-        if event == "open":
-            path, mode, flags = (tuple(args) + (None, None))[:3]
-            if isinstance(path, int) or inside(path) or path in _DEVNULL:
-                return
-            if (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
-                isinstance(flags, int) and flags & _WRITE_FLAGS
-            ):
-                deny(f"writing {path!r} outside the work folder")
-            if isdir(path):  # a directory descriptor would let *at() calls reach outside
-                deny(f"opening the directory {path!r}")
-        elif event in _PATH_EVENTS:
-            paths, dir_fds = _PATH_EVENTS[event]
-            if any(i < len(args) and args[i] not in (None, -1) for i in dir_fds):
-                deny(f"{event} relative to a directory descriptor")
-            for i in paths:
-                path = args[i] if i < len(args) else None
-                if isinstance(path, int):
-                    if event != "os.truncate":  # truncating needs a descriptor opened for writing
-                        deny(f"{event} on a file descriptor")
-                elif path is not None and not inside(path):
-                    deny(f"{event}({path!r}) outside the work folder")
-        elif event == "import":
-            if args[0] in _DENIED_IMPORTS:
-                deny(f"import {args[0]}")
-        elif event in _ALWAYS or event.startswith(_DENIED_PREFIXES):
-            deny(event)
-
-    sys.addaudithook(hook)
+    The hook and the path functions it calls (copies of ``posixpath``'s) get a private global
+    namespace: private copies of the builtins, of the constants above and of the ``os`` and
+    ``stat`` modules' attributes. Rebinding a builtin, a module attribute or a global of this
+    script later does not change what the hook sees.
+    """
+    private: dict = {"__builtins__": dict(vars(builtins)), "_ROOT": root, "_PREFIX": root + os.sep}
+    private["os"] = types.SimpleNamespace(**vars(os))
+    private["stat"] = types.SimpleNamespace(**vars(stat))
+    private["fspath"] = os.fspath
+    for name, value in [*vars(posixpath).items(), *globals().items()]:
+        if name.startswith("__") or name in ("os", "stat"):
+            continue
+        if isinstance(value, types.FunctionType):
+            copy = types.FunctionType(value.__code__, private, name, value.__defaults__, value.__closure__)
+            copy.__kwdefaults__ = value.__kwdefaults__
+            value = copy
+        elif isinstance(value, dict):
+            value = dict(value)
+        private[name] = value
+    sys.addaudithook(private["_hook"])
 
 
 def _confine(settings: dict) -> None:
@@ -142,6 +167,9 @@ def _confine(settings: dict) -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.unshare(flags) != 0:
             raise OSError(ctypes.get_errno(), "unshare: " + os.strerror(ctypes.get_errno()))
+        # Forget ctypes, so that the program's own import of it reaches the hook.
+        for name in [m for m in sys.modules if m.split(".")[0] in ("ctypes", "_ctypes")]:
+            del sys.modules[name]
     if settings["uid"] is not None:
         for name in _PRELOAD:
             __import__(name)

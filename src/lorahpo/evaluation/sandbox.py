@@ -101,17 +101,19 @@ class SandboxInfo:
         return f"user {self.user}; {net}; rlimits; audit hook"
 
 
-def run_python(code: str, limits: Limits = Limits()) -> RunResult:
+def run_python(code: str, limits: Limits = Limits(), isolation: SandboxInfo | None = None) -> RunResult:
     """Run ``code`` as a Python program in the sandbox and report how it ended.
 
     Args:
         code: The program's source.
         limits: Resource limits.
+        isolation: The layers to use; default :func:`sandbox_info`, all that work here. Tests
+            pass fewer, to show that the inner layers contain a program on their own.
 
     Returns:
         The outcome; exceptions of the program are a ``failed`` outcome, never raised here.
     """
-    info = sandbox_info()
+    info = isolation or sandbox_info()
     folder = Path(tempfile.mkdtemp(prefix="lorahpo-sandbox-"))
     try:
         (folder / "program.py").write_text(code, encoding="utf-8")

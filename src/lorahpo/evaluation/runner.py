@@ -1,0 +1,216 @@
+"""``lorahpo evaluate``: downstream scores of a study's best adapters and of two baselines.
+
+The models are the top-K completed trials by the study's objective, plus two baselines: the
+base model without adapter (``base``) and the trial of the starting point (``x0``, the default
+LoRA configuration every optimizer starts from). Each (model, task) pair is one unit of work,
+stored as soon as it finishes (:mod:`lorahpo.evaluation.store`): a finished pair is reused on
+the next call, and an interrupted call resumes at the pair it was on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lorahpo.config import ConfigError
+from lorahpo.evaluation.store import BASE, EvaluationStore, TaskResult, model_key
+from lorahpo.evaluation.tasks import TaskSpec
+
+
+@dataclass
+class ModelEntry:
+    """A model to evaluate.
+
+    Attributes:
+        key: ``base`` or ``trial-<number>``.
+        roles: Why it is evaluated: ``base``, ``x0``, ``top-1``, ``top-2``...
+        adapter: The adapter folder; None for the base model.
+        trial: The trial number; None for the base model.
+        value: The trial's objective value (validation loss), if any.
+    """
+
+    key: str
+    roles: list[str]
+    adapter: Path | None = None
+    trial: int | None = None
+    value: float | None = None
+
+
+@dataclass
+class Plan:
+    """What an evaluation will do: the models, the tasks, and the pairs already stored."""
+
+    models: list[ModelEntry]
+    tasks: list[TaskSpec]
+    todo: list[tuple[ModelEntry, TaskSpec]]
+    reused: list[TaskResult]
+    skipped: list[str] = field(default_factory=list)
+
+
+def plan_models(study: Any, top: int) -> tuple[list[ModelEntry], list[str]]:
+    """The base model, the starting-point trial and the ``top`` best trials, with their adapters.
+
+    Returns:
+        The models (a trial that is both x0 and among the best appears once, with both roles),
+        and one line per trial left out because its adapter is not on disk.
+    """
+    roles: dict[int, tuple[Any, list[str]]] = {}
+    x0 = study.x0_record()
+    if x0 is not None and x0.status == "complete":
+        roles[x0.number] = (x0, ["x0"])
+    for rank, record in enumerate(study.best(top), 1):
+        roles.setdefault(record.number, (record, []))[1].append(f"top-{rank}")
+    models = [ModelEntry(BASE, ["base"])]
+    skipped = []
+    for record, names in roles.values():
+        adapter = record.directory / "adapter"
+        if adapter.is_dir():
+            models.append(ModelEntry(model_key(record.number), names, adapter, record.number, record.value))
+        else:
+            skipped.append(f"trial {record.number} ({'/'.join(names)}): no adapter on disk")
+    return models, skipped
+
+
+def settings(spec: TaskSpec, entry: ModelEntry, base_model: str, limit: int | None) -> dict[str, Any]:
+    """What a stored result depends on: it is reused only when these are equal."""
+    return {
+        "task": spec.lm_eval_name,
+        "task_version": spec.version,
+        "num_fewshot": spec.num_fewshot,
+        "limit": limit,
+        "base_model": base_model,
+        "adapter": str(entry.adapter) if entry.adapter else None,
+    }
+
+
+def make_plan(study_dir: Path, tasks: list[TaskSpec], top: int, limit: int | None) -> Plan:
+    """Decide what to evaluate in a study folder and what is already stored.
+
+    Raises:
+        ConfigError: Not a LoRA study.
+    """
+    from lorahpo.study import Study
+
+    study = Study.load(study_dir)
+    lora = study.config.objective.lora
+    if lora is None:
+        raise ConfigError(f"{study_dir} is not a LoRA study: it has no models to evaluate")
+    models, skipped = plan_models(study, top)
+    store = EvaluationStore(study_dir)
+    todo, reused = [], []
+    for entry in models:
+        for spec in tasks:
+            found = store.reusable(entry.key, spec.name, settings(spec, entry, lora.model.name, limit))
+            if found is None:
+                todo.append((entry, spec))
+            else:
+                reused.append(found)
+    return Plan(models, tasks, todo, reused, skipped)
+
+
+def evaluate(
+    study_dir: str | Path,
+    tasks: list[TaskSpec],
+    *,
+    top: int = 3,
+    limit: int | None = None,
+    device: str = "auto",
+    batch_size: int = 8,
+    on_result: Callable[[TaskResult], None] | None = None,
+    progress: bool = True,
+) -> Plan:
+    """Evaluate a study's models on ``tasks``; store each result as soon as it is known.
+
+    Args:
+        study_dir: The study folder.
+        tasks: The tasks (see :func:`lorahpo.evaluation.tasks.parse_tasks`).
+        top: How many of the best trials to evaluate besides the baselines.
+        limit: At most this many rows of each (sub)task; None for all.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        batch_size: Rows per forward pass.
+        on_result: Called with each new result.
+        progress: Show a progress bar.
+
+    Returns:
+        The plan that was carried out.
+    """
+    from lorahpo.evaluation import harness
+    from lorahpo.study import Study
+
+    study_dir = Path(study_dir)
+    plan = make_plan(study_dir, tasks, top, limit)
+    study = Study.load(study_dir)
+    assert study.config.objective.lora is not None
+    base_model = study.config.objective.lora.model
+    store = EvaluationStore(study_dir)
+    if plan.todo:
+        include = [spec.prepare() for spec in tasks if spec.prepare is not None]
+        manager = harness.task_manager(include, with_lm_eval_tasks=any(s.prepare is None for s in tasks))
+        with _Bar(len(plan.todo), enabled=progress) as bar:
+            for entry in plan.models:
+                pairs = [spec for e, spec in plan.todo if e is entry]
+                if not pairs:
+                    continue
+                bar.show(f"{entry.key}: loading")
+                lm = harness.load_model(base_model, entry.adapter, device=device, batch_size=batch_size)
+                for spec in pairs:
+                    bar.show(f"{entry.key} · {spec.name}")
+                    start = time.monotonic()
+                    scores = harness.run_task(lm, spec, manager, limit=limit)
+                    result = TaskResult(
+                        model=entry.key,
+                        task=spec.name,
+                        metric=scores.metric,
+                        score=scores.score,
+                        n=scores.n,
+                        settings=settings(spec, entry, base_model.name, limit),
+                        stderr=scores.stderr,
+                        subtasks=scores.subtasks,
+                        duration_s=round(time.monotonic() - start, 1),
+                        details=_details(spec),
+                    )
+                    store.put(result, scores.samples)
+                    bar.advance()
+                    if on_result is not None:
+                        on_result(result)
+                del lm
+    store.write_summary(study.optuna_study, {e.key: e.roles for e in plan.models})
+    return plan
+
+
+def _details(spec: TaskSpec) -> dict[str, Any]:
+    from importlib.metadata import version
+
+    details: dict[str, Any] = {"lm_eval": version("lm_eval"), "lm_eval_task": spec.lm_eval_name}
+    if spec.name.startswith("humaneval"):
+        from lorahpo.evaluation.sandbox import sandbox_info
+
+        details["sandbox"] = sandbox_info().describe()
+    return details
+
+
+class _Bar:
+    """A rich progress bar over (model, task) pairs, or nothing when disabled."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+        self._progress = Progress(*columns, disable=not enabled, transient=False)
+        self._task = self._progress.add_task("evaluation", total=total)
+
+    def __enter__(self) -> _Bar:
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._progress.__exit__(*exc)
+
+    def show(self, text: str) -> None:
+        self._progress.update(self._task, description=text)
+
+    def advance(self) -> None:
+        self._progress.advance(self._task)

@@ -1,0 +1,67 @@
+"""Command line of the reports: ``lorahpo report DIR`` and ``lorahpo compare DIR1 DIR2 ...``.
+
+Only argparse is imported here; matplotlib loads inside the commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def add_arguments(subparsers: Any) -> None:
+    """Register ``report`` and ``compare`` on the subparsers of the main ``lorahpo`` parser."""
+    rep = subparsers.add_parser(
+        "report",
+        help="write a study's report (HTML, PNG plots, Markdown)",
+        description="Write DIR/report/report.html (self-contained), report.md and the PNG plots: search progress, "
+        "top trials next to the baselines with downstream scores, loss against downstream scores, "
+        "hyperparameters, failures, configuration and timing.",
+    )
+    rep.add_argument("study_dir", metavar="DIR", type=Path, help="study folder")
+    rep.add_argument("--out", type=Path, help="output folder (default DIR/report)")
+    rep.add_argument("--top", type=int, default=5, help="how many of the best trials to list (default 5)")
+    rep.set_defaults(func=cmd_report)
+
+    cmp = subparsers.add_parser(
+        "compare",
+        help="compare studies of the same blackbox (e.g. NOMAD against TPE)",
+        description="Write compare.html, compare.md and a PNG plot: the best-so-far curves of all studies on one "
+        "plot, a table of final results and the downstream scores of each study's best trial.",
+    )
+    cmp.add_argument("study_dirs", metavar="DIR", type=Path, nargs="+", help="study folders (two or more)")
+    cmp.add_argument("--out", type=Path, default=Path("comparison"), help="output folder (default ./comparison)")
+    cmp.set_defaults(func=cmd_compare)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """``lorahpo report``: extract the data, render it, print where it went."""
+    from lorahpo.config import ConfigError
+    from lorahpo.report.data import study_report
+    from lorahpo.report.render import write_report
+
+    if args.top < 1:
+        raise ConfigError("--top must be at least 1")
+    report = study_report(args.study_dir, top=args.top)
+    paths = write_report(report, args.out or args.study_dir / "report")
+    print(f"report: {paths['html']}")
+    print(f"summary: {paths['markdown']}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """``lorahpo compare``: read each study, render the comparison, print where it went."""
+    from lorahpo.config import ConfigError
+    from lorahpo.report.data import compare_report
+    from lorahpo.report.render import write_compare
+
+    if len(args.study_dirs) < 2:
+        raise ConfigError("compare needs at least two study folders")
+    compare = compare_report(args.study_dirs)
+    for warning in compare.warnings:
+        print(f"warning: {warning}")
+    paths = write_compare(compare, args.out)
+    print(f"comparison: {paths['html']}")
+    print(f"summary: {paths['markdown']}")
+    return 0

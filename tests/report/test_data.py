@@ -1,0 +1,105 @@
+"""Data extraction of reports, checked without drawing anything."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from lorahpo.evaluation.store import model_key
+from lorahpo.report.data import (
+    ParamInfo,
+    axis_position,
+    best_so_far,
+    compare_report,
+    spearman,
+    study_report,
+)
+from lorahpo.study import Study
+
+from .conftest import FAILURE_REASON, run_toy
+
+
+def test_best_so_far_skips_failures_and_follows_the_direction():
+    values = [None, 3.0, 4.0, None, 2.5, 2.7]
+    assert best_so_far(values) == [None, 3.0, 3.0, 3.0, 2.5, 2.5]
+    assert best_so_far(values, "maximize") == [None, 3.0, 4.0, 4.0, 4.0, 4.0]
+    assert best_so_far([float("nan"), 1.0]) == [None, 1.0]
+
+
+def test_spearman_uses_ranks_and_averages_ties():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [9, 1, 0, -5]) == pytest.approx(-1.0)
+    # ranks x: 1 2 3 4, y with a tie: 1 2.5 2.5 4 -> Pearson of the ranks
+    assert spearman([1, 2, 3, 4], [5, 7, 7, 9]) == pytest.approx(4.5 / math.sqrt(5 * 4.5))
+    assert spearman([1, 2], [2, 1]) is None  # too few points
+    assert spearman([1, 2, 3], [4, 4, 4]) is None  # no variation
+
+
+def test_axis_positions_follow_the_scale_of_each_parameter():
+    assert axis_position(ParamInfo("lr", "log", 1e-6, 1e-3), 1e-4) == pytest.approx(2 / 3)
+    assert axis_position(ParamInfo("alpha", "linear", 1, 65), 33) == pytest.approx(0.5)
+    rank = ParamInfo("rank", "choice", values=(4, 8, 16))
+    assert [axis_position(rank, v) for v in (4, 8, 16, 5)] == [0.0, 0.5, 1.0, None]
+
+
+def test_study_report_holds_curve_top_trials_baselines_and_failures(synthetic):
+    report = study_report(synthetic.directory, top=3)
+    study = Study.load(synthetic.directory)
+    records = study.records()
+    assert report.name == "toy-nomad" and report.optimizer == "nomad" and report.metric == "validation_loss"
+    assert [p.name for p in report.params] == ["rank", "dropout", "alpha", "learning_rate"]
+    assert [p.scale for p in report.params] == ["choice", "choice", "linear", "log"]
+
+    # One point per finished evaluation, in trial order; the failure has no value.
+    assert [(i, n) for i, n, _, _ in report.curve] == [(i + 1, r.number) for i, r in enumerate(records)]
+    assert report.curve[synthetic.failed][2] is None
+    bests = [b for _, _, _, b in report.curve]
+    assert bests == sorted(bests, reverse=True) and bests[-1] == study.best(1)[0].value
+
+    assert [t.number for t in report.top] == [r.number for r in study.best(3)]
+    assert report.x0 is not None and report.x0.number == 0
+    assert [(t.number, t.status, t.reason) for t in report.failures] == [(synthetic.failed, "failed", FAILURE_REASON)]
+    assert report.status_counts == {"complete": 8, "failed": 1}
+    assert report.timing["trial_s_total"] > 0 and report.timing["first_start"] <= report.timing["last_end"]
+    assert "lorahpo.toys:lora_surface" in report.config_yaml
+
+
+def test_downstream_results_line_up_with_roles_and_correlations(synthetic):
+    report = study_report(synthetic.directory, top=3)
+    best = [t.number for t in report.top]
+    assert [(m.key, m.roles) for m in report.models] == [
+        ("base", ("base",)),
+        ("trial-0", ("x0",)),
+        (model_key(best[0]), ("top-1",)),
+        (model_key(best[1]), ("top-2",)),
+        (model_key(best[2]), ("top-3",)),
+    ]
+    assert report.tasks == {"bbh-bigbench": "exact_match", "humaneval-offline": "pass@1"}
+    assert report.limits == {"bbh-bigbench": 2, "humaneval-offline": 2}
+    corr = {c.task: c for c in report.correlations}
+    values = {t.number: t.value for t in report.trials}
+    bbh = corr["bbh-bigbench"]
+    assert bbh.base_score == 0.210 and len(bbh.points) == 4  # base has no validation loss
+    expected = spearman([values[n] for n, _, _ in bbh.points],
+                        [synthetic.scores[model_key(n)]["bbh-bigbench"] for n, _, _ in bbh.points])
+    assert bbh.rho == pytest.approx(expected)
+    # x0 has the highest loss and the lowest score; top-2 scores best: rho = -0.8
+    assert bbh.rho == pytest.approx(-0.8)
+    assert len(corr["humaneval-offline"].points) == 3  # top-3 was not evaluated on it
+
+
+def test_compare_reads_each_study_and_the_downstream_scores_of_its_best(synthetic, tmp_path):
+    other = run_toy(tmp_path / "toy-random", optimizer="random", budget=6)
+    compare = compare_report([synthetic.directory, other.directory])
+    labels = [s.label for s in compare.studies]
+    assert labels == ["toy", "toy-random"]
+    assert compare.metric == "validation_loss" and compare.warnings == []
+    nomad, random_ = compare.studies
+    assert nomad.report.best.value == Study.load(synthetic.directory).best(1)[0].value
+    assert nomad.best_scores == synthetic.scores[model_key(nomad.report.best.number)]
+    assert random_.best_scores == {} and len(random_.report.curve) == 6
+    assert compare.tasks == ["bbh-bigbench", "humaneval-offline"]
+    reached = nomad.reached_best_at
+    assert nomad.report.curve[reached - 1][3] == nomad.report.best.value
+    assert reached == 1 or nomad.report.curve[reached - 2][3] > nomad.report.best.value
