@@ -64,8 +64,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="machine-readable output")
     b.set_defaults(func=cmd_best)
 
-    from lorahpo.preference.cli import add_arguments as add_preference
+    e = sub.add_parser("export", help="write a trial's LoRA adapter (PEFT format) or the merged model")
+    e.add_argument("study_dir")
+    e.add_argument("--out", required=True, help="destination folder")
+    e.add_argument("--trial", type=int, help="trial number (default: the best trial)")
+    e.add_argument("--merge", action="store_true", help="fold the adapter into the base model and save the whole model")
+    e.set_defaults(func=cmd_export)
 
+    from lorahpo.evaluation.cli import add_arguments as add_evaluation
+    from lorahpo.preference.cli import add_arguments as add_preference
+    from lorahpo.report.cli import add_arguments as add_report
+
+    add_evaluation(sub)
+    add_report(sub)
     add_preference(sub)
     return p
 
@@ -180,6 +191,17 @@ def cmd_best(args: argparse.Namespace) -> int:
         extra = {k: v for k, v in r.metrics.items() if k != metric}
         if extra:
             print("    " + json.dumps(extra))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from lorahpo.finetune.export import export_adapter
+    from lorahpo.study import resolve_model_spec
+
+    model, adapter = resolve_model_spec(args.study_dir, "best" if args.trial is None else f"trial:{args.trial}")
+    assert adapter is not None
+    out = export_adapter(adapter.parent, Path(args.out), merge=args.merge, model_cfg=model)
+    print(f"{'merged model' if args.merge else 'adapter'} written to {out}")
     return 0
 
 

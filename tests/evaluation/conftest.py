@@ -55,7 +55,9 @@ def bigbench_tasks() -> dict[str, dict]:
         },
         "object_counting": {
             "description": "Count objects",
-            "examples": [{"input": f"I have {i} apples. How many fruits?", "target": [str(i), f"n{i}"]} for i in range(8)],
+            "examples": [
+                {"input": f"I have {i} apples. How many fruits?", "target": [str(i), f"n{i}"]} for i in range(8)
+            ],
         },
         "logical_deduction": {"description": "folder of subtasks", "examples": []},
         "logical_deduction/three_objects": {
@@ -124,10 +126,9 @@ class TinyModel:
 def tiny_model(tmp_path_factory) -> TinyModel:
     """A random 2-layer Llama with a byte-level tokenizer, and two random LoRA adapters."""
     import torch
+    from finetune.tiny import build_tokenizer
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
-
-    from finetune.tiny import build_tokenizer
 
     root = tmp_path_factory.mktemp("tiny-eval")
     texts = [json.dumps(bigbench_tasks()), json.dumps(PROBLEMS), "Q: A: (A) (B) (C)\n\n"]

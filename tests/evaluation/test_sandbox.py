@@ -15,8 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from lorahpo.cache import DownloadError, cache_dir, pip_download
-from lorahpo.evaluation import humaneval
-from lorahpo.evaluation import sandbox
+from lorahpo.evaluation import humaneval, sandbox
 from lorahpo.evaluation.sandbox import Limits, SandboxInfo, sandbox_info
 
 QUICK = Limits(wall_s=5.0, cpu_s=2, memory_mb=512)
@@ -31,8 +30,8 @@ def run_python(request):
     """
     isolation = sandbox_info() if request.param == "all-layers" else SandboxInfo(False, sandbox._current_user())
 
-    def run(code, limits=Limits()):
-        return sandbox.run_python(code, limits, isolation)
+    def run(code, limits=None):
+        return sandbox.run_python(code, limits or Limits(), isolation)
 
     return run
 

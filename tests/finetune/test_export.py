@@ -6,7 +6,7 @@ import torch
 from lorahpo.finetune.export import evaluate_adapter, export_adapter
 from lorahpo.finetune.train import run_trial
 
-from .tiny import make_tiny
+from .tiny import make_tiny, write_gguf
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -19,9 +19,13 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def trial(tmp_path_factory):
-    """A tiny model, one complete trial on it (all-linear adapters), and its folder."""
-    tiny = make_tiny(tmp_path_factory.mktemp("tiny"))
+def tiny(tmp_path_factory):
+    return make_tiny(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def trial(tiny, tmp_path_factory):
+    """One complete trial on the tiny model (all-linear adapters), and its folder."""
     config = tiny.config(epochs=2)
     config.lora.target_modules = "all-linear"
     trial_dir = tmp_path_factory.mktemp("trial")
@@ -64,6 +68,16 @@ def test_a_bf16_adapter_is_evaluated_as_it_was_trained(trial, tmp_path):
 def test_the_untrained_model_gives_the_initial_loss(trial):
     config, _, result = trial
     assert evaluate_adapter(config, None) == pytest.approx(result.metrics["initial_validation_loss"], rel=1e-6)
+
+
+def test_an_adapter_of_a_gguf_model_merges_into_a_plain_model(tiny, tmp_path):
+    config = tiny.config(max_steps=2)
+    config.model.name = str(write_gguf(tiny.model_dir, tmp_path / "tiny.gguf"))
+    result = run_trial(config, tmp_path / "trial")
+    out = export_adapter(tmp_path / "trial", tmp_path / "merged", merge=True, model_cfg=config.model)
+    assert "quantization_config" not in (out / "config.json").read_text()
+    config.model.name = str(out)
+    assert evaluate_adapter(config, None) == pytest.approx(result.metrics["validation_loss"], rel=1e-4)
 
 
 def test_export_needs_an_adapter_and_merging_needs_the_model(trial, tmp_path):

@@ -235,17 +235,15 @@ def test_half_precision_trains_fp32_adapters_on_a_half_precision_base(tiny, monk
     seen = {}
     add_lora = train.add_lora
 
-    def spy(model, cfg, seed, precision):
-        peft_model = add_lora(model, cfg, seed, precision)
+    def spy(model, cfg, seed):
+        peft_model = add_lora(model, cfg, seed)
         seen.update({name: p.dtype for name, p in peft_model.named_parameters()})
-        seen["casts"] = {m.cast_input_dtype_enabled for m in peft_model.modules() if hasattr(m, "lora_A")}
         return peft_model
 
     monkeypatch.setattr(train, "add_lora", spy)
     result = run_trial(tiny.config(max_steps=3, precision=precision))
     assert result.status == "complete"
     assert result.metrics["validation_loss"] < result.metrics["initial_validation_loss"]
-    assert seen.pop("casts") == {False}  # autocast, not PEFT, sets the adapters' compute dtype
     assert {d for n, d in seen.items() if "lora_" in n} == {torch.float32}
     assert {d for n, d in seen.items() if "lora_" not in n} == {dtype}
 

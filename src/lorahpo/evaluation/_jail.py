@@ -30,6 +30,8 @@ import resource
 import stat
 import sys
 import types
+from os import fspath
+from posixpath import abspath, isdir, realpath
 
 SETUP_FAILED = 97
 _CLONE_NEWUSER = 0x10000000
@@ -41,6 +43,8 @@ _PRELOAD = (
     "unicodedata",
 )
 
+# The work folder, set in the hook's private namespace by _install.
+_ROOT = _PREFIX = ""
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 _DEVNULL = ("/dev/null", b"/dev/null")
 _ALWAYS = frozenset(
@@ -131,10 +135,9 @@ def _install(root: str) -> None:
     ``stat`` modules' attributes. Rebinding a builtin, a module attribute or a global of this
     script later does not change what the hook sees.
     """
-    private: dict = {"__builtins__": dict(vars(builtins)), "_ROOT": root, "_PREFIX": root + os.sep}
+    private: dict = {"__builtins__": dict(vars(builtins))}
     private["os"] = types.SimpleNamespace(**vars(os))
     private["stat"] = types.SimpleNamespace(**vars(stat))
-    private["fspath"] = os.fspath
     for name, value in [*vars(posixpath).items(), *globals().items()]:
         if name.startswith("__") or name in ("os", "stat"):
             continue
@@ -145,6 +148,7 @@ def _install(root: str) -> None:
         elif isinstance(value, dict):
             value = dict(value)
         private[name] = value
+    private["_ROOT"], private["_PREFIX"] = root, root + os.sep
     sys.addaudithook(private["_hook"])
 
 

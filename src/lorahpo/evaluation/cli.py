@@ -63,7 +63,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         # Nothing needs the hub: fail fast instead of waiting on network time-outs.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's per-request bars would break ours
 
     from lorahpo.evaluation.runner import evaluate, make_plan
 
@@ -72,7 +71,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"skipped: {line}", file=sys.stderr)
     models = ", ".join(f"{m.key} ({'/'.join(m.roles)})" for m in plan.models)
     print(f"models: {models}", file=sys.stderr)
-    print(f"tasks: {', '.join(t.name for t in tasks)}; {len(plan.todo)} to run, {len(plan.reused)} stored", file=sys.stderr)
+    names = ", ".join(t.name for t in tasks)
+    print(f"tasks: {names}; {len(plan.todo)} to run, {len(plan.reused)} stored", file=sys.stderr)
     if args.dry_run:
         for entry, spec in plan.todo:
             print(f"would run {entry.key} on {spec.name}")

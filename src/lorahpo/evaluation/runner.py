@@ -9,6 +9,8 @@ the next call, and an interrupted call resumes at the pair it was on.
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +20,9 @@ from typing import Any
 from lorahpo.config import ConfigError
 from lorahpo.evaluation.store import BASE, EvaluationStore, TaskResult, model_key
 from lorahpo.evaluation.tasks import TaskSpec
+
+#: lm-eval's own output (its progress bars, warnings), under ``DIR/evaluation/``.
+LOG_FILE = "lm-eval.log"
 
 
 @dataclass
@@ -149,36 +154,52 @@ def evaluate(
     if plan.todo:
         include = [spec.prepare() for spec in tasks if spec.prepare is not None]
         manager = harness.task_manager(include, with_lm_eval_tasks=any(s.prepare is None for s in tasks))
-        with _Bar(len(plan.todo), enabled=progress) as bar:
+        store.folder.mkdir(parents=True, exist_ok=True)
+        # lm-eval and transformers draw progress bars and warnings of their own on stderr: they go
+        # to a log file, so that they neither clutter the output nor break the bar drawn here.
+        with _Bar(len(plan.todo), enabled=progress) as bar, open(store.folder / LOG_FILE, "a") as log:
             for entry in plan.models:
                 pairs = [spec for e, spec in plan.todo if e is entry]
                 if not pairs:
                     continue
                 bar.show(f"{entry.key}: loading")
-                lm = harness.load_model(base_model, entry.adapter, device=device, batch_size=batch_size)
+                with contextlib.redirect_stderr(log):
+                    lm = harness.load_model(base_model, entry.adapter, device=device, batch_size=batch_size)
                 for spec in pairs:
                     bar.show(f"{entry.key} · {spec.name}")
-                    start = time.monotonic()
-                    scores = harness.run_task(lm, spec, manager, limit=limit)
-                    result = TaskResult(
-                        model=entry.key,
-                        task=spec.name,
-                        metric=scores.metric,
-                        score=scores.score,
-                        n=scores.n,
-                        settings=settings(spec, entry, base_model.name, limit),
-                        stderr=scores.stderr,
-                        subtasks=scores.subtasks,
-                        duration_s=round(time.monotonic() - start, 1),
-                        details=_details(spec),
-                    )
-                    store.put(result, scores.samples)
+                    print(f"--- {entry.key} {spec.name} (limit {limit})", file=log, flush=True)
+                    with contextlib.redirect_stderr(log):
+                        result, samples = _run_pair(lm, entry, spec, manager, limit, base_model.name)
+                    store.put(result, samples)
                     bar.advance()
                     if on_result is not None:
                         on_result(result)
                 del lm
     store.write_summary(study.optuna_study, {e.key: e.roles for e in plan.models})
     return plan
+
+
+def _run_pair(
+    lm: Any, entry: ModelEntry, spec: TaskSpec, manager: Any, limit: int | None, base_model: str
+) -> tuple[TaskResult, list[dict[str, Any]]]:
+    """Score one model on one task: the result to store, and the per-row answers."""
+    from lorahpo.evaluation import harness
+
+    start = time.monotonic()
+    scores = harness.run_task(lm, spec, manager, limit=limit)
+    result = TaskResult(
+        model=entry.key,
+        task=spec.name,
+        metric=scores.metric,
+        score=scores.score,
+        n=scores.n,
+        settings=settings(spec, entry, base_model, limit),
+        stderr=scores.stderr,
+        subtasks=scores.subtasks,
+        duration_s=round(time.monotonic() - start, 1),
+        details=_details(spec),
+    )
+    return result, scores.samples
 
 
 def _details(spec: TaskSpec) -> dict[str, Any]:
@@ -196,10 +217,12 @@ class _Bar:
     """A rich progress bar over (model, task) pairs, or nothing when disabled."""
 
     def __init__(self, total: int, enabled: bool) -> None:
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-        self._progress = Progress(*columns, disable=not enabled, transient=False)
+        # The console keeps the real stderr: lm-eval's output is redirected while the bar is shown.
+        self._progress = Progress(*columns, console=Console(file=sys.stderr), disable=not enabled)
         self._task = self._progress.add_task("evaluation", total=total)
 
     def __enter__(self) -> _Bar:

@@ -23,6 +23,7 @@ models you do not trust in a container or VM as well.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -199,10 +200,8 @@ def _current_user() -> str:
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is gone already
         os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
     proc.wait()
 
 

@@ -65,11 +65,8 @@ def evaluate_adapter(config: LoraTrialConfig, adapter_dir: Path | None) -> float
     """
     from peft import PeftModel
 
-    from lorahpo.finetune.train import adapters_follow_autocast, eval_batch_size, load, validate
+    from lorahpo.finetune.train import eval_batch_size, load, validate
 
     setup = load(config)
-    model = setup.model
-    if adapter_dir is not None:
-        model = PeftModel.from_pretrained(model, adapter_dir)
-        adapters_follow_autocast(model, setup.precision)  # the forward pass training measured with
+    model = setup.model if adapter_dir is None else PeftModel.from_pretrained(setup.model, adapter_dir)
     return validate(model, setup.validation, setup, eval_batch_size(config.training))

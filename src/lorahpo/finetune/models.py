@@ -101,8 +101,8 @@ def resolve_model(cfg: ModelConfig) -> tuple[str, dict[str, Any]]:
 def load_model_and_tokenizer(cfg: ModelConfig, dtype: Any, device: Any) -> tuple[Any, Any]:
     """Load a causal language model and its tokenizer, ready for training.
 
-    The tokenizer pads on the right (labels and attention line up with the prompt start) and
-    falls back to the end-of-sequence token for padding when it has no pad token.
+    The tokenizer pads on the right, so real tokens keep the positions they have unpadded
+    (training relies on it), and pads with the end-of-sequence token when it has no pad token.
 
     Args:
         cfg: The model section of a trial config.

@@ -2,8 +2,9 @@
 
 One readable recipe, ``setup -> fit -> validate``, in a plain PyTorch loop:
 
-* **setup** loads the model and tokenizer, builds the data splits and wraps the model with LoRA
-  (seeded by ``training.seed``, so every trial starts from the same adapter initialisation).
+* **setup** (:func:`load`, :func:`add_lora`) loads the model and tokenizer, builds the data
+  splits and wraps the model with LoRA (seeded by ``training.seed``, so every trial starts from
+  the same adapter initialisation).
 * **fit** trains with AdamW, linear warm-up then a cosine/linear/constant schedule, gradient
   accumulation up to ``effective_batch_size`` and gradient clipping. Batches are grouped by
   length (little padding) in an order fixed by ``training.seed``, the same in every trial.
@@ -18,6 +19,9 @@ the loss reads and is left out (attention takes its fast causal path).
 
 Failures are results: out of memory, a non-finite loss, a divergence, bad data or a missing
 model return ``TrialResult(status="failed", reason=...)``; nothing here exits the process.
+
+``LORAHPO_NUM_THREADS`` sets the CPU threads of a trial (else torch's default, or
+``OMP_NUM_THREADS``): trials that share a CPU should split its cores rather than fight over them.
 """
 
 from __future__ import annotations
@@ -148,7 +152,7 @@ def run_trial(config: LoraTrialConfig, trial_dir: Path | None = None, reporter: 
         trial_dir.mkdir(parents=True, exist_ok=True)
     try:
         setup = load(config)
-        model = add_lora(setup.model, config.lora, config.training.seed, setup.precision)
+        model = add_lora(setup.model, config.lora, config.training.seed)
         progress.metrics["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
         with _train_log(trial_dir) as log:
             stopped = fit(model, setup, config.training, progress, reporter, log)
@@ -181,7 +185,7 @@ def load(config: LoraTrialConfig) -> Setup:
     device = resolve_device(config.training.device)
     precision = resolve_precision(config.training.precision, device)
     threads = os.environ.get("LORAHPO_NUM_THREADS")
-    if threads:  # several trials sharing one CPU must split its cores, not fight over them
+    if threads:
         torch.set_num_threads(int(threads))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -215,7 +219,7 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
     return Precision(name, {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name])
 
 
-def add_lora(model: PreTrainedModel, cfg: LoraConfig, seed: int, precision: Precision) -> Any:
+def add_lora(model: PreTrainedModel, cfg: LoraConfig, seed: int) -> Any:
     """Wrap ``model`` with fresh LoRA adapters; the base weights are frozen, the adapters fp32."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
@@ -231,26 +235,7 @@ def add_lora(model: PreTrainedModel, cfg: LoraConfig, seed: int, precision: Prec
     )
     # autocast_adapter_dtype keeps adapter weights in fp32 over a bf16/fp16 base: small
     # updates to bf16 weights would round away.
-    peft_model = get_peft_model(model, peft_cfg, autocast_adapter_dtype=True)
-    adapters_follow_autocast(peft_model, precision)
-    return peft_model
-
-
-def adapters_follow_autocast(model: Any, precision: Precision) -> None:
-    """Under autocast, feed the adapters the base model's half-precision activations as they are.
-
-    PEFT casts each adapter's input up to the fp32 of the adapter weights and autocast casts
-    it straight back down: two extra passes over the activations per adapter, measured to
-    halve training speed (135M and 1.1B Llama on an H200). Autocast alone already runs the
-    adapter products in half precision against the fp32 weights.
-    """
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    if precision.dtype == torch.float32:
-        return
-    for module in model.modules():
-        if isinstance(module, BaseTunerLayer):
-            module.cast_input_dtype_enabled = False
+    return get_peft_model(model, peft_cfg, autocast_adapter_dtype=True)
 
 
 def fit(

@@ -180,7 +180,8 @@ def study_report(directory: str | Path, top: int = 10) -> StudyReport:
     x0 = by_number.get(x0_record.number) if x0_record is not None else None
     finished = [t for t in trials if t.status not in UNFINISHED]
     values = [t.value if t.status == "complete" else None for t in finished]
-    curve = [(i, t.number, v, b) for i, (t, v, b) in enumerate(zip(finished, values, best_so_far(values, conf.objective.direction), strict=True), 1)]
+    bests = best_so_far(values, conf.objective.direction)
+    curve = [(i, t.number, v, b) for i, (t, v, b) in enumerate(zip(finished, values, bests, strict=True), 1)]
 
     store = EvaluationStore(directory)
     results = store.results()
@@ -237,7 +238,9 @@ def _row(record: Any) -> TrialRow:
     )
 
 
-def _models(results: list[Any], trials: dict[int, TrialRow], top: list[TrialRow], x0: TrialRow | None) -> list[ModelRow]:
+def _models(
+    results: list[Any], trials: dict[int, TrialRow], top: list[TrialRow], x0: TrialRow | None
+) -> list[ModelRow]:
     """One row per model with results: base first, then x0, then by rank, then other trials."""
     scores: dict[str, dict[str, float | None]] = {}
     rows: dict[str, dict[str, int]] = {}

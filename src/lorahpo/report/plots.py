@@ -50,27 +50,32 @@ def best_so_far(report: StudyReport) -> bytes | None:
     if not done:
         return None
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = plt.subplots(figsize=(8, 4.2))
     values = [v for _, v in done]
     top = _upper_limit(values)
-    shown = [(i, min(v, top)) for i, v in done]
+    shown = [(i, v) for i, v in done if v <= top]
     ax.scatter([i for i, _ in shown], [v for _, v in shown], s=22, color="#555555", alpha=0.7, label="evaluation")
     clipped = [(i, top) for i, v in done if v > top]
     if clipped:
-        ax.scatter(*zip(*clipped), marker="^", s=40, color="#555555", label="off the scale")
+        ax.scatter([i for i, _ in clipped], [v for _, v in clipped], marker="^", s=40, color="#555555",
+                   label="off the scale")
     steps = [(i, b) for i, _, _, b in report.curve if b is not None]
     ax.step([i for i, _ in steps], [b for _, b in steps], where="post", color=_BEST, lw=2, label="best so far")
     failed = [i for i, _, v, _ in report.curve if v is None]
     if failed:
-        ax.scatter(failed, [top] * len(failed), marker="x", s=50, color=_FAILED, label="failed")
+        ax.scatter(failed, [top] * len(failed), marker="x", s=50, color=_FAILED, label="failed", zorder=3)
     final = steps[-1]
     ax.annotate(f"{final[1]:.4f}", final, textcoords="offset points", xytext=(4, 6), color=_BEST)
     ax.set_xlabel("evaluation number")
     ax.set_ylabel(report.metric)
-    ax.set_ylim(top=top + 0.02 * (top - min(values) or 1))
+    ax.set_ylim(top=top + 0.04 * (top - min(values) or 1))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(f"{report.name}: {report.metric} ({report.optimizer})")
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper right", fontsize=8)
+    # Below the axes: inside, the legend would hide the failures drawn along the top edge.
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4, fontsize=8, frameon=False)
     return _png(fig)
 
 
@@ -96,7 +101,7 @@ def parallel_coordinates(report: StudyReport) -> bytes | None:
     if not complete or not report.params:
         return None
     plt = _pyplot()
-    from matplotlib import cm, colormaps, colors
+    from matplotlib import cm, colormaps, colors, patheffects
 
     values = [t.value for t in complete if t.value is not None]
     top = _upper_limit(values)
@@ -123,8 +128,9 @@ def parallel_coordinates(report: StudyReport) -> bytes | None:
         line = ys(trial)
         if line is not None:
             is_best = best is not None and trial.number == best.number
+            outline = [patheffects.withStroke(linewidth=5.5, foreground="black")] if is_best else None
             ax.plot(xs, line, color=cmap(norm(min(trial.value, top))), lw=3 if is_best else 1.3,
-                    alpha=1.0 if is_best else 0.8, zorder=3 if is_best else 2)
+                    alpha=1.0 if is_best else 0.8, zorder=3 if is_best else 2, path_effects=outline)
     for x, param in enumerate(report.params):
         ax.axvline(x, color="black", lw=0.8)
         for y, text in _ticks(param):
@@ -140,7 +146,7 @@ def parallel_coordinates(report: StudyReport) -> bytes | None:
         ax.spines[side].set_visible(False)
     sm = cm.ScalarMappable(norm=norm, cmap=cmap)
     fig.colorbar(sm, ax=ax, label=report.metric, pad=0.08)
-    ax.set_title("hyperparameters of each evaluation (dashed: failed; thick: best)")
+    ax.set_title("hyperparameters of each evaluation (dashed: failed; outlined: best)")
     return _png(fig)
 
 
@@ -189,10 +195,13 @@ def downstream_vs_loss(report: StudyReport) -> bytes | None:
         return None
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(drawn), figsize=(4.4 * len(drawn), 3.8), squeeze=False)
+    roles = {m.trial.number: f"#{m.trial.number} {'/'.join(m.roles)}" for m in report.models if m.trial is not None}
     for ax, corr in zip(axes[0], drawn, strict=True):
         for number, loss, score in corr.points:
-            ax.scatter([loss], [score], s=40, color=_X0 if report.x0 and number == report.x0.number else "#444444")
-            ax.annotate(f"#{number}", (loss, score), textcoords="offset points", xytext=(4, 3), fontsize=8)
+            is_x0 = report.x0 is not None and number == report.x0.number
+            ax.scatter([loss], [score], s=40, color=_X0 if is_x0 else "#444444")
+            ax.annotate(roles.get(number, f"#{number}"), (loss, score), textcoords="offset points", xytext=(4, 3),
+                        fontsize=8)
         if corr.base_score is not None:
             ax.axhline(corr.base_score, color=_FAILED, ls="--", lw=1, label=f"base model {corr.base_score:.3f}")
             ax.legend(fontsize=8)

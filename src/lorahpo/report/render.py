@@ -94,31 +94,35 @@ def fmt_seconds(value: float | None) -> str:
 
 
 def top_table(report: StudyReport) -> tuple[list[str], list[tuple[str, list[str]]]]:
-    """Header and rows of the table of top trials and baselines: ``(css class, cells)`` per row."""
+    """Header and rows of the table of top trials and baselines: ``(css class, cells)`` per row.
+
+    Rows: the base model, the starting point, the best trials in order, then any other trial
+    with downstream results; a trial that is both x0 and among the best is one row.
+    """
+    roles: dict[int, list[str]] = {}
+    trials: dict[int, TrialRow] = {}
+    for trial, role in [(report.x0, "x0"), *[(t, f"top-{i}") for i, t in enumerate(report.top, 1)]]:
+        if trial is not None:
+            roles.setdefault(trial.number, []).append(role)
+            trials[trial.number] = trial
+    for model in report.models:
+        if model.trial is not None and model.trial.number not in trials:
+            roles[model.trial.number] = list(model.roles)
+            trials[model.trial.number] = model.trial
     tasks = list(report.tasks)
-    shown: list[tuple[str, str, TrialRow | None]] = [("base", "base", None)]
-    if report.x0 is not None:
-        shown.append(("x0", f"trial-{report.x0.number}", report.x0))
-    shown += [(f"top-{i}", f"trial-{t.number}", t) for i, t in enumerate(report.top, 1)]
-    listed = {key for _, key, _ in shown}
-    shown += [("/".join(m.roles), m.key, m.trial) for m in report.models if m.key not in listed]
-    trials = [t for _, _, t in shown if t is not None]
-    metrics = sorted({k for t in trials for k in t.metrics if k != report.metric})
+    metrics = sorted({k for t in trials.values() for k in t.metrics if k != report.metric})
     params = [p.name for p in report.params]
     header = ["model", "role", "status", report.metric, *metrics, *params, *tasks]
     scores = {m.key: m.scores for m in report.models}
-    rows = []
-    for role, key, trial in shown:
-        if trial is not None and role == "x0" and report.best is not None and trial.number == report.best.number:
-            role = "x0/top-1"
-        if role == "top-1" and report.x0 is not None and report.best is not None and report.x0.number == report.best.number:
-            continue  # already listed as x0/top-1
-        cells = [key, role, trial.status if trial else ""]
-        cells.append(fmt_loss(trial.value) if trial else "")
-        cells += [fmt_number(trial.metrics.get(m)) if trial else "" for m in metrics]
-        cells += [fmt_number(trial.params.get(p)) if trial else "" for p in params]
+    rows = [("baseline", ["base", "base", "", "", *[""] * (len(metrics) + len(params)),
+                          *[fmt_score(scores.get("base", {}).get(t)) for t in tasks]])]
+    for number, trial in trials.items():
+        key, role = f"trial-{number}", "/".join(roles[number])
+        cells = [key, role, trial.status, fmt_loss(trial.value)]
+        cells += [fmt_number(trial.metrics.get(m)) for m in metrics]
+        cells += [fmt_number(trial.params.get(p)) for p in params]
         cells += [fmt_score(scores.get(key, {}).get(t)) for t in tasks]
-        css = "baseline" if role in ("base", "x0") else ("best" if role.endswith("top-1") else "")
+        css = "best" if "top-1" in roles[number] else ("baseline" if role == "x0" else "")
         rows.append((css, cells))
     return header, rows
 
@@ -156,6 +160,10 @@ def timing_table(report: StudyReport) -> list[tuple[str, str]]:
     ]
 
 
+def _params_text(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={fmt_number(v)}" for k, v in params.items())
+
+
 def compare_table(compare: CompareReport) -> tuple[list[str], list[list[str]]]:
     header = ["study", "optimizer", "seed", "evaluations", "failures", f"best {compare.metric}", "best trial",
               "reached at", "best hyperparameters", *compare.tasks]
@@ -165,7 +173,7 @@ def compare_table(compare: CompareReport) -> tuple[list[str], list[list[str]]]:
         rows.append([
             s.label, r.optimizer, str(r.seed), f"{len(r.finished)}/{r.budget}", str(len(r.failures)),
             fmt_loss(best.value if best else None), str(best.number) if best else "",
-            str(s.reached_best_at or ""), ", ".join(f"{k}={fmt_number(v)}" for k, v in (best.params if best else {}).items()),
+            str(s.reached_best_at or ""), _params_text(best.params if best else {}),
             *[fmt_score(s.best_scores.get(t)) for t in compare.tasks],
         ])
     return header, rows
@@ -190,9 +198,13 @@ def study_html(report: StudyReport, figures: Figures) -> str:
         parts.append(_table("correlations", header, corr, text_cols=2))
         parts.append('<p class="note">A negative ρ means a lower validation loss went with a higher score.</p>')
     else:
-        parts.append(f"<p>No downstream results yet: run <code>lorahpo evaluate {_e(str(report.directory))}</code>.</p>")
-    parts += ["<h2>Hyperparameters</h2>", _img(figures, "parallel_coordinates", "parallel coordinates of hyperparameters coloured by loss"),
-              _img(figures, "loss_vs_hyperparameters", "loss against each hyperparameter")]
+        command = f"lorahpo evaluate {report.directory}"
+        parts.append(f"<p>No downstream results yet: run <code>{_e(command)}</code>.</p>")
+    parts += [
+        "<h2>Hyperparameters</h2>",
+        _img(figures, "parallel_coordinates", "parallel coordinates of hyperparameters coloured by loss"),
+        _img(figures, "loss_vs_hyperparameters", "loss against each hyperparameter"),
+    ]
     parts.append("<h2>Failures</h2>")
     if report.failures:
         header, fail = failure_table(report)
@@ -203,10 +215,11 @@ def study_html(report: StudyReport, figures: Figures) -> str:
     parts.append(_table("timing", ["", ""], [list(r) for r in timing_table(report)], text_cols=2, show_header=False))
     parts.append(f'<pre id="config">{_e(report.config_yaml)}</pre>')
     parts.append("<details><summary>All evaluations</summary>")
-    parts.append(_table("all-trials", ["trial", "status", report.metric, "duration", *[p.name for p in report.params], "reason"],
-                        [[str(t.number), t.status, fmt_loss(t.value), fmt_seconds(t.duration_s),
-                          *[fmt_number(t.params.get(p.name)) for p in report.params], t.reason or ""]
-                         for t in report.trials], text_cols=2))
+    names = [p.name for p in report.params]
+    every = [[str(t.number), t.status, fmt_loss(t.value), fmt_seconds(t.duration_s),
+              *[fmt_number(t.params.get(n)) for n in names], t.reason or ""] for t in report.trials]
+    parts.append(_table("all-trials", ["trial", "status", report.metric, "duration", *names, "reason"], every,
+                        text_cols=2))
     parts.append("</details>")
     title = f"lorahpo report: {report.name}" + (f" (best {fmt_loss(best.value)})" if best else "")
     return _page(title, parts)
@@ -266,8 +279,7 @@ def _summary(report: StudyReport) -> str:
     text = (f"{report.optimizer} (seed {report.seed}) searched {len(report.params)} hyperparameters "
             f"in {len(report.finished)} of {report.budget} evaluations, {len(report.failures)} failed. ")
     if best is not None:
-        params = ", ".join(f"{k}={fmt_number(v)}" for k, v in best.params.items())
-        text += f"Best {report.metric}: {fmt_loss(best.value)} (trial {best.number}: {params})"
+        text += f"Best {report.metric}: {fmt_loss(best.value)} (trial {best.number}: {_params_text(best.params)})"
         if report.x0 is not None and report.x0.value is not None:
             text += f"; the starting point (trial {report.x0.number}) reached {fmt_loss(report.x0.value)}"
         text += "."
