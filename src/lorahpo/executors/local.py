@@ -89,6 +89,9 @@ class LocalExecutor:
         gpu = self._gpus.get() if self._gpus else None
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
+        elif self.slots > 1:
+            # Trials share the CPU: split its cores instead of oversubscribing them.
+            env.setdefault("LORAHPO_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // self.slots)))
         start = time.monotonic()
         try:
             with open(task.trial_dir / "stdout.log", "wb") as out, open(task.trial_dir / "stderr.log", "wb") as err:

@@ -30,7 +30,6 @@ import json
 import math
 import os
 import random
-import resource
 import sys
 import time
 import traceback
@@ -428,6 +427,7 @@ def _collate(examples: list[Example], indices: list[int], pad_id: int, device: t
 
 
 def _cpu_has_bf16() -> bool:
+    """Whether the CPU has bf16 matrix instructions (Linux only: other systems keep fp32)."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -438,6 +438,8 @@ def _cpu_has_bf16() -> bool:
 def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource  # Unix only, like the CPU peak it reads
+
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
 

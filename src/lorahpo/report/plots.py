@@ -222,9 +222,16 @@ def compare_curves(compare: CompareReport) -> bytes | None:
     if not curves:
         return None
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for label, pts in curves:
-        ax.step([i for i, _ in pts], [b for _, b in pts], where="post", lw=2, label=f"{label} ({pts[-1][1]:.4f})")
+    # Studies often share their first evaluations (the same start point, the same seeded random
+    # start-up): distinct line styles keep overlapping curves visible.
+    styles = ["-", "--", ":", "-."]
+    for n, (label, pts) in enumerate(curves):
+        ax.step([i for i, _ in pts], [b for _, b in pts], where="post", lw=2.2, ls=styles[n % len(styles)],
+                label=f"{label} ({pts[-1][1]:.4f})")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("evaluation number")
     ax.set_ylabel(f"best {compare.metric} so far")
     ax.grid(alpha=0.3)

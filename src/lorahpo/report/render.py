@@ -21,7 +21,7 @@ h1{font-size:1.6em;margin-bottom:.2em}h2{margin-top:2em;border-bottom:1px solid 
 .lead{color:#444}.note{color:#666;font-size:.9em}
 table{border-collapse:collapse;margin:.8em 0;font-size:.88em}
 th,td{border:1px solid #ddd;padding:.3em .6em;text-align:right;vertical-align:top}
-th{background:#f3f3f3}td.text,th.text{text-align:left}tr.baseline td{background:#f7f9fc}
+th{background:#f3f3f3}td.text,th.text{text-align:left}td:first-child{white-space:nowrap}tr.baseline td{background:#f7f9fc}
 tr.best td{background:#fff4f0;font-weight:600}
 img{max-width:100%;border:1px solid #eee;margin:.5em 0}pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:.85em}
 details summary{cursor:pointer;color:#1f5fa8}
@@ -166,7 +166,7 @@ def _params_text(params: dict[str, Any]) -> str:
 
 def compare_table(compare: CompareReport) -> tuple[list[str], list[list[str]]]:
     header = ["study", "optimizer", "seed", "evaluations", "failures", f"best {compare.metric}", "best trial",
-              "reached at", "best hyperparameters", *compare.tasks]
+              "found at evaluation", "best hyperparameters", *compare.tasks]
     rows = []
     for s in compare.studies:
         r, best = s.report, s.report.best
@@ -190,12 +190,12 @@ def study_html(report: StudyReport, figures: Figures) -> str:
     parts.append('<p class="note">base: the base model without adapter; x0: the starting point (default LoRA); '
                  "downstream scores are blank where a model was not evaluated (<code>lorahpo evaluate</code>).</p>")
     header, rows = top_table(report)
-    parts.append(_table("top-trials", header, [cells for _, cells in rows], [css for css, _ in rows], text_cols=2))
+    parts.append(_table("top-trials", header, [cells for _, cells in rows], [css for css, _ in rows]))
     parts.append("<h2>Validation loss against downstream scores</h2>")
     if report.correlations:
         parts.append(_img(figures, "downstream_vs_loss", "downstream score against validation loss per task"))
         header, corr = correlation_table(report)
-        parts.append(_table("correlations", header, corr, text_cols=2))
+        parts.append(_table("correlations", header, corr))
         parts.append('<p class="note">A negative ρ means a lower validation loss went with a higher score.</p>')
     else:
         command = f"lorahpo evaluate {report.directory}"
@@ -208,7 +208,7 @@ def study_html(report: StudyReport, figures: Figures) -> str:
     parts.append("<h2>Failures</h2>")
     if report.failures:
         header, fail = failure_table(report)
-        parts.append(_table("failures", header, fail, text_cols=3))
+        parts.append(_table("failures", header, fail))
     else:
         parts.append('<p id="failures">No failed evaluation.</p>')
     parts.append("<h2>Configuration and timing</h2>")
@@ -231,7 +231,7 @@ def compare_html(compare: CompareReport, figures: Figures) -> str:
     parts.append(_img(figures, "compare_best_so_far", "best so far of each study against evaluation number"))
     header, rows = compare_table(compare)
     parts.append("<h2>Final results</h2>")
-    parts.append(_table("studies", header, rows, text_cols=2))
+    parts.append(_table("studies", header, rows))
     if compare.tasks:
         parts.append('<p class="note">Downstream scores are those of each study\'s best trial, where evaluated.</p>')
     return _page("lorahpo comparison", parts)
@@ -252,11 +252,12 @@ def _img(figures: Figures, name: str, alt: str) -> str:
 
 
 def _table(table_id: str, header: list[str], rows: list[list[str]], classes: list[str] | None = None,
-           text_cols: int = 1, show_header: bool = True) -> str:
-    """An HTML table; the first ``text_cols`` columns are left-aligned text, the rest numbers."""
+           show_header: bool = True) -> str:
+    """An HTML table; columns holding only numbers are right-aligned, the others are text."""
+    numeric = [all(_numeric(row[i]) for row in rows) for i in range(len(header))]
 
     def cell(tag: str, i: int, text: str) -> str:
-        css = ' class="text"' if i < text_cols or tag == "td" and not _numeric(text) else ""
+        css = "" if numeric[i] else ' class="text"'
         return f"<{tag}{css}>{_e(text)}</{tag}>"
 
     out = [f'<table id="{table_id}">']
@@ -271,7 +272,8 @@ def _table(table_id: str, header: list[str], rows: list[list[str]], classes: lis
 
 
 def _numeric(text: str) -> bool:
-    return text.replace(",", "").replace(".", "", 1).lstrip("+-").replace("e-", "").isdigit()
+    """A number as the formatters write it (``1,234``, ``-0.80``, ``1e-05``), or an empty cell."""
+    return not text or text.replace(",", "").replace(".", "", 1).lstrip("+-").replace("e-", "", 1).isdigit()
 
 
 def _summary(report: StudyReport) -> str:
