@@ -13,12 +13,12 @@ if ! "$VPY" -c "import torch" 2>/dev/null; then
   "$VPY" -m pip install --quiet --disable-pip-version-check torch==2.13.0
 fi
 if [ "${1:-}" = "--test" ]; then
-  "$VPY" -m pip install --quiet --disable-pip-version-check -e '.[lora,web,test]'
+  "$VPY" -m pip install --quiet --disable-pip-version-check -e '.[lora,web,eval,report,bench,test]'
   # The browser test drives Debian's Chromium (no browser download); skipped where it is absent.
   if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
       || echo "setup.sh: could not install chromium; the browser test will be skipped" >&2
   fi
 else
-  "$VPY" -m pip install --quiet --disable-pip-version-check -e '.[lora,web]'
+  "$VPY" -m pip install --quiet --disable-pip-version-check -e '.[lora,web,eval,report]'
 fi
