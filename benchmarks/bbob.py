@@ -492,14 +492,15 @@ def _status_section(result: dict[str, Any]) -> list[str]:
 
 
 def _cells(rows: Sequence[dict[str, Any] | None]) -> list[str]:
-    best = max((r["targets_reached"] for r in rows if r), default=None)
+    # Compared as shown (2 decimals), so fractions that look equal are all bold or none.
+    best = max((round(r["targets_reached"], 2) for r in rows if r), default=0.0)
     out = []
     for r in rows:
         if r is None:
             out.append("")
             continue
         frac = f"{r['targets_reached']:.2f}"
-        if r["targets_reached"] == best and best > 0:
+        if round(r["targets_reached"], 2) == best > 0:
             frac = f"**{frac}**"
         out.append(f"{frac} / {r['log10_gap_median']:.1f} [{r['log10_gap_q1']:.1f}, {r['log10_gap_q3']:.1f}]")
     return out

@@ -112,3 +112,23 @@ def test_a_gguf_model_reaches_lm_eval_with_its_gguf_file(tmp_path, tiny_model, t
     manager = harness.task_manager([OFFLINE[0].prepare()], with_lm_eval_tasks=False)
     scores = harness.run_task(lm, OFFLINE[0], manager, limit=1)
     assert scores.n == 4 and set(scores.subtasks) and scores.score is not None
+
+
+def test_a_failing_pair_is_one_error_and_keeps_what_was_stored(study_dir, monkeypatch):
+    from lorahpo.evaluation import runner
+
+    calls = []
+
+    def flaky(lm, spec, *args, **kwargs):
+        calls.append(spec.name)
+        if len(calls) == 2:
+            raise OSError("Couldn't reach the hub\nmore lines")
+        return real(lm, spec, *args, **kwargs)
+
+    real = harness.run_task
+    monkeypatch.setattr(harness, "run_task", flaky)
+    expected = r"base on bbh-bigbench failed: OSError: Couldn't reach the hub \(details in .*lm-eval.log\)"
+    with pytest.raises(runner.EvaluationError, match=expected):
+        evaluate(study_dir, OFFLINE[::-1], top=0, limit=1, device="cpu", progress=False)
+    assert [(r.model, r.task) for r in EvaluationStore(study_dir).results()] == [("base", "humaneval-offline")]
+    assert "Traceback" in (EvaluationStore(study_dir).folder / runner.LOG_FILE).read_text()

@@ -64,7 +64,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-    from lorahpo.evaluation.runner import evaluate, make_plan
+    from lorahpo.evaluation.runner import EvaluationError, evaluate, make_plan
 
     plan = make_plan(args.study_dir, tasks, args.top, args.limit)
     for line in plan.skipped:
@@ -91,6 +91,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished (model, task) pairs are stored; run the same command to resume", file=sys.stderr)
         return 130
+    except EvaluationError as exc:
+        print(f"lorahpo: error: {exc}", file=sys.stderr)
+        return 1
     _print_table(args.study_dir, plan)
     return 0
 

@@ -10,12 +10,13 @@ the next call, and an interrupted call resumes at the pair it was on.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from lorahpo.config import ConfigError
 from lorahpo.evaluation.store import BASE, EvaluationStore, TaskResult, model_key
@@ -23,6 +24,10 @@ from lorahpo.evaluation.tasks import TaskSpec
 
 #: lm-eval's own output (its progress bars, warnings), under ``DIR/evaluation/``.
 LOG_FILE = "lm-eval.log"
+
+
+class EvaluationError(RuntimeError):
+    """One (model, task) pair could not be evaluated; the pairs finished before it are stored."""
 
 
 @dataclass
@@ -155,20 +160,21 @@ def evaluate(
         include = [spec.prepare() for spec in tasks if spec.prepare is not None]
         manager = harness.task_manager(include, with_lm_eval_tasks=any(s.prepare is None for s in tasks))
         store.folder.mkdir(parents=True, exist_ok=True)
-        # lm-eval and transformers draw progress bars and warnings of their own on stderr: they go
-        # to a log file, so that they neither clutter the output nor break the bar drawn here.
+        # lm-eval and transformers draw progress bars and warnings of their own on stderr, and lm-eval
+        # runs git: all of it goes to a log file, so that it neither clutters the output nor breaks
+        # the bar drawn here.
         with _Bar(len(plan.todo), enabled=progress) as bar, open(store.folder / LOG_FILE, "a") as log:
             for entry in plan.models:
                 pairs = [spec for e, spec in plan.todo if e is entry]
                 if not pairs:
                     continue
                 bar.show(f"{entry.key}: loading")
-                with contextlib.redirect_stderr(log):
+                with _stderr_to(log), _failure(f"loading {entry.key}", log):
                     lm = harness.load_model(base_model, entry.adapter, device=device, batch_size=batch_size)
                 for spec in pairs:
                     bar.show(f"{entry.key} · {spec.name}")
                     print(f"--- {entry.key} {spec.name} (limit {limit})", file=log, flush=True)
-                    with contextlib.redirect_stderr(log):
+                    with _stderr_to(log), _failure(f"{entry.key} on {spec.name}", log):
                         result, samples = _run_pair(lm, entry, spec, manager, limit, base_model.name)
                     store.put(result, samples)
                     bar.advance()
@@ -213,6 +219,40 @@ def _details(spec: TaskSpec) -> dict[str, Any]:
     return details
 
 
+@contextlib.contextmanager
+def _failure(what: str, log: TextIO) -> Iterator[None]:
+    """Turn an error of lm-eval or the model into one :class:`EvaluationError`; the traceback goes to ``log``."""
+    try:
+        yield
+    except Exception as exc:
+        import traceback
+
+        traceback.print_exc(file=log)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise EvaluationError(f"{what} failed: {type(exc).__name__}: {first} (details in {log.name})") from exc
+
+
+@contextlib.contextmanager
+def _stderr_to(log: TextIO) -> Iterator[None]:
+    """Send what is written to stderr, by Python code or by child processes (file descriptor 2), to ``log``."""
+    sys.stderr.flush()
+    log.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no file descriptor 2: Python-level output only
+        with contextlib.redirect_stderr(log):
+            yield
+        return
+    try:
+        os.dup2(log.fileno(), 2)
+        with contextlib.redirect_stderr(log):
+            yield
+    finally:
+        log.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 class _Bar:
     """A rich progress bar over (model, task) pairs, or nothing when disabled."""
 
@@ -220,9 +260,11 @@ class _Bar:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+        # The bar draws on a copy of the terminal's descriptor: stderr itself is redirected to the
+        # log while lm-eval runs.
+        self._out = os.fdopen(os.dup(sys.stderr.fileno()), "w") if enabled else None
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-        # The console keeps the real stderr: lm-eval's output is redirected while the bar is shown.
-        self._progress = Progress(*columns, console=Console(file=sys.stderr), disable=not enabled)
+        self._progress = Progress(*columns, console=Console(file=self._out), disable=not enabled)
         self._task = self._progress.add_task("evaluation", total=total)
 
     def __enter__(self) -> _Bar:
@@ -231,6 +273,8 @@ class _Bar:
 
     def __exit__(self, *exc: Any) -> None:
         self._progress.__exit__(*exc)
+        if self._out is not None:
+            self._out.close()
 
     def show(self, text: str) -> None:
         self._progress.update(self._task, description=text)

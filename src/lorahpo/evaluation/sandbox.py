@@ -9,9 +9,10 @@ with these layers, outermost first:
 2. **No network**: the process gets its own, empty network namespace (``unshare``) where the
    kernel allows it (root, or unprivileged user namespaces); it cannot reach any address, not
    even this machine's loopback.
-3. **Another user**: started as root, the program runs as ``nobody`` when that user can run the
-   interpreter (it cannot when Python lives in a private folder such as ``/root/.pyenv``); then
-   file permissions protect the system and the process-count limit stops fork bombs.
+3. **Another user**: started as root, the interpreter imports the standard-library modules such
+   programs use and then becomes ``nobody`` (so it works even when Python lives in a folder only
+   root can read, such as ``/root/.pyenv``; other modules then fail to import there); file
+   permissions protect the system and the process-count limit stops fork bombs.
 4. **Audit hook** (:mod:`lorahpo.evaluation._jail`): inside the interpreter, writes outside the
    folder, deletions, process creation, sockets and native code are refused.
 

@@ -88,6 +88,13 @@ class Correlation:
     rho: float | None
     base_score: float | None
 
+    @property
+    def missing_reason(self) -> str | None:
+        """Why ``rho`` is None: too few trials, or all losses or all scores equal."""
+        if self.rho is not None:
+            return None
+        return "fewer than 3 trials" if len(self.points) < 3 else "no variation"
+
 
 @dataclass(frozen=True)
 class StudyReport:

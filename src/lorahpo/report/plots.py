@@ -175,8 +175,16 @@ def loss_vs_params(report: StudyReport) -> bytes | None:
                            marker=marker, zorder=3, label=label)
         if param.scale == "log":
             ax.set_xscale("log")
+        if param.scale != "choice" and param.low is not None and param.high is not None:
+            # The whole searched range, so that the plot shows where in it the trials went.
+            if param.scale == "log":
+                ax.set_xlim(param.low / 1.5, param.high * 1.5)
+            else:
+                pad = 0.03 * (param.high - param.low or 1)
+                ax.set_xlim(param.low - pad, param.high + pad)
         if param.scale == "choice":
             ax.set_xticks(range(len(param.values)), [_short(v) for v in param.values], fontsize=8)
+            ax.set_xlim(-0.5, len(param.values) - 0.5)
         ax.set_xlabel(param.name)
         ax.grid(alpha=0.3)
     for ax in axes.flat[n:]:
@@ -197,16 +205,16 @@ def downstream_vs_loss(report: StudyReport) -> bytes | None:
     fig, axes = plt.subplots(1, len(drawn), figsize=(4.4 * len(drawn), 3.8), squeeze=False)
     roles = {m.trial.number: f"#{m.trial.number} {'/'.join(m.roles)}" for m in report.models if m.trial is not None}
     for ax, corr in zip(axes[0], drawn, strict=True):
-        for number, loss, score in corr.points:
+        # Labels alternate above and below, so neighbours along the loss axis do not overwrite each other.
+        for k, (number, loss, score) in enumerate(sorted(corr.points, key=lambda p: p[1])):
             is_x0 = report.x0 is not None and number == report.x0.number
-            ax.scatter([loss], [score], s=40, color=_X0 if is_x0 else "#444444")
-            ax.annotate(roles.get(number, f"#{number}"), (loss, score), textcoords="offset points", xytext=(4, 3),
-                        fontsize=8)
+            ax.scatter([loss], [score], s=40, color=_X0 if is_x0 else "#444444", zorder=3)
+            ax.annotate(roles.get(number, f"#{number}"), (loss, score), textcoords="offset points",
+                        xytext=(4, 5 if k % 2 == 0 else -12), fontsize=8)
         if corr.base_score is not None:
             ax.axhline(corr.base_score, color=_FAILED, ls="--", lw=1, label=f"base model {corr.base_score:.3f}")
             ax.legend(fontsize=8)
-        rho = "n/a (fewer than 3 points)" if corr.rho is None and len(corr.points) < 3 else (
-            "n/a" if corr.rho is None else f"{corr.rho:+.2f}")
+        rho = f"n/a, {corr.missing_reason}" if corr.rho is None else f"{corr.rho:+.2f}"
         ax.set_title(f"{corr.task}\nSpearman ρ = {rho} (n={len(corr.points)})", fontsize=10)
         ax.set_xlabel(report.metric)
         ax.set_ylabel(corr.metric)

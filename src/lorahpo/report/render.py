@@ -16,14 +16,21 @@ from lorahpo.report.data import CompareReport, StudyReport, TrialRow
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1180px;margin:2em auto;padding:0 1em;
-color:#222;line-height:1.45}
-h1{font-size:1.6em;margin-bottom:.2em}h2{margin-top:2em;border-bottom:1px solid #ddd;padding-bottom:.2em}
-.lead{color:#444}.note{color:#666;font-size:.9em}
+  color:#222;line-height:1.45}
+h1{font-size:1.6em;margin-bottom:.2em}
+h2{margin-top:2em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+.lead{color:#444}
+.note{color:#666;font-size:.9em}
 table{border-collapse:collapse;margin:.8em 0;font-size:.88em}
 th,td{border:1px solid #ddd;padding:.3em .6em;text-align:right;vertical-align:top}
-th{background:#f3f3f3}td.text,th.text{text-align:left}td:first-child{white-space:nowrap}tr.baseline td{background:#f7f9fc}
+th{background:#f3f3f3}
+td.text,th.text{text-align:left}
+td:first-child,#top-trials td{white-space:nowrap}
+tr.baseline td{background:#f7f9fc}
 tr.best td{background:#fff4f0;font-weight:600}
-img{max-width:100%;border:1px solid #eee;margin:.5em 0}pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:.85em}
+.wide{overflow-x:auto}
+img{max-width:100%;border:1px solid #eee;margin:.5em 0}
+pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:.85em;max-height:30em}
 details summary{cursor:pointer;color:#1f5fa8}
 """
 
@@ -69,8 +76,10 @@ def fmt_score(value: float | None) -> str:
     return "" if value is None else f"{value:.3f}"
 
 
-def fmt_rho(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:+.2f}"
+def fmt_rho(value: float | None, why: str | None = None) -> str:
+    if value is not None:
+        return f"{value:+.2f}"
+    return f"n/a ({why})" if why else "n/a"
 
 
 def fmt_number(value: Any) -> str:
@@ -112,16 +121,17 @@ def top_table(report: StudyReport) -> tuple[list[str], list[tuple[str, list[str]
     tasks = list(report.tasks)
     metrics = sorted({k for t in trials.values() for k in t.metrics if k != report.metric})
     params = [p.name for p in report.params]
-    header = ["model", "role", "status", report.metric, *metrics, *params, *tasks]
+    # Downstream scores come right after the objective: the comparison this table is for.
+    header = ["model", "role", "status", report.metric, *tasks, *params, *metrics]
     scores = {m.key: m.scores for m in report.models}
-    rows = [("baseline", ["base", "base", "", "", *[""] * (len(metrics) + len(params)),
-                          *[fmt_score(scores.get("base", {}).get(t)) for t in tasks]])]
+    base = [fmt_score(scores.get("base", {}).get(t)) for t in tasks]
+    rows = [("baseline", ["base", "base", "", "", *base, *[""] * (len(params) + len(metrics))])]
     for number, trial in trials.items():
         key, role = f"trial-{number}", "/".join(roles[number])
         cells = [key, role, trial.status, fmt_loss(trial.value)]
-        cells += [fmt_number(trial.metrics.get(m)) for m in metrics]
-        cells += [fmt_number(trial.params.get(p)) for p in params]
         cells += [fmt_score(scores.get(key, {}).get(t)) for t in tasks]
+        cells += [fmt_number(trial.params.get(p)) for p in params]
+        cells += [fmt_number(trial.metrics.get(m)) for m in metrics]
         css = "best" if "top-1" in roles[number] else ("baseline" if role == "x0" else "")
         rows.append((css, cells))
     return header, rows
@@ -130,8 +140,8 @@ def top_table(report: StudyReport) -> tuple[list[str], list[tuple[str, list[str]
 def correlation_table(report: StudyReport) -> tuple[list[str], list[list[str]]]:
     header = ["task", "metric", "rows per model", "trials", "Spearman ρ (loss, score)", "base model"]
     rows = [
-        [c.task, c.metric, fmt_number(report.limits.get(c.task)) or "all", str(len(c.points)), fmt_rho(c.rho),
-         fmt_score(c.base_score)]
+        [c.task, c.metric, fmt_number(report.limits.get(c.task)) or "all", str(len(c.points)),
+         fmt_rho(c.rho, c.missing_reason), fmt_score(c.base_score)]
         for c in report.correlations
     ]
     return header, rows
@@ -190,7 +200,8 @@ def study_html(report: StudyReport, figures: Figures) -> str:
     parts.append('<p class="note">base: the base model without adapter; x0: the starting point (default LoRA); '
                  "downstream scores are blank where a model was not evaluated (<code>lorahpo evaluate</code>).</p>")
     header, rows = top_table(report)
-    parts.append(_table("top-trials", header, [cells for _, cells in rows], [css for css, _ in rows]))
+    table = _table("top-trials", header, [cells for _, cells in rows], [css for css, _ in rows])
+    parts.append(f'<div class="wide">{table}</div>')
     parts.append("<h2>Validation loss against downstream scores</h2>")
     if report.correlations:
         parts.append(_img(figures, "downstream_vs_loss", "downstream score against validation loss per task"))
@@ -212,14 +223,14 @@ def study_html(report: StudyReport, figures: Figures) -> str:
     else:
         parts.append('<p id="failures">No failed evaluation.</p>')
     parts.append("<h2>Configuration and timing</h2>")
-    parts.append(_table("timing", ["", ""], [list(r) for r in timing_table(report)], text_cols=2, show_header=False))
+    parts.append(_table("timing", ["", ""], [list(r) for r in timing_table(report)], show_header=False))
     parts.append(f'<pre id="config">{_e(report.config_yaml)}</pre>')
     parts.append("<details><summary>All evaluations</summary>")
     names = [p.name for p in report.params]
     every = [[str(t.number), t.status, fmt_loss(t.value), fmt_seconds(t.duration_s),
               *[fmt_number(t.params.get(n)) for n in names], t.reason or ""] for t in report.trials]
-    parts.append(_table("all-trials", ["trial", "status", report.metric, "duration", *names, "reason"], every,
-                        text_cols=2))
+    header = ["trial", "status", report.metric, "duration", *names, "reason"]
+    parts.append(_table("all-trials", header, every))
     parts.append("</details>")
     title = f"lorahpo report: {report.name}" + (f" (best {fmt_loss(best.value)})" if best else "")
     return _page(title, parts)
