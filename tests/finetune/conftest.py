@@ -1,6 +1,9 @@
-"""Fixtures of the data tests: a tiny tokenizer built in code, no hub needed."""
+"""Fixtures of the blackbox tests: a tiny model and tokenizers built in code, no hub needed."""
 
 import pytest
+import torch
+
+from .tiny import make_tiny
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<eos>\n{% endfor %}"
@@ -28,3 +31,18 @@ def data_tokenizer():
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", pad_token="<pad>")
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matrices run fastest on one thread, which also keeps other processes' load out."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A 2-layer Llama, its tokenizer and fixture data (see tiny.py)."""
+    return make_tiny(tmp_path_factory.mktemp("tiny"))

@@ -6,21 +6,7 @@ import torch
 from lorahpo.finetune.export import evaluate_adapter, export_adapter
 from lorahpo.finetune.train import run_trial
 
-from .tiny import make_tiny, write_gguf
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices run fastest on one thread, which also keeps other processes' load out."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny(tmp_path_factory.mktemp("tiny"))
+from .tiny import write_gguf
 
 
 @pytest.fixture(scope="module")

@@ -9,21 +9,7 @@ from lorahpo.finetune import models
 from lorahpo.finetune.config import ModelConfig
 from lorahpo.finetune.models import BUILTIN_MODELS, ModelError, load_model_and_tokenizer, resolve_model
 
-from .tiny import build_model, build_tokenizer, make_tiny, write_gguf
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices run fastest on one thread, which also keeps other processes' load out."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny(tmp_path_factory.mktemp("tiny"))
+from .tiny import build_model, build_tokenizer, write_gguf
 
 
 @pytest.fixture(scope="module")

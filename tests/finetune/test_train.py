@@ -13,24 +13,9 @@ from lorahpo.finetune.data import Example
 from lorahpo.finetune.train import METRIC_KEYS, Batch, length_grouped, resolve_precision, response_loss_sum, run_trial
 from lorahpo.result import TrialResult
 
-from .tiny import make_tiny
 
 # The tiny data has 38 training examples: 10 batches of 4, so 10 optimizer steps per epoch.
 STEPS_PER_EPOCH = 10
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices run fastest on one thread, which also keeps other processes' load out."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="module")
