@@ -1,6 +1,6 @@
 """COCO's BBOB suites: NomadSampler against native NOMAD, TPE, CMA-ES and random search.
 
-    python benchmarks/bbob.py            # the full benchmark (about 1.5 h on 2 cores, see README)
+    python benchmarks/bbob.py            # instances 1-3: about 6 h on this 2-core CPU (see README)
     python benchmarks/bbob.py --quick    # a smoke run: 3 functions in 2 problem sets, ~15 s
 
 Problems come from the ``coco-experiment`` package (module ``cocoex``; nothing is downloaded):
@@ -31,9 +31,9 @@ optimizer here is told the budget, so one run of the largest budget serves them 
 B evaluations are a run with budget B.
 
 One job runs every optimizer on one problem and seed, so that NomadSampler's sequence of points
-can be compared with native NOMAD's. Results are rewritten after every job; a rerun with the
-same optimizers and budgets keeps the jobs already in ``--out`` and runs only the missing ones,
-so the benchmark can be run in parts (more seeds or instances later).
+can be compared with native NOMAD's. Results are rewritten after every job; a rerun keeps the
+jobs already in ``--out`` and runs only the missing ones, so the benchmark can be run in parts
+(more seeds or instances later). It refuses an ``--out`` whose results it would throw away.
 """
 
 from __future__ import annotations
@@ -552,13 +552,25 @@ def run_jobs(jobs: Sequence[Job], workers: int) -> Iterator[dict[str, Any]]:
             yield future.result()
 
 
-def previous_records(out: Path, config: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Records in ``out`` made with the same optimizers and budgets, by job key."""
+def previous_records(out: Path, config: dict[str, Any], jobs: Sequence[Job]) -> dict[str, dict[str, Any]]:
+    """The records already in ``out``, by job key.
+
+    Raises:
+        SystemExit: ``out`` holds other optimizers or budgets, or jobs outside ``jobs``: writing
+            it would throw those results away.
+    """
     if not out.exists():
         return {}
     old = json.loads(out.read_text())
-    same = all(old["config"][k] == config[k] for k in ("optimizers", "budgets"))
-    return {rec["key"]: rec for rec in old["runs"]} if same else {}
+    if any(old["config"][k] != config[k] for k in ("optimizers", "budgets")):
+        raise SystemExit(f"bbob.py: {out} holds results of other optimizers or budgets; give another --out")
+    records = {rec["key"]: rec for rec in old["runs"]}
+    outside = set(records) - {job.key for job in jobs}
+    if outside:
+        raise SystemExit(
+            f"bbob.py: {out} holds {len(outside)} jobs outside this selection; widen it or give another --out"
+        )
+    return records
 
 
 def write(out: Path, result: dict[str, Any]) -> None:
@@ -616,7 +628,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, d
 def main(argv: Sequence[str] | None = None) -> None:
     args, config = parse_args(argv)
     jobs = make_jobs(config)
-    done = previous_records(args.out, config)
+    done = previous_records(args.out, config, jobs)
     records = [done[job.key] for job in jobs if job.key in done]
     todo = [job for job in jobs if job.key not in done]
     print(f"{len(jobs)} jobs, {len(records)} already in {args.out}, {len(todo)} to run", flush=True)
