@@ -126,32 +126,15 @@ class TinyModel:
 def tiny_model(tmp_path_factory) -> TinyModel:
     """A random 2-layer Llama with a byte-level tokenizer, and two random LoRA adapters."""
     import torch
-    from finetune.tiny import build_tokenizer
+    from finetune.tiny import build_model, build_tokenizer
     from peft import LoraConfig, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     root = tmp_path_factory.mktemp("tiny-eval")
     texts = [json.dumps(bigbench_tasks()), json.dumps(PROBLEMS), "Q: A: (A) (B) (C)\n\n"]
     tokenizer = build_tokenizer(texts)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        # Long enough for 3-shot prompts plus lm-eval's generation budget.
-        max_position_embeddings=4096,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=True,
-    )
-    model = LlamaForCausalLM(config)
-    base = root / "base"
-    model.save_pretrained(base)
-    tokenizer.save_pretrained(base)
+    # Long enough for 3-shot prompts plus lm-eval's generation budget.
+    base = build_model(root / "base", tokenizer, seed=0, max_positions=4096)
     adapters = []
     for seed in (1, 2):
         torch.manual_seed(seed)

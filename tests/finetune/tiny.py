@@ -61,7 +61,7 @@ def build_tokenizer(texts: list[str]) -> Any:
     return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", pad_token="<pad>")
 
 
-def build_model(folder: Path, tokenizer: Any, seed: int = 0) -> Path:
+def build_model(folder: Path, tokenizer: Any, seed: int = 0, max_positions: int = 256) -> Path:
     """Save a random 2-layer Llama and ``tokenizer`` into ``folder``, loadable by ``from_pretrained``."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -74,7 +74,7 @@ def build_model(folder: Path, tokenizer: Any, seed: int = 0) -> Path:
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=256,
+        max_position_embeddings=max_positions,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.eos_token_id,
