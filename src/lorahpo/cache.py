@@ -33,6 +33,8 @@ def pip_download(requirement: str, filename: str, dest: Path) -> Path:
     """Fetch one distribution file (``requirement`` like ``bigbench==1.0.0``) into ``dest``.
 
     ``filename`` is the expected file name; when it is already in ``dest`` nothing is fetched.
+    An sdist (``.tar.gz``) is asked of the fallback pip first: a current pip would download it
+    only to refuse it, and the file is large.
     """
     target = dest / filename
     if target.exists():
@@ -40,7 +42,11 @@ def pip_download(requirement: str, filename: str, dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest) as tmp:
         errors = []
-        for pip in (_current_pip(), _fallback_pip(Path(tmp))):
+        pips = [_current_pip, lambda: _fallback_pip(Path(tmp))]
+        if filename.endswith(".tar.gz"):
+            pips.reverse()
+        for make_pip in pips:
+            pip = make_pip()
             if pip is None:
                 continue
             proc = subprocess.run(

@@ -133,6 +133,21 @@ def test_divergence_from_the_untrained_loss_fails(tiny, monkeypatch):
     assert result.metrics["validation_loss"] == 7.0 and result.metrics["initial_validation_loss"] == 2.0
 
 
+def test_sibling_trials_share_the_untrained_loss(tiny, tmp_path, monkeypatch):
+    first = run_trial(tiny.config(epochs=1), tmp_path / "0")
+    other = tiny.config(epochs=1, learning_rate=1e-3)
+    other.lora.rank = 8
+    measured = []
+    real_validate = train.validate
+    monkeypatch.setattr(train, "validate", lambda *args: measured.append(1) or real_validate(*args))
+    second = run_trial(other, tmp_path / "1")
+    assert second.metrics["initial_validation_loss"] == first.metrics["initial_validation_loss"]
+    assert len(measured) == 1  # only the end-of-epoch validation: the untrained loss was read back
+    alone = run_trial(other, tmp_path / "other" / "0")  # no sibling: measured
+    assert alone.metrics["initial_validation_loss"] == pytest.approx(first.metrics["initial_validation_loss"], rel=1e-6)
+    assert len(measured) == 3
+
+
 @pytest.mark.parametrize(
     "error",
     [

@@ -26,6 +26,7 @@ model return ``TrialResult(status="failed", reason=...)``; nothing here exits th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -153,8 +154,9 @@ def run_trial(config: LoraTrialConfig, trial_dir: Path | None = None, reporter: 
         setup = load(config)
         model = add_lora(setup.model, config.lora, config.training.seed)
         progress.metrics["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        untrained = _untrained_loss_file(config, setup, trial_dir)
         with _train_log(trial_dir) as log:
-            stopped = fit(model, setup, config.training, progress, reporter, log)
+            stopped = fit(model, setup, config.training, progress, reporter, log, untrained)
         status = "pruned" if stopped else "complete"
         if status == "complete" and config.save_adapter and trial_dir is not None:
             model.save_pretrained(trial_dir / "adapter")
@@ -244,8 +246,12 @@ def fit(
     progress: Progress,
     reporter: Reporter | None,
     log: TextIO | None,
+    untrained_file: Path | None = None,
 ) -> bool:
     """Train ``model`` in place, filling ``progress``; return True when the reporter stopped it.
+
+    The untrained adapter's validation loss is read from ``untrained_file`` when it is there,
+    else measured and written to it.
 
     Raises:
         TrialFailure: The training loss became non-finite, or the final validation loss
@@ -270,7 +276,7 @@ def fit(
     # fp16 gradients of the frozen activations can underflow; the scaler rescales them.
     scaler = torch.amp.GradScaler(device.type, enabled=setup.precision.name == "fp16")
 
-    initial = validate(model, setup.validation, setup, eval_batch_size(cfg))
+    initial = _remembered(untrained_file, lambda: validate(model, setup.validation, setup, eval_batch_size(cfg)))
     metrics["initial_validation_loss"] = initial
     _say(f"initial validation loss {initial:.4f}; {total_steps} steps of {cfg.effective_batch_size} examples")
 
@@ -362,6 +368,38 @@ def validate(model: Any, examples: list[Example], setup: Setup, batch_size: int)
         count += batch.targets
     model.train(was_training)
     return total / max(count, 1)
+
+
+def _untrained_loss_file(config: LoraTrialConfig, setup: Setup, trial_dir: Path | None) -> Path | None:
+    """Where sibling trials share the untrained adapter's validation loss, or None.
+
+    LoRA's B matrices start at zero, so before training every trial computes the base model's
+    loss: the same number for all trials of a study. The file name hashes everything that
+    number depends on (model, precision, device, batch size, the validation tokens).
+    """
+    if trial_dir is None:
+        return None
+    key = hashlib.sha256()
+    what = [config.model.model_dump(mode="json"), setup.precision.name, setup.device.type, eval_batch_size(config.training)]
+    key.update(json.dumps([what, torch.__version__], sort_keys=True).encode())
+    for example in setup.validation:
+        key.update(json.dumps([example.input_ids, example.labels]).encode())
+    return trial_dir.parent / f".untrained-loss-{key.hexdigest()[:16]}.json"
+
+
+def _remembered(path: Path | None, compute: Callable[[], float]) -> float:
+    """``compute()``, kept in ``path`` (written atomically) and read back from it next time."""
+    if path is not None and path.exists():
+        try:
+            return float(json.loads(path.read_text())["value"])
+        except (ValueError, KeyError, TypeError):
+            pass  # a damaged file is measured again and rewritten
+    value = compute()
+    if path is not None and math.isfinite(value):
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"value": value}))
+        tmp.replace(path)
+    return value
 
 
 def eval_batch_size(cfg: TrainingConfig) -> int:
