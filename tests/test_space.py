@@ -32,6 +32,13 @@ def test_encode_decode_round_trip(dist, values, encoded):
         assert dist._contains(dist.to_internal_repr(back))
 
 
+def test_a_log_real_comes_back_exactly():
+    # An x0 proposed by NOMAD must be the very value the user wrote (same trial config, same cache key).
+    dist = FloatDistribution(1e-5, 1e-2, log=True)
+    for value in (2e-4, 3e-5, 1e-3, 7.5e-3):
+        assert space.decode(dist, space.encode(dist, value)) == value
+
+
 def test_decode_clips_and_rounds_into_the_distribution():
     assert space.decode(IntDistribution(0, 5), 7.4) == 5
     assert space.decode(IntDistribution(0, 5), 2.6) == 3

@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("best", help="the best trials of a study")
     b.add_argument("study_dir")
-    b.add_argument("--top", type=int, default=1, help="how many (default 1)")
+    b.add_argument("--top", type=int, help="how many (default 1; with several objectives, the whole Pareto front)")
     b.add_argument("--json", action="store_true", help="machine-readable output")
     b.set_defaults(func=cmd_best)
 
@@ -178,17 +178,23 @@ def cmd_best(args: argparse.Namespace) -> int:
     from lorahpo.study import Study, dump_records
 
     study = Study.load(args.study_dir)
-    best = study.best(args.top)
+    front = len(study.config.objective.metric_names) > 1
+    best = study.best(args.top or (len(study.records()) if front else 1))
     if args.json:
         print(dump_records(best))
         return 0
     if not best:
         print("no completed trial yet")
         return 1
-    metric = study.config.objective.metric_name
+    names = study.config.objective.metric_names
+    if len(names) > 1:
+        print(f"Pareto front of {', '.join(names)}: {len(best)} trial(s), by {names[0]}")
+    if study.config.constraints:
+        print("meeting " + ", ".join(f"{m} <= {b:g}" for m, b in study.config.constraints.items()))
     for r in best:
-        print(f"trial {r.number}: {metric} = {r.value:.6g}  {fmt_params(r.params)}")
-        extra = {k: v for k, v in r.metrics.items() if k != metric}
+        values = ", ".join(f"{m} = {r.metrics[m]:.6g}" for m in names)
+        print(f"trial {r.number}: {values}  {fmt_params(r.params)}")
+        extra = {k: v for k, v in r.metrics.items() if k not in names}
         if extra:
             print("    " + json.dumps(extra))
     return 0

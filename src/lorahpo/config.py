@@ -9,11 +9,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from optuna.samplers import BaseSampler
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lorahpo.finetune.config import TUNABLE
 from lorahpo.objectives import ObjectiveSpec
 from lorahpo.space import SpaceSpec
+
+#: The value of a constraint whose metric was not measured (finite: NOMAD reads no infinities).
+VIOLATED = 1e30
 
 #: Fields that may change between runs of one study without making it a different study.
 RUN_FIELDS = ("budget", "parallel", "trial_timeout", "executor", "keep_adapters")
@@ -35,6 +39,10 @@ class StudyConfig(_Strict):
     optimizer: str = Field("nomad", description="nomad, tpe, random, grid, or an Optuna sampler import path.")
     optimizer_options: dict[str, Any] = Field(default_factory=dict, description="Keyword options of the optimizer.")
     seed: int = Field(0, description="Seed of the optimizer.")
+    pruner: str = Field(
+        "none", description="Early stopping on intermediate values: none, median, asha or hyperband (docs/pruning.md)."
+    )
+    pruner_options: dict[str, Any] = Field(default_factory=dict, description="Keyword options of the pruner.")
     budget: int = Field(20, ge=1, description="Finished evaluations in the study, across all runs.")
     parallel: int = Field(1, ge=1, description="Trials run at once.")
     trial_timeout: float | None = Field(None, gt=0, description="Seconds before a trial is killed (timeout).")
@@ -44,27 +52,53 @@ class StudyConfig(_Strict):
     )
     space: SpaceSpec = Field(description="The search space.")
     objective: ObjectiveSpec = Field(description="The blackbox.")
+    constraints: dict[str, float] = Field(
+        default_factory=dict,
+        description="Upper bounds on metrics, e.g. `{peak_memory_mb: 8000}`; a trial over one is infeasible (docs/multiobjective.md).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> StudyConfig:
-        from lorahpo.samplers import make_sampler
-
         try:  # build it once, so a bad optimizer is refused before anything is written
-            make_sampler(
-                self.optimizer,
-                self.space.distributions(),
-                x0=self.space.x0(),
-                seed=self.seed,
-                parallel=self.parallel,
-                options=self.optimizer_options,
-            )
+            self.make_sampler()
         except (ValueError, TypeError) as e:
             raise ValueError(f"optimizer: {e}") from None
+        if self.objective.secondary and self.pruner != "none":
+            raise ValueError("pruner: early stopping needs a single objective (Optuna prunes single-objective studies only)")
+        from lorahpo.pruners import make_pruner
+
+        try:
+            make_pruner(self.pruner, self.pruner_options)
+        except ValueError as e:
+            raise ValueError(f"pruner: {e}") from None
         if self.objective.lora is not None:
             unknown = sorted(set(self.space.resolved()) - set(TUNABLE))
             if unknown:
                 raise ValueError(f"space: {unknown} are not LoRA trial hyperparameters; choose from {sorted(TUNABLE)}")
         return self
+
+    def make_sampler(self) -> BaseSampler:
+        """A new instance of the study's optimizer, told the objectives and constraints."""
+        from lorahpo.samplers import make_sampler
+
+        return make_sampler(
+            self.optimizer,
+            self.space.distributions(),
+            x0=self.space.x0(),
+            seed=self.seed,
+            parallel=self.parallel,
+            options=self.optimizer_options,
+            n_objectives=len(self.objective.metric_names),
+            constraints=list(self.constraints),
+        )
+
+    def constraint_values(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Each constraint as Optuna takes it: ``metric - bound``, met when <= 0 (a missing metric: violated)."""
+        return {name: float(metrics.get(name, VIOLATED)) - bound for name, bound in self.constraints.items()}
+
+    def feasible(self, metrics: dict[str, float]) -> bool:
+        """Whether measured ``metrics`` meet every constraint."""
+        return all(v <= 0 for v in self.constraint_values(metrics).values())
 
     def identity(self) -> dict[str, Any]:
         """What makes two runs the same study (everything but run settings)."""

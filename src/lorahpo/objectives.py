@@ -8,11 +8,13 @@ non-zero exit is a failed trial with its reason, never a crash of the study.
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import os
 import subprocess
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,6 +24,9 @@ from lorahpo.finetune.config import LoraTrialConfig
 from lorahpo.result import TrialResult
 
 _TAIL_LINES = 8
+
+#: ``report(step, value)``: an intermediate value of the objective; True asks the trial to stop.
+Reporter = Callable[[int, float], bool]
 
 
 class ObjectiveSpec(BaseModel):
@@ -38,6 +43,10 @@ class ObjectiveSpec(BaseModel):
         None, description="Metric to optimise (default: validation_loss for lora, else `value`)."
     )
     direction: Literal["minimize", "maximize"] = Field("minimize", description="Minimise or maximise the metric.")
+    secondary: dict[str, Literal["minimize", "maximize"]] = Field(
+        default_factory=dict,
+        description="Further objectives, metric: direction (e.g. `{trainable_params: minimize}`): a multi-objective study.",
+    )
 
     @model_validator(mode="after")
     def _one_kind(self) -> ObjectiveSpec:
@@ -46,6 +55,8 @@ class ObjectiveSpec(BaseModel):
             raise ValueError(f"give exactly one of python, command or lora (got {kinds or 'none'})")
         if self.python is not None and ":" not in self.python:
             raise ValueError(f"python must look like `module:function`, got {self.python!r}")
+        if self.metric_name in self.secondary:
+            raise ValueError(f"secondary repeats the main metric {self.metric_name!r}")
         return self
 
     @property
@@ -56,12 +67,27 @@ class ObjectiveSpec(BaseModel):
     def metric_name(self) -> str:
         return self.metric or ("validation_loss" if self.lora is not None else "value")
 
+    @property
+    def metric_names(self) -> list[str]:
+        """Every objective, the main one first."""
+        return [self.metric_name, *self.secondary]
 
-def evaluate(objective: ObjectiveSpec, params: dict[str, Any], trial_dir: Path) -> TrialResult:
-    """Evaluate ``objective`` at ``params``; artefacts and logs go into ``trial_dir``."""
+    @property
+    def directions(self) -> list[str]:
+        return [self.direction, *self.secondary.values()]
+
+
+def evaluate(
+    objective: ObjectiveSpec, params: dict[str, Any], trial_dir: Path, report: Reporter | None = None
+) -> TrialResult:
+    """Evaluate ``objective`` at ``params``; artefacts and logs go into ``trial_dir``.
+
+    ``report(step, value)`` receives intermediate values of the objective: from a LoRA trial
+    at each validation, from a Python function that takes a ``report`` argument when it calls it.
+    """
     try:
         if objective.kind == "python":
-            result = _python(objective.python or "", params, objective.metric_name)
+            result = _python(objective.python or "", params, objective.metric_name, report)
         elif objective.kind == "command":
             result = _command(objective.command or "", params, trial_dir, objective.metric_name)
         else:
@@ -69,23 +95,26 @@ def evaluate(objective: ObjectiveSpec, params: dict[str, Any], trial_dir: Path) 
             from lorahpo.finetune.train import run_trial
 
             assert objective.lora is not None
-            result = run_trial(apply_hyperparameters(objective.lora, params), trial_dir)
+            result = run_trial(apply_hyperparameters(objective.lora, params), trial_dir, reporter=report)
     except Exception as e:  # a failure is a result
         traceback.print_exc()
         return TrialResult.failure(f"{type(e).__name__}: {e}")
-    if result.status == "complete" and result.objective([objective.metric_name]) is None:
-        got = result.metrics.get(objective.metric_name, "nothing")
+    missing = [m for m in objective.metric_names if result.objective([m]) is None]
+    if result.status == "complete" and missing:
+        got = result.metrics.get(missing[0], "nothing")
         return TrialResult.failure(
-            f"objective {objective.metric_name!r} is not a finite number (got {got!r})",
+            f"objective {missing[0]!r} is not a finite number (got {got!r})",
             metrics=result.metrics,
             intermediate=result.intermediate,
         )
     return result
 
 
-def _python(target: str, params: dict[str, Any], metric: str) -> TrialResult:
+def _python(target: str, params: dict[str, Any], metric: str, report: Reporter | None) -> TrialResult:
     module_name, _, attr = target.partition(":")
     fn = getattr(importlib.import_module(module_name), attr)
+    if report is not None and "report" in inspect.signature(fn).parameters:
+        return _as_result(fn(dict(params), report=report), metric)
     return _as_result(fn(dict(params)), metric)
 
 

@@ -174,7 +174,8 @@ def decode(dist: BaseDistribution, x: float) -> Any:
         return dist.low + dist.step * _index(x, (dist.high - dist.low) // dist.step + 1)
     if isinstance(dist, FloatDistribution):
         if dist.log:
-            return min(max(10.0**x, dist.low), dist.high)
+            # 12 significant digits: 10 ** log10(v) gives back v itself, not v's neighbour.
+            return min(max(float(f"{10.0**x:.12g}"), dist.low), dist.high)
         if dist.step is not None:
             return min(dist.low + dist.step * _index(x, _steps(dist) + 1), dist.high)
         return min(max(float(x), dist.low), dist.high)

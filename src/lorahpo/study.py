@@ -20,12 +20,13 @@ from typing import Any
 
 import optuna
 import yaml
+from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from lorahpo import config as cfg
 from lorahpo.executors import LocalExecutor, TrialTask
+from lorahpo.pruners import IntermediateReader, make_pruner
 from lorahpo.result import TrialResult
-from lorahpo.samplers import make_sampler
 from lorahpo.samplers.nomad import INTERRUPTED_ATTR, NomadSampler
 
 CONFIG_FILE = "config.yaml"
@@ -40,7 +41,7 @@ class TrialRecord:
     number: int
     status: str  # complete, failed, timeout, pruned, running, interrupted
     params: dict[str, Any]
-    value: float | None
+    value: float | None  # of the main objective
     reason: str | None
     metrics: dict[str, float]
     start: dt.datetime | None
@@ -141,7 +142,7 @@ class Study:
             self._optuna = optuna.create_study(
                 study_name=self.config.name,
                 storage=storage,
-                direction=self.config.objective.direction,
+                directions=self.config.objective.directions,
                 load_if_exists=True,
             )
         return self._optuna
@@ -153,10 +154,18 @@ class Study:
         return [self._record(t) for t in self.optuna_study.get_trials(deepcopy=False)]
 
     def best(self, k: int = 1) -> list[TrialRecord]:
-        """The ``k`` best completed trials."""
-        done = [r for r in self.records() if r.status == "complete" and r.value is not None]
-        sign = -1 if self.config.objective.direction == "maximize" else 1
-        return sorted(done, key=lambda r: (sign * r.value, r.number))[:k]
+        """The ``k`` best completed trials that meet the constraints.
+
+        With several objectives: the Pareto front (no other such trial is at least as good in
+        every objective and better in one), ordered by the main objective, at most ``k``.
+        """
+        conf = self.config
+        done = [r for r in self.records() if r.status == "complete" and r.value is not None and conf.feasible(r.metrics)]
+        signs = [-1 if d == "maximize" else 1 for d in conf.objective.directions]
+        costs = {r.number: [s * r.metrics[m] for s, m in zip(signs, conf.objective.metric_names)] for r in done}
+        if len(signs) > 1:
+            done = [r for r in done if not any(_dominates(costs[o.number], costs[r.number]) for o in done)]
+        return sorted(done, key=lambda r: (costs[r.number][0], r.number))[:k]
 
     def trial_dir(self, number: int) -> Path:
         return self.directory / "trials" / str(number)
@@ -177,7 +186,7 @@ class Study:
             number=t.number,
             status=status,
             params=dict(t.params),
-            value=t.value if t.state == TrialState.COMPLETE else None,
+            value=t.values[0] if t.state == TrialState.COMPLETE else None,
             reason=t.user_attrs.get("reason"),
             metrics=dict(t.user_attrs.get("metrics", {})),
             start=t.datetime_start,
@@ -199,13 +208,10 @@ class Study:
         study = self.optuna_study
         self._mark_interrupted(state_filter=(TrialState.RUNNING,))
         dists = conf.space.distributions()
-        x0 = conf.space.x0()
-        sampler = make_sampler(
-            conf.optimizer, dists, x0=x0, seed=conf.seed, parallel=conf.parallel, options=conf.optimizer_options
-        )
-        study.sampler = sampler
-        if x0 is not None and not study.trials and conf.optimizer not in ("nomad", "grid"):
-            study.enqueue_trial(x0)  # start from the same point as NOMAD (a grid has its own points)
+        sampler = attach_sampler(study, conf)
+        study.pruner = make_pruner(conf.pruner, conf.pruner_options)
+        pruning = conf.pruner != "none"
+        readers: dict[int, IntermediateReader] = {}
         executor = LocalExecutor(conf.parallel)
         running: dict[Future[TrialResult], Trial] = {}
         start, new, stopped = time.monotonic(), 0, "budget"
@@ -222,18 +228,25 @@ class Study:
                         conf.objective.model_dump(mode="json"),
                         self.trial_dir(trial.number),
                         conf.trial_timeout,
+                        pruning=pruning,
                     )
                     running[executor.submit(task)] = trial
+                    readers[trial.number] = IntermediateReader(task.trial_dir)
                     new += 1
                     notify("start", self._record(study._storage.get_trial(trial._trial_id)))
                 if not running:
                     if finished < conf.budget:
                         stopped = "exhausted"
                     break
-                done, _ = wait(list(running), timeout=1.0, return_when=FIRST_COMPLETED)
+                done, _ = wait(list(running), timeout=0.05 if pruning else 1.0, return_when=FIRST_COMPLETED)
+                for fut, trial in running.items():
+                    if fut not in done:
+                        self._watch(trial, readers[trial.number], executor)
                 for fut in done:
                     trial = running.pop(fut)
-                    record = self._tell(trial, fut.result())
+                    result = fut.result()
+                    result.intermediate += readers.pop(trial.number).new()  # reported just before the end
+                    record = self._tell(trial, result)
                     notify("finish", record)
                 if done and conf.objective.lora is not None:
                     self._prune_adapters()
@@ -258,22 +271,37 @@ class Study:
             x0=self.x0_record(),
         )
 
+    def _watch(self, trial: Trial, reader: IntermediateReader, executor: LocalExecutor) -> None:
+        """Record a running trial's new intermediate values; stop it if the pruner says so."""
+        reports = reader.new()
+        if not reports:
+            return
+        for step, value in reports:
+            trial.report(value, step)
+        if trial.should_prune():
+            executor.prune(trial.number)
+        else:
+            reader.let_continue(reports[-1][0])
+
     def _tell(self, trial: Trial, result: TrialResult) -> TrialRecord:
         study = self.optuna_study
-        values = result.objective([self.config.objective.metric_name]) if result.status == "complete" else None
+        names = self.config.objective.metric_names
+        values = result.objective(names) if result.status == "complete" else None
         if result.status == "complete" and values is None:
-            result = TrialResult.failure(
-                f"objective {self.config.objective.metric_name!r} missing or not finite", metrics=result.metrics
-            )
+            result = TrialResult.failure(f"objectives {names} missing or not finite", metrics=result.metrics)
         trial.set_user_attr("status", result.status)
         trial.set_user_attr("metrics", result.metrics)
         trial.set_user_attr("duration_s", result.duration_s)
         if result.reason:
             trial.set_user_attr("reason", result.reason)
+        reported = study._storage.get_trial(trial._trial_id).intermediate_values
         for step, value in result.intermediate:
-            trial.report(value, step)
+            if step not in reported:
+                trial.report(value, step)
         if values is not None:
-            study.tell(trial, values[0])
+            for name, value in self.config.constraint_values(result.metrics).items():
+                trial.set_constraint(name, value)  # where every sampler reads it
+            study.tell(trial, values)
         else:
             study.tell(trial, state=TrialState.PRUNED if result.status == "pruned" else TrialState.FAIL)
         return self._record(study._storage.get_trial(trial._trial_id))
@@ -295,6 +323,25 @@ class Study:
         for t in study.get_trials(deepcopy=False, states=state_filter):
             study._storage.set_trial_system_attr(t._trial_id, INTERRUPTED_ATTR, True)
             study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+
+
+def _dominates(a: list[float], b: list[float]) -> bool:
+    """Whether costs ``a`` are nowhere worse than ``b`` and somewhere better (minimisation)."""
+    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+
+
+def attach_sampler(study: optuna.Study, conf: cfg.StudyConfig) -> BaseSampler:
+    """Give ``study`` the optimizer of ``conf`` and return it.
+
+    Every optimizer starts from the space's x0 when it has one: NOMAD as its X0, TPE and
+    random as the first trial of a new study (a grid has its own points).
+    """
+    x0 = conf.space.x0()
+    sampler = conf.make_sampler()
+    study.sampler = sampler
+    if x0 is not None and not study.trials and conf.optimizer not in ("nomad", "grid"):
+        study.enqueue_trial(x0)
+    return sampler
 
 
 def resolve_model_spec(study_dir: str | Path, name: str) -> tuple[Any, Path | None]:

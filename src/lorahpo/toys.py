@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 
@@ -36,3 +37,29 @@ def slow_sphere(params: dict[str, Any]) -> float:
     """:func:`sphere` after sleeping ``params['sleep']`` seconds (default 1): for parallel tests."""
     time.sleep(float(params.pop("sleep", 1.0)))
     return sphere(params)
+
+
+def two_objectives(params: dict[str, Any]) -> dict[str, float]:
+    """Two conflicting objectives with a known Pareto front, and a constraint metric.
+
+    ``value`` = x^2 + y^2 and ``cost`` = (x - 2)^2 + (y - 2)^2: the Pareto-optimal points are
+    x = y = t for t in [0, 2], where (value, cost) = (2 t^2, 2 (2 - t)^2). ``size`` = x + y.
+    """
+    x, y = float(params["x"]), float(params["y"])
+    return {"value": x * x + y * y, "cost": (x - 2) ** 2 + (y - 2) ** 2, "size": x + y}
+
+
+def learning_curve(params: dict[str, Any], report: Callable[[int, float], bool] | None = None) -> float:
+    """A loss curve with a known end: ``final + 2 / step`` over ``steps`` steps (default 8).
+
+    ``final`` is :func:`sphere` of the parameters other than ``steps`` plus 1. Every curve
+    falls by the same amount, so curves never cross: the order of trials at any step is the
+    order of their final values, and a sound pruner never stops the best one. Each step's
+    value goes to ``report`` (as a trial's validation loss would).
+    """
+    steps = int(params.pop("steps", 8))
+    final = 1.0 + sphere(params)
+    for step in range(1, steps + 1):
+        if report is not None and report(step, final + 2.0 / step):
+            break
+    return final + 2.0 / steps

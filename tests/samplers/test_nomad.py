@@ -248,7 +248,12 @@ def test_bad_arguments(kwargs, message):
         NomadSampler(**kwargs)
 
 
-def test_multi_objective_study_is_refused():
-    study = optuna.create_study(directions=["minimize", "minimize"], sampler=NomadSampler(MIXED))
-    with pytest.raises(ValueError, match="single-objective"):
-        study.ask(MIXED)
+def test_a_multi_objective_study_runs_dmultimads():
+    sampler = NomadSampler(MIXED, x0=X0)
+    study = optuna.create_study(directions=["minimize", "maximize"], sampler=sampler)
+    study.optimize(lambda t: (t.suggest_int("a", 0, 10), t.suggest_float("b", -2.0, 2.0) + t.suggest_float("c", -3.0, 3.0)), n_trials=5)
+    sampler.close()
+    params = sampler._params(0)
+    assert "BB_OUTPUT_TYPE OBJ OBJ" in params and "DMULTIMADS_OPTIMIZATION yes" in params
+    assert "DIRECTION_TYPE ORTHO 2N" in params
+    assert len({tuple(t.params.values()) for t in study.trials}) == 5

@@ -34,10 +34,11 @@ class TrialTask:
     objective: dict[str, Any]
     trial_dir: Path
     timeout: float | None = None
+    pruning: bool = False  # the trial waits for the study's verdict after each report
 
     def write(self) -> None:
         self.trial_dir.mkdir(parents=True, exist_ok=True)
-        spec = {"number": self.number, "params": self.params, "objective": self.objective}
+        spec = {"number": self.number, "params": self.params, "objective": self.objective, "pruning": self.pruning}
         (self.trial_dir / "trial.json").write_text(json.dumps(spec, indent=1))
 
 
@@ -67,7 +68,8 @@ class LocalExecutor:
             self._gpus = queue.Queue()
             for i in range(slots):
                 self._gpus.put(gpus[i % len(gpus)])
-        self._procs: set[subprocess.Popen[bytes]] = set()
+        self._procs: dict[int, subprocess.Popen[bytes]] = {}  # by trial number
+        self._pruned: set[int] = set()
         self._lock = threading.Lock()
         self._closing = False
 
@@ -80,9 +82,17 @@ class LocalExecutor:
         self._closing = kill
         if kill:
             with self._lock:
-                for proc in self._procs:
+                for proc in self._procs.values():
                     _kill_group(proc)
         self._pool.shutdown(wait=True, cancel_futures=kill)
+
+    def prune(self, number: int) -> None:
+        """Stop trial ``number`` now (its process group is killed); it returns as ``pruned``."""
+        with self._lock:
+            proc = self._procs.get(number)
+            if proc is not None:
+                self._pruned.add(number)
+                _kill_group(proc)
 
     def _run(self, task: TrialTask) -> TrialResult:
         env = dict(os.environ)
@@ -103,7 +113,7 @@ class LocalExecutor:
                     start_new_session=True,  # its own process group: a timeout kills all it started
                 )
                 with self._lock:
-                    self._procs.add(proc)
+                    self._procs[task.number] = proc
                 try:
                     proc.wait(timeout=task.timeout)
                 except subprocess.TimeoutExpired:
@@ -113,7 +123,9 @@ class LocalExecutor:
                     )
                 finally:
                     with self._lock:
-                        self._procs.discard(proc)
+                        self._procs.pop(task.number, None)
+            if task.number in self._pruned:
+                return TrialResult("pruned", reason="stopped early by the pruner", duration_s=time.monotonic() - start)
             return self._collect(task, proc.returncode, time.monotonic() - start)
         finally:
             if gpu is not None and self._gpus is not None:

@@ -13,8 +13,8 @@ import threading
 import time
 from pathlib import Path
 
-from lorahpo.objectives import ObjectiveSpec
-from lorahpo.objectives import evaluate
+from lorahpo.objectives import ObjectiveSpec, evaluate
+from lorahpo.pruners import reporter
 
 
 def _die_with_parent() -> None:
@@ -31,7 +31,8 @@ def main(trial_dir: Path) -> None:
     task = json.loads((trial_dir / "trial.json").read_text())
     objective = ObjectiveSpec.model_validate(task["objective"])
     start = time.monotonic()
-    result = evaluate(objective, task["params"], trial_dir)
+    report = reporter(trial_dir, wait=bool(task.get("pruning")))
+    result = evaluate(objective, task["params"], trial_dir, report)
     result.duration_s = result.duration_s or time.monotonic() - start
     result.save(trial_dir / "result.json")
 

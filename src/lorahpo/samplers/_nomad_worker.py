@@ -5,7 +5,8 @@ can: the parent simply ends it. Protocol, one JSON object per line:
 
 - parent -> child ``{"run": [x0, lower, upper, params]}``: start NOMAD.
 - child -> parent ``{"block": [[x...], ...]}``: points to evaluate; the parent answers
-  ``{"values": [v or null, ...]}`` (null: failed evaluation).
+  ``{"values": [outputs or null, ...]}``, outputs a list of NOMAD's outputs (objectives, then
+  constraints), null a failed evaluation.
 - child -> parent ``{"done": stop_reason}``: NOMAD stopped; the parent sends another ``run``
   or closes stdin.
 """
@@ -42,7 +43,7 @@ def main() -> None:
         values = json.loads(line)["values"]
         for e, v in zip(evals, values):
             if v is not None:
-                e.setBBO(repr(v).encode())
+                e.setBBO(" ".join(repr(float(o)) for o in v).encode())
         flags = [v is not None for v in values]
         return flags[0] if single else flags
 

@@ -45,6 +45,8 @@ POINT_ATTR = "nomad:x"
 INTERRUPTED_ATTR = "lorahpo:interrupted"
 
 Point = tuple[float, ...]
+Outputs = tuple[float, ...]  # what NOMAD's blackbox returns: objectives, then constraints
+_VIOLATED = 1e30  # a constraint that could not be measured (NOMAD reads no infinities)
 
 
 class NomadSampler(BaseSampler):
@@ -61,6 +63,12 @@ class NomadSampler(BaseSampler):
         nomad_params: Extra NOMAD parameter lines, e.g. ``["DIRECTION_TYPE ORTHO N+1 QUAD"]``.
             Without them NOMAD runs with its defaults.
         max_idle_restarts: Restarts without a new point before the space counts as exhausted.
+        constraints: Names of the constraints each trial sets with ``trial.set_constraint``
+            (met when <= 0; one not set counts as violated). NOMAD gets them as ``PB`` outputs
+            (progressive barrier).
+
+    A study with several objectives runs NOMAD's DMultiMADS (``DMULTIMADS_OPTIMIZATION yes``,
+    with ``DIRECTION_TYPE ORTHO 2N``, the default poll it accepts).
 
     Example:
         >>> import optuna
@@ -80,6 +88,7 @@ class NomadSampler(BaseSampler):
         block_size: int = 1,
         nomad_params: Sequence[str] | None = None,
         max_idle_restarts: int = 3,
+        constraints: Sequence[str] = (),
     ) -> None:
         if not search_space:
             raise ValueError("NomadSampler needs a non-empty search space")
@@ -105,6 +114,8 @@ class NomadSampler(BaseSampler):
         self._block_size = block_size
         self._extra = list(nomad_params or [])
         self._max_idle_restarts = max_idle_restarts
+        self._constraints = list(constraints)
+        self._n_objectives = 1  # set from the study when NOMAD starts
         self._random = RandomSampler(seed=seed)
         self._engine: _Engine | None = None
         self._warned = False
@@ -142,7 +153,7 @@ class NomadSampler(BaseSampler):
         point = trial.system_attrs.get(POINT_ATTR)
         if point is None or self._engine is None:
             return
-        self._engine.tell(tuple(point), self._nomad_value(study, state, values))
+        self._engine.tell(tuple(point), self._nomad_value(study, trial, state, values))
 
     def reseed_rng(self) -> None:
         self._random.reseed_rng()
@@ -177,10 +188,15 @@ class NomadSampler(BaseSampler):
 
     def _params(self, seed: int) -> list[str]:
         types = " ".join(v.type for v in self._vars)
+        outputs = " ".join(["OBJ"] * self._n_objectives + ["PB"] * len(self._constraints))
+        multi = ["DMULTIMADS_OPTIMIZATION yes"] if self._n_objectives > 1 else []
+        if multi and not any(line.split()[:1] == ["DIRECTION_TYPE"] for line in self._extra):
+            multi.append("DIRECTION_TYPE ORTHO 2N")  # DMultiMADS refuses NOMAD's default poll
         return [
             f"DIMENSION {len(self._vars)}",
             f"BB_INPUT_TYPE ( {types} )",
-            "BB_OUTPUT_TYPE OBJ",
+            f"BB_OUTPUT_TYPE {outputs}",
+            *multi,
             f"BB_MAX_BLOCK_SIZE {self._block_size}",
             f"SEED {seed}",
             "DISPLAY_DEGREE 0",
@@ -190,23 +206,27 @@ class NomadSampler(BaseSampler):
     def _startable(self, x: Sequence[float]) -> bool:
         return any(v.type == "R" for v in self._vars) or any(c != 0 for c in x)
 
-    def _nomad_value(self, study: Study, state: TrialState, values: Sequence[float] | None) -> float | None:
-        """The value NOMAD minimises, or None for a failed evaluation."""
-        if len(study.directions) != 1:
-            raise ValueError("NomadSampler handles single-objective studies")
-        if state != TrialState.COMPLETE or not values or not math.isfinite(values[0]):
-            return None  # failed, pruned or non-finite: a failed evaluation for NOMAD
-        return -values[0] if study.direction == StudyDirection.MAXIMIZE else values[0]
+    def _nomad_value(
+        self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
+    ) -> Outputs | None:
+        """NOMAD's outputs (objectives to minimise, then constraints), or None for a failure."""
+        if state not in (TrialState.COMPLETE, TrialState.PRUNED) or not values:
+            return None  # failed, or pruned before any report: a failed evaluation for NOMAD
+        # A pruned trial has its last reported value (Optuna records it): NOMAD sees that.
+        objectives = [-v if d == StudyDirection.MAXIMIZE else v for v, d in zip(values, study.directions)]
+        given = trial.constraints
+        constraints = [given.get(name, _VIOLATED) for name in self._constraints]
+        outputs = (*objectives, *(c if math.isfinite(c) else _VIOLATED for c in constraints))
+        return outputs if all(math.isfinite(v) for v in objectives) else None
 
     def _ensure_engine(self, study: Study) -> _Engine:
         if self._engine is None:
-            if len(study.directions) != 1:
-                raise ValueError("NomadSampler handles single-objective studies")
-            known: dict[Point, float | None] = {}
+            self._n_objectives = len(study.directions)
+            known: dict[Point, Outputs | None] = {}
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)):
                 point = t.system_attrs.get(POINT_ATTR)
                 if point is not None and not t.system_attrs.get(INTERRUPTED_ATTR):
-                    known[tuple(point)] = self._nomad_value(study, t.state, t.values)
+                    known[tuple(point)] = self._nomad_value(study, t, t.state, t.values)
             self._engine = _Engine(self, known)
         return self._engine
 
@@ -218,7 +238,7 @@ class _Engine:
     changes happen in the caller's thread (guarded by a lock for Optuna's ``n_jobs``).
     """
 
-    def __init__(self, sampler: NomadSampler, known: dict[Point, float | None]) -> None:
+    def __init__(self, sampler: NomadSampler, known: dict[Point, Outputs | None]) -> None:
         self._sampler = sampler
         self._known = known  # every evaluated point, with its value (None = failed)
         self._queue: deque[Point] = deque()  # proposed by NOMAD, not handed out yet
@@ -249,7 +269,7 @@ class _Engine:
                 self._pump()
             return bool(self._queue)
 
-    def tell(self, point: Point, value: float | None) -> None:
+    def tell(self, point: Point, value: Outputs | None) -> None:
         with self._lock:
             self._known[point] = value
             self._answer_if_complete()
@@ -318,8 +338,10 @@ class _Engine:
         self._proc.stdin.flush()
 
     def _best(self) -> list[float] | None:
-        scored = [(v, p) for p, v in self._known.items() if v is not None]
-        return list(min(scored)[1]) if scored else None
+        """Where a restart starts: the least constraint violation, then the first objective."""
+        n = self._sampler._n_objectives
+        scored = [(sum(max(c, 0.0) ** 2 for c in v[n:]), v[0], p) for p, v in self._known.items() if v is not None]
+        return list(min(scored)[2]) if scored else None
 
     def _random_point(self) -> list[float]:
         # NOMAD stops when its starting point fails; with no successful point yet, restart

@@ -1,4 +1,4 @@
-"""Optimizers by name: ``nomad``, ``tpe``, ``random``, ``grid``, or an import path."""
+"""Optimizers by name: ``nomad``, ``tpe``, ``nsga2``, ``random``, ``grid``, or an import path."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ from optuna.distributions import (
     FloatDistribution,
     IntDistribution,
 )
-from optuna.samplers import BaseSampler, GridSampler, RandomSampler, TPESampler
+from collections.abc import Sequence
+
+from optuna.samplers import BaseSampler, GridSampler, NSGAIISampler, RandomSampler, TPESampler
 
 from lorahpo.samplers.seeded import TrialSeededSampler
 
-OPTIMIZERS = ("nomad", "tpe", "random", "grid")
+OPTIMIZERS = ("nomad", "tpe", "nsga2", "random", "grid")
 _GRID_LIMIT = 100_000
 
 
@@ -28,6 +30,8 @@ def make_sampler(
     seed: int = 0,
     parallel: int = 1,
     options: dict[str, Any] | None = None,
+    n_objectives: int = 1,
+    constraints: Sequence[str] = (),
 ) -> BaseSampler:
     """Build the sampler called ``name``.
 
@@ -40,6 +44,11 @@ def make_sampler(
         parallel: Trials run at once (NOMAD's block size, TPE's constant liar).
         options: Keyword arguments of the sampler (for ``nomad``: ``params``, a list of NOMAD
             parameter lines, and ``max_idle_restarts``).
+        n_objectives: Objectives of the study; NOMAD runs DMultiMADS for more than one, and
+            grid search refuses them.
+        constraints: Names of the constraints each trial sets (``trial.set_constraint``, met
+            when <= 0). NOMAD needs them up front (one progressive-barrier output each); TPE and
+            NSGA-II read them from the trials; random and grid ignore them.
 
     Raises:
         ValueError: Unknown name, bad options, or a space the optimizer cannot search.
@@ -58,22 +67,29 @@ def make_sampler(
             block_size=parallel,
             nomad_params=options.get("params"),
             max_idle_restarts=options.get("max_idle_restarts", 3),
+            constraints=constraints,
         )
     if name == "tpe":
         options.setdefault("constant_liar", parallel > 1)
         _check_kwargs(TPESampler, options, "tpe")
         return TrialSeededSampler(lambda s: TPESampler(seed=s, **options), seed)
+    if name == "nsga2":
+        _check_kwargs(NSGAIISampler, options, "nsga2")
+        return TrialSeededSampler(lambda s: NSGAIISampler(seed=s, **options), seed)
     if name == "random":
         _check_kwargs(RandomSampler, options, "random")
         return TrialSeededSampler(lambda s: RandomSampler(seed=s), seed)
     if name == "grid":
+        if n_objectives > 1:
+            raise ValueError("grid search has a single objective")
         grid = grid_values(distributions)
         # The seed shuffles the grid's numbering, so every trial needs the same one; a fresh
         # sampler per trial then picks its point as a function of the unvisited points alone.
         return TrialSeededSampler(lambda _: GridSampler(grid, seed=seed), seed)
     if ":" in name or "." in name:
         cls = _import(name)
-        if "seed" in inspect.signature(cls).parameters:
+        accepted = inspect.signature(cls).parameters
+        if "seed" in accepted:
             options.setdefault("seed", seed)
         _check_kwargs(cls, options, name, reserved=())
         return cls(**options)

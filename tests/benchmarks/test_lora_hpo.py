@@ -1,0 +1,72 @@
+"""``benchmarks/lora_hpo.py`` on a synthetic blackbox: the cache of measured points and exact replay."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from lorahpo.toys import lora_surface
+
+pytest.importorskip("matplotlib", reason="the benchmark plots with matplotlib")
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "lora_hpo.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("lora_hpo_bench", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def synthetic(calls):
+    def blackbox(trial):
+        calls.append(trial)
+        params = {**trial["lora"], "learning_rate": trial["training"]["learning_rate"]}
+        if params["learning_rate"] > 5e-3:
+            return {"status": "failed", "value": None, "reason": "diverged", "duration_s": 2.0}
+        return {"status": "complete", "value": lora_surface(params)["validation_loss"], "reason": None, "duration_s": 2.0}
+
+    return blackbox
+
+
+def test_searches_are_cached_replayed_and_summarized(bench, tmp_path):
+    args = ["--seeds", "0", "1", "--budget", "6", "--cache", str(tmp_path / "cache.jsonl"), "--out", str(tmp_path / "r.json")]
+    calls = []
+    first = bench.main(args, blackbox=synthetic(calls))
+
+    runs = first["runs"]
+    assert [(r["optimizer"], r["seed"]) for r in runs] == [(o, s) for s in (0, 1) for o in ("nomad", "tpe", "random")]
+    # Every search starts from the space's x0, measured once and read back five times.
+    assert len({r["keys"][0] for r in runs}) == 1
+    lines = (tmp_path / "cache.jsonl").read_text().splitlines()
+    assert len(lines) == len(calls) == len({k for r in runs for k in r["keys"]}) < 6 * 6
+    assert all(json.loads(line)["measured_at"]["cpu"] is not None for line in lines)
+    for r in runs:
+        assert len(r["values"]) == 6
+        assert r["best_so_far"] == [min(v for v in r["values"][: i + 1] if v is not None) for i in range(6)]
+        assert r["eval_s"] == 2.0 * 6  # durations count whether measured or read back
+
+    # A replay trains nothing and gives the same searches, value for value.
+    again = bench.main([*args, "--replay"], blackbox=None)
+    assert [r["values"] for r in again["runs"]] == [r["values"] for r in runs]
+    assert all(r["new_measurements"] == 0 for r in again["runs"])
+    assert len(calls) == len(lines)
+
+    summary = {row["optimizer"]: row for row in again["summary"]}
+    x0 = runs[0]["values"][0]
+    for row in summary.values():
+        final = row["curve"][-1][1]
+        assert final <= x0 and row["gain_over_x0"][1] == pytest.approx(x0 - final)
+    table = (tmp_path / "r.md").read_text()
+    assert "| nomad |" in table and "| random |" in table
+    assert (tmp_path / "r.png").stat().st_size > 10_000
+
+
+def test_replay_refuses_an_unmeasured_point(bench, tmp_path):
+    with pytest.raises(LookupError, match="never measured"):
+        bench.main(["--seeds", "0", "--budget", "2", "--cache", str(tmp_path / "c.jsonl"), "--out", str(tmp_path / "r.json"), "--replay"], blackbox=None)

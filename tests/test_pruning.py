@@ -1,0 +1,129 @@
+"""Early stopping: trials report intermediate values, pruners stop the unpromising ones at once."""
+
+import math
+
+import optuna
+import pytest
+
+from lorahpo import config as cfg
+from lorahpo import toys
+from lorahpo.pruners import IntermediateReader, make_pruner, reporter
+from lorahpo.samplers.nomad import NomadSampler
+from lorahpo.study import Study
+
+STEPS = 8  # of toys.learning_curve
+
+
+def curve_config(optimizer, pruner, budget=10, **options):
+    return cfg.parse(
+        {
+            "name": "curves",
+            "optimizer": optimizer,
+            "budget": budget,
+            "pruner": pruner,
+            "pruner_options": options,
+            "space": {"params": {"x": {"type": "int", "low": -4, "high": 4, "x0": 3},
+                                 "y": {"type": "int", "low": -4, "high": 4, "x0": -3}}},
+            "objective": {"python": "lorahpo.toys:learning_curve"},
+        }
+    )
+
+
+def final_value(params):
+    return 1.0 + params["x"] ** 2 + params["y"] ** 2 + 2.0 / STEPS
+
+
+@pytest.mark.parametrize("optimizer", ["random", "nomad"])
+def test_asha_stops_trials_early_and_keeps_the_true_best(tmp_path, optimizer):
+    study = Study.open(tmp_path / "s", curve_config(optimizer, "asha", min_resource=1, reduction_factor=2))
+    summary = study.run()
+    assert summary.finished == 10
+    trials = study.optuna_study.get_trials(deepcopy=False)
+    records = {r.number: r for r in study.records()}
+    pruned = [t for t in trials if records[t.number].status == "pruned"]
+    complete = [t for t in trials if records[t.number].status == "complete"]
+    assert pruned and complete
+    for t in pruned:  # killed mid-curve, recorded with the last value it reported
+        assert 1 <= len(t.intermediate_values) < STEPS
+        assert t.value == t.intermediate_values[t.last_step]
+        assert records[t.number].reason == "stopped early by the pruner"
+    for t in complete:
+        assert sorted(t.intermediate_values) == list(range(1, STEPS + 1))
+        assert t.value == pytest.approx(final_value(t.params))
+    # Curves never cross, so the trial with the best final value must never have been stopped.
+    truly_best = min(trials, key=lambda t: final_value(t.params))
+    assert records[truly_best.number].status == "complete"
+    assert summary.best.value == pytest.approx(final_value(truly_best.params))
+
+
+def test_without_a_pruner_every_trial_runs_to_the_end_and_reports(tmp_path):
+    study = Study.open(tmp_path / "s", curve_config("random", "none", budget=4))
+    study.run()
+    trials = study.optuna_study.get_trials(deepcopy=False)
+    assert [len(t.intermediate_values) for t in trials] == [STEPS] * 4
+    assert all(r.status == "complete" for r in study.records())
+
+
+def test_nomad_with_pruning_still_reaches_the_optimum():
+    # NOMAD sees a pruned trial's last reported value: an over-estimate of where its curve ends,
+    # since curves fall. That must not keep it from the known optimum (0, 0).
+    dists = {n: optuna.distributions.IntDistribution(-6, 6) for n in ("x", "y")}
+    results = {}
+    for pruner in ("none", "median"):
+        sampler = NomadSampler(dists, x0={"x": 5, "y": -4}, seed=1)
+        study = optuna.create_study(sampler=sampler, pruner=make_pruner(pruner, {"n_startup_trials": 3}) if pruner != "none" else None)
+
+        def objective(trial):
+            params = {"x": trial.suggest_int("x", -6, 6), "y": trial.suggest_int("y", -6, 6)}
+
+            def report(step, value):
+                trial.report(value, step)
+                if trial.should_prune():
+                    raise optuna.TrialPruned()
+                return False
+
+            return toys.learning_curve(params, report)
+
+        study.optimize(objective, n_trials=80)
+        sampler.close()
+        states = [t.state for t in study.trials]
+        results[pruner] = (study.best_trial.params, study.best_value, states.count(optuna.trial.TrialState.PRUNED))
+    assert results["median"][:2] == ({"x": 0, "y": 0}, 1.0 + 2.0 / STEPS)
+    assert results["none"][:2] == results["median"][:2]
+    assert results["median"][2] > 20  # the pruner did stop many trials
+
+
+def test_reports_travel_through_the_trial_folder(tmp_path):
+    reader = IntermediateReader(tmp_path)
+    report = reporter(tmp_path, wait=False)
+    assert reader.new() == []
+    report(1, 3.5)
+    report(2, 2.5)
+    assert reader.new() == [(1, 3.5), (2, 2.5)]
+    with (tmp_path / "intermediate.jsonl").open("a") as f:
+        f.write('{"step": 3, "va')  # a line still being written waits for the next read
+    assert reader.new() == []
+    with (tmp_path / "intermediate.jsonl").open("a") as f:
+        f.write('lue": 1.5}\n')
+    assert reader.new() == [(3, 1.5)]
+
+
+@pytest.mark.parametrize(
+    "pruner, options, message",
+    [
+        ("sha", {}, "pruner: unknown pruner 'sha'; choose from none, median, asha, hyperband"),
+        ("asha", {"rungs": 3}, "pruner: asha: "),
+    ],
+)
+def test_bad_pruners_are_one_line_config_errors(pruner, options, message):
+    with pytest.raises(cfg.ConfigError) as caught:
+        curve_config("random", pruner, **options)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_learning_curve_ends_at_its_known_value():
+    seen = []
+    value = toys.learning_curve({"x": 1, "y": 2}, lambda s, v: seen.append((s, v)) or False)
+    assert value == pytest.approx(6.25) and len(seen) == STEPS and seen[-1] == (STEPS, value)
+    assert all(a[1] > b[1] for a, b in zip(seen, seen[1:]))
+    assert math.isclose(toys.learning_curve({"x": 0, "y": 0, "steps": 2}), 2.0)
