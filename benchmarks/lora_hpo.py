@@ -52,13 +52,14 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 RESULTS = Path(__file__).parent / "results"
 OPTIMIZERS = ("nomad", "tpe", "random")
 
-#: Benchmark-size blackboxes. ``cpu``: one evaluation takes about 25 s on one core of the
+#: Benchmark-size blackboxes. ``cpu``: one evaluation takes about 20-30 s on one core of the
 #: 2-core machine of the committed results; ``gpu``: a few minutes on one H100-class GPU.
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {
         "model": {"name": "smollm2-135m"},
-        "data": {"preset": "bigbench-instruct", "size": "cpu", "max_examples": 240, "max_length": 96},
-        "training": {"max_steps": 10, "batch_size": 4, "effective_batch_size": 4},
+        "data": {"preset": "bigbench-instruct", "size": "cpu", "max_examples": 400, "max_length": 128,
+                 "validation_fraction": 0.1},
+        "training": {"max_steps": 6, "batch_size": 4, "effective_batch_size": 4},
     },
     "gpu": {
         "model": {"name": "smollm2-135m"},
@@ -66,6 +67,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "training": {"epochs": 1, "batch_size": 16, "effective_batch_size": 16},
     },
 }
+
+_TRIALS: Any = None  # the temporary parent of trial folders
 
 #: Measures one trial config (a LoraTrialConfig as JSON): returns status, value and extra fields.
 Blackbox = Callable[[dict[str, Any]], dict[str, Any]]
@@ -93,33 +96,60 @@ def config_key(trial: dict[str, Any]) -> str:
 
 
 class Cache:
-    """Measured points, one JSON object per line, appended as they are measured."""
+    """Measured points, one JSON object per line, appended as they are measured.
+
+    Several processes may share the file (e.g. one per core, each on other seeds): a point
+    missing here is looked for again among the lines others appended since.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.points: dict[str, dict[str, Any]] = {}
-        if path.exists():
-            for line in path.read_text().splitlines():
-                if line.strip():
-                    point = json.loads(line)
-                    self.points[point["key"]] = point
+        self._offset = 0
+        self._read_new()
 
     def get(self, key: str) -> dict[str, Any] | None:
+        if key not in self.points:
+            self._read_new()
         return self.points.get(key)
 
+    def _read_new(self) -> None:
+        if not self.path.exists():
+            return
+        with self.path.open("rb") as f:
+            f.seek(self._offset)
+            data = f.read()
+        complete = data[: data.rfind(b"\n") + 1]
+        self._offset += len(complete)
+        for line in complete.decode().splitlines():
+            if line.strip():
+                point = json.loads(line)
+                self.points.setdefault(point["key"], point)  # the first measurement stands
+
     def add(self, point: dict[str, Any]) -> None:
-        self.points[point["key"]] = point
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as f:
+        with self.path.open("a") as f:  # one write of one line: appends from several processes do not mix
             f.write(json.dumps(point, sort_keys=True) + "\n")
+        self._read_new()
+        self.points.setdefault(point["key"], point)
 
 
 def lora_blackbox(trial: dict[str, Any]) -> dict[str, Any]:
-    """Train and validate one trial config in this process (the blackbox ``lorahpo tune`` runs)."""
+    """Train and validate one trial config in this process (the blackbox ``lorahpo tune`` runs).
+
+    Trial folders are siblings under one temporary folder, as in a study: the untrained
+    adapter's validation loss is measured once and shared.
+    """
+    import tempfile
+
     from lorahpo.finetune.config import LoraTrialConfig
     from lorahpo.finetune.train import run_trial
 
-    result = run_trial(LoraTrialConfig.model_validate(trial))
+    global _TRIALS
+    if _TRIALS is None:
+        _TRIALS = tempfile.TemporaryDirectory(prefix="lora-hpo-")
+    trial_dir = Path(_TRIALS.name) / config_key(trial)
+    result = run_trial(LoraTrialConfig.model_validate(trial), trial_dir)
     m = result.metrics
     return {
         "status": result.status,
@@ -161,8 +191,9 @@ def run_search(
             if point is None:
                 if blackbox is None:
                     raise LookupError(f"{conf.optimizer} seed {conf.seed}: point {number} {trial.params} was never measured")
-                point = {"key": key, "params": trial.params, **blackbox(tc), "measured_at": machine()}
-                cache.add(point)
+                cache.add({"key": key, "params": trial.params, **blackbox(tc), "measured_at": machine()})
+                point = cache.get(key)  # the first measurement, should another process have made one too
+                assert point is not None
                 measured += 1
             eval_s += point["duration_s"]
             keys.append(key)

@@ -96,6 +96,15 @@ def test_a_study_reports_its_feasible_pareto_front(tmp_path, capsys):
             assert any(costs[r.number][0] <= a[0] and costs[r.number][1] <= a[1] for r in front)
     assert [r.value for r in front] == sorted(r.value for r in front)
 
+    from lorahpo.report.data import study_report
+    from lorahpo.report.render import write_report
+
+    report = study_report(tmp_path / "s")
+    assert [t.number for t in report.pareto] == [r.number for r in front]
+    assert set(report.infeasible) == {r.number for r in records if r.metrics["size"] > 3.0}
+    paths = write_report(report, tmp_path / "report")
+    assert 'id="fig-pareto_front"' in paths["html"].read_text() and paths["pareto_front"].stat().st_size > 5000
+
     assert cli_main(["best", str(tmp_path / "s")]) == 0
     out = capsys.readouterr().out
     assert f"Pareto front of value, cost: {len(front)} trial(s)" in out and "meeting size <= 3" in out

@@ -127,6 +127,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print(f"start    {metric} = {x0_value}  (trial {summary.x0.number})  {fmt_params(summary.x0.params)}")
     if summary.best is not None and (summary.best.directory / "adapter").exists():
         print(f"adapter  {summary.best.directory / 'adapter'}")
+    if conf.objective.secondary:
+        front = study.best(summary.finished)
+        print(f"pareto   {len(front)} trial(s) on the front of {', '.join(conf.objective.metric_names)}: lorahpo best {study_dir}")
     return EXIT_INTERRUPTED if summary.stopped == "interrupted" else 0
 
 

@@ -120,6 +120,9 @@ class StudyReport:
     timing: dict[str, Any]
     config_yaml: str
     status_counts: dict[str, int] = field(default_factory=dict)
+    objectives: list[tuple[str, str]] = field(default_factory=list)  # (metric, direction), main first
+    pareto: list[TrialRow] = field(default_factory=list)  # with several objectives: the feasible front
+    infeasible: list[int] = field(default_factory=list)  # completed trials over a constraint
 
     @property
     def best(self) -> TrialRow | None:
@@ -219,6 +222,9 @@ def study_report(directory: str | Path, top: int = 10) -> StudyReport:
         timing=_timing(records, trials),
         config_yaml=conf.to_yaml(),
         status_counts=counts,
+        objectives=list(zip(conf.objective.metric_names, conf.objective.directions, strict=True)),
+        pareto=[by_number[r.number] for r in study.best(len(records))] if conf.objective.secondary else [],
+        infeasible=[r.number for r in records if r.status == "complete" and not conf.feasible(r.metrics)],
     )
 
 

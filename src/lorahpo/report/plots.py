@@ -79,6 +79,35 @@ def best_so_far(report: StudyReport) -> bytes | None:
     return _png(fig)
 
 
+def pareto_front(report: StudyReport) -> bytes | None:
+    """With several objectives: the main one against the second, the Pareto front joined up."""
+    if len(report.objectives) < 2 or not report.pareto:
+        return None
+    (m1, d1), (m2, d2) = report.objectives[:2]
+    done = [t for t in report.trials if t.status == "complete" and m1 in t.metrics and m2 in t.metrics]
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.6))
+    infeasible = set(report.infeasible)
+    front = {t.number for t in report.pareto}
+    rest = [t for t in done if t.number not in front and t.number not in infeasible]
+    ax.scatter([t.metrics[m1] for t in rest], [t.metrics[m2] for t in rest], s=22, color="#555555", alpha=0.6,
+               label="dominated")
+    bad = [t for t in done if t.number in infeasible]
+    if bad:
+        ax.scatter([t.metrics[m1] for t in bad], [t.metrics[m2] for t in bad], marker="x", s=40, color=_FAILED,
+                   label="over a constraint")
+    pts = sorted((t.metrics[m1], t.metrics[m2], t.number) for t in report.pareto)
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=_BEST, lw=1.5, label="Pareto front")
+    for x, y, n in pts:
+        ax.annotate(str(n), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=_BEST)
+    ax.set_xlabel(f"{m1} ({d1})")
+    ax.set_ylabel(f"{m2} ({d2})")
+    ax.set_title(f"{report.name}: Pareto front ({report.optimizer})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
 def _ticks(param: ParamInfo) -> list[tuple[float, str]]:
     if param.scale == "choice":
         return [(axis_position(param, v) or 0.0, _short(v)) for v in param.values]

@@ -44,6 +44,7 @@ def study_figures(report: StudyReport) -> Figures:
         "parallel_coordinates": plots.parallel_coordinates(report),
         "loss_vs_hyperparameters": plots.loss_vs_params(report),
         "downstream_vs_loss": plots.downstream_vs_loss(report),
+        "pareto_front": plots.pareto_front(report),
     }
 
 
@@ -196,6 +197,11 @@ def study_html(report: StudyReport, figures: Figures) -> str:
     best = report.best
     parts = [f"<h1>lorahpo report: {_e(report.name)}</h1>", f'<p class="lead">{_e(_summary(report))}</p>']
     parts += ["<h2>Search progress</h2>", _img(figures, "best_so_far", "best value so far against evaluation number")]
+    if report.pareto:
+        names = " and ".join(m for m, _ in report.objectives)
+        parts += ["<h2>Pareto front</h2>",
+                  f'<p class="note">{len(report.pareto)} trial(s) no other feasible trial beats in both {_e(names)}.</p>',
+                  _img(figures, "pareto_front", "Pareto front of the first two objectives")]
     parts.append("<h2>Top trials and baselines</h2>")
     parts.append('<p class="note">base: the base model without adapter; x0: the starting point (default LoRA); '
                  "downstream scores are blank where a model was not evaluated (<code>lorahpo evaluate</code>).</p>")

@@ -1,0 +1,277 @@
+"""Early stopping on the LoRA blackbox: full-fidelity NOMAD against NOMAD and TPE with ASHA.
+
+    python benchmarks/multifidelity.py                        # 3 arms x seeds 0-2, budget 12 full trials
+    python benchmarks/multifidelity.py --replay               # rebuild the results from the cache only
+
+Every arm searches lorahpo's ``default`` space on the built-in blackbox at a multi-fidelity
+preset (``cpu``: 24 optimizer steps, the validation loss every 4). All arms get the same total
+budget of training tokens: what ``--full-budget`` full trials cost (every full trial trains on
+the same examples in the same order, so on the same number of tokens). ``nomad-full`` runs
+that many full trials; ``nomad-asha`` and ``tpe-asha`` run trials under Optuna's
+``SuccessiveHalvingPruner`` (as ``pruner: asha`` does) until the budget is spent, and a
+stopped trial costs only the tokens it trained on.
+
+Training is deterministic, so a trial stopped at step s has exactly the first s steps of the
+same trial run to the end. Each configuration is therefore trained once, to the end, and its
+whole learning curve (validation loss and training tokens at every evaluation) is cached in
+``results/multifidelity_cache.jsonl`` (committed; when and where each was measured); the pruned
+arms replay the curve up to where their pruner stops it. Validation time is not counted in
+the budget (the same for every arm per evaluation).
+
+Reported per arm: the best final validation loss of a complete trial against training tokens
+consumed (median and spread over seeds), and the tokens each run needed to come within 0.5% of
+the full-fidelity arm's best loss of the same seed (the target: at most 40% of its tokens).
+Results: ``results/multifidelity.json``, ``.md`` and ``.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _machine import machine
+from lora_hpo import Cache, config_key, trial_config
+
+from lorahpo import config as cfg
+from lorahpo.pruners import make_pruner
+from lorahpo.samplers.nomad import NomadSampler
+from lorahpo.study import attach_sampler
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+RESULTS = Path(__file__).parent / "results"
+ARMS = {"nomad-full": ("nomad", None), "nomad-asha": ("nomad", "asha"), "tpe-asha": ("tpe", "asha")}
+ASHA = {"min_resource": 4, "reduction_factor": 3}
+TARGET = 0.005  # within 0.5% of the full-fidelity best
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "cpu": {
+        "model": {"name": "smollm2-135m"},
+        "data": {"preset": "bigbench-instruct", "size": "cpu", "max_examples": 400, "max_length": 128,
+                 "validation_fraction": 0.1},
+        "training": {"max_steps": 24, "batch_size": 4, "effective_batch_size": 4, "eval_every": 4},
+    },
+}
+
+#: Trains one trial config to the end: status, value, duration_s and ``curve`` [[step, loss, tokens], ...].
+Blackbox = Callable[[dict[str, Any]], dict[str, Any]]
+_TRIALS: Any = None
+
+
+def study_config(preset: str, optimizer: str, seed: int) -> cfg.StudyConfig:
+    objective = {"lora": {**PRESETS[preset], "save_adapter": False}}
+    return cfg.parse(
+        {"name": f"multifidelity-{preset}", "optimizer": optimizer, "seed": seed, "budget": 10_000,
+         "space": {"preset": "default"}, "objective": objective},
+        "benchmark",
+    )
+
+
+def lora_curve_blackbox(trial: dict[str, Any]) -> dict[str, Any]:
+    """Train one config to the end in this process; its validation curve with tokens so far."""
+    import tempfile
+
+    from lorahpo.finetune.config import LoraTrialConfig
+    from lorahpo.finetune.train import run_trial
+
+    global _TRIALS
+    if _TRIALS is None:
+        _TRIALS = tempfile.TemporaryDirectory(prefix="multifidelity-")
+    trial_dir = Path(_TRIALS.name) / config_key(trial)
+    result = run_trial(LoraTrialConfig.model_validate(trial), trial_dir)
+    tokens = {}
+    for line in (trial_dir / "train_log.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        if "tokens" in entry:
+            tokens[entry["step"]] = entry["tokens"]
+    return {
+        "status": result.status,
+        "value": result.metrics.get("validation_loss") if result.status == "complete" else None,
+        "reason": result.reason,
+        "duration_s": result.duration_s,
+        "curve": [[step, value, tokens[step]] for step, value in result.intermediate],
+    }
+
+
+def run_arm(arm: str, seed: int, preset: str, budget_tokens: float, cache: Cache, blackbox: Blackbox | None,
+            say: Callable[[str], None] = print) -> dict[str, Any]:
+    """One seeded search until ``budget_tokens`` training tokens are spent."""
+    optimizer, pruner = ARMS[arm]
+    conf = study_config(preset, optimizer, seed)
+    study = optuna.create_study(direction="minimize", pruner=make_pruner(pruner or "none", ASHA if pruner else {}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sampler = attach_sampler(study, conf)
+    dists = conf.space.distributions()
+    spent, trace, trials = 0.0, [], []  # trace: (tokens spent, best complete value so far)
+    best: float | None = None
+    try:
+        while spent < budget_tokens - 1e-9:
+            if isinstance(sampler, NomadSampler) and not sampler.ready(study):
+                break
+            trial = study.ask(dists)
+            tc = trial_config(conf, trial.params)
+            key = config_key(tc)
+            point = cache.get(key)
+            if point is None:
+                if blackbox is None:
+                    raise LookupError(f"{arm} seed {seed}: {trial.params} was never measured")
+                point = {"key": key, "params": trial.params, **blackbox(tc), "measured_at": machine()}
+                cache.add(point)
+            status, used = point["status"], 0.0
+            for step, value, tokens in point["curve"]:
+                used = tokens
+                trial.report(value, step)
+                if pruner and step < point["curve"][-1][0] and trial.should_prune():
+                    status = "pruned"
+                    break
+            if status == "complete":
+                study.tell(trial, point["value"])
+                best = point["value"] if best is None else min(best, point["value"])
+            elif status == "pruned":
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            else:
+                used = point["curve"][-1][2] if point["curve"] else 0.0
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            spent += used
+            trace.append((spent, best))
+            trials.append({"key": key, "status": status, "tokens": used})
+            say(f"{arm} seed {seed} [{len(trials)}] {status} {point['value'] if status == 'complete' else ''} "
+                f"tokens {spent / budget_tokens:.0%} of budget, best {best}")
+    finally:
+        if isinstance(sampler, NomadSampler):
+            sampler.close()
+    return {"arm": arm, "seed": seed, "trace": trace, "trials": trials, "best": best, "tokens": spent}
+
+
+def tokens_to_reach(trace: Sequence[tuple[float, float | None]], level: float) -> float | None:
+    return next((t for t, b in trace if b is not None and b <= level), None)
+
+
+def summarize(runs: Sequence[dict[str, Any]], budget_tokens: float) -> dict[str, Any]:
+    full = {r["seed"]: r["best"] for r in runs if r["arm"] == "nomad-full"}
+    arms: dict[str, Any] = {}
+    for arm in dict.fromkeys(r["arm"] for r in runs):
+        mine = [r for r in runs if r["arm"] == arm]
+        fractions = []
+        for r in mine:
+            ref = full.get(r["seed"])
+            need = tokens_to_reach(r["trace"], ref * (1 + TARGET)) if ref is not None else None
+            fractions.append(None if need is None else need / budget_tokens)
+        finals = [r["best"] for r in mine if r["best"] is not None]
+        arms[arm] = {
+            "seeds": [r["seed"] for r in mine],
+            "best_median": statistics.median(finals) if finals else None,
+            "best_range": [min(finals), max(finals)] if finals else None,
+            "trials_median": statistics.median(len(r["trials"]) for r in mine),
+            "pruned_median": statistics.median(sum(t["status"] == "pruned" for t in r["trials"]) for r in mine),
+            "fraction_to_target": fractions,
+            "target_met": all(f is not None and f <= 0.4 for f in fractions),
+        }
+    return arms
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        f"# Multi-fidelity benchmark (preset `{result['config']['preset']}`)",
+        "",
+        f"Budget per run: {result['budget_tokens']:.0f} training tokens = {result['config']['full_budget']} full trials. "
+        f"Target: within {TARGET:.1%} of the full-fidelity best of the same seed using at most 40% of the tokens.",
+        "",
+        "| arm | best loss, median [min, max] | trials | pruned | tokens to target (fraction of budget, per seed) | target met |",
+        "|---|---|---|---|---|---|",
+    ]
+    for arm, row in result["summary"].items():
+        rng = row["best_range"]
+        best = "-" if rng is None else f"{row['best_median']:.4f} [{rng[0]:.4f}, {rng[1]:.4f}]"
+        fr = ", ".join("never" if f is None else f"{f:.0%}" for f in row["fraction_to_target"])
+        lines.append(f"| {arm} | {best} | {row['trials_median']:g} | {row['pruned_median']:g} | {fr} | {'yes' if row['target_met'] else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    colors = {}
+    for run in result["runs"]:
+        pts = [(t / result["budget_tokens"], b) for t, b in run["trace"] if b is not None]
+        if not pts:
+            continue
+        kw = {"color": colors[run["arm"]]} if run["arm"] in colors else {"label": run["arm"]}
+        (line,) = ax.step([p[0] for p in pts], [p[1] for p in pts], where="post", alpha=0.8, **kw)
+        colors.setdefault(run["arm"], line.get_color())
+    ax.axvline(0.4, color="grey", ls="--", lw=1)
+    ax.set_xlabel("training tokens spent (fraction of the budget)")
+    ax.set_ylabel("best validation loss of a complete trial")
+    ax.set_title("Full-fidelity NOMAD against ASHA (one line per seed)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None, blackbox: Blackbox | None = lora_curve_blackbox) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    p.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--full-budget", type=int, default=12, help="the token budget, in full trials")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--replay", action="store_true")
+    p.add_argument("--cache", type=Path, default=RESULTS / "multifidelity_cache.jsonl")
+    p.add_argument("--out", type=Path, default=RESULTS / "multifidelity.json")
+    args = p.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    cache = Cache(args.cache)
+    # Every full trial trains on the same examples in the same order: measure one for its cost.
+    conf = study_config(args.preset, "nomad", 0)
+    x0_params = conf.space.x0() or {}
+    x0 = trial_config(conf, x0_params)
+    point = cache.get(config_key(x0))
+    if point is None:
+        if args.replay or blackbox is None:
+            raise LookupError("the starting point was never measured")
+        point = {"key": config_key(x0), "params": x0_params, **blackbox(x0), "measured_at": machine()}
+        cache.add(point)
+    budget_tokens = args.full_budget * point["curve"][-1][2]
+    start = time.perf_counter()
+    runs = [run_arm(arm, seed, args.preset, budget_tokens, cache, None if args.replay else blackbox)
+            for seed in args.seeds for arm in args.arms]
+    result = {
+        "config": {"preset": args.preset, "blackbox": PRESETS[args.preset], "asha": ASHA, "arms": args.arms,
+                   "seeds": args.seeds, "full_budget": args.full_budget},
+        "machine": machine(),
+        "budget_tokens": budget_tokens,
+        "wall_s": time.perf_counter() - start,
+        "measured": {"points": len(cache.points), "hours": sum(p["duration_s"] for p in cache.points.values()) / 3600},
+        "summary": summarize(runs, budget_tokens),
+        "runs": runs,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(result))
+    plot(result, args.out.with_suffix(".png"))
+    print(markdown(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

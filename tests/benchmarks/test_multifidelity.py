@@ -1,0 +1,62 @@
+"""``benchmarks/multifidelity.py`` on synthetic learning curves: budgets, pruning, exact replay."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from lorahpo.toys import lora_surface
+
+pytest.importorskip("matplotlib", reason="the benchmark plots with matplotlib")
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+STEPS, TOKENS_PER_STEP = 24, 100
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location("multifidelity_bench", BENCH / "multifidelity.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def curves(calls):
+    """Curves falling by the same amount to lora_surface's value: they never cross."""
+
+    def blackbox(trial):
+        calls.append(trial)
+        params = {**trial["lora"], "learning_rate": trial["training"]["learning_rate"]}
+        final = lora_surface(params)["validation_loss"]
+        curve = [[s, final + 1.0 - s / STEPS, s * TOKENS_PER_STEP] for s in range(4, STEPS + 1, 4)]
+        return {"status": "complete", "value": curve[-1][1], "reason": None, "duration_s": 1.0, "curve": curve}
+
+    return blackbox
+
+
+def test_arms_share_a_token_budget_and_replay_exactly(bench, tmp_path):
+    args = ["--seeds", "0", "1", "--full-budget", "6", "--cache", str(tmp_path / "c.jsonl"), "--out", str(tmp_path / "r.json")]
+    calls = []
+    result = bench.main(args, blackbox=curves(calls))
+    budget = 6 * STEPS * TOKENS_PER_STEP
+    assert result["budget_tokens"] == budget
+    for run in result["runs"]:
+        assert budget <= run["tokens"] < budget + STEPS * TOKENS_PER_STEP  # stops once the budget is spent
+        assert run["tokens"] == sum(t["tokens"] for t in run["trials"])
+        if run["arm"] == "nomad-full":
+            assert len(run["trials"]) == 6 and all(t["status"] == "complete" for t in run["trials"])
+        else:  # ASHA stops trials at 4 or 12 steps: more trials for the same tokens
+            pruned = [t for t in run["trials"] if t["status"] == "pruned"]
+            assert pruned and all(t["tokens"] in (4 * TOKENS_PER_STEP, 12 * TOKENS_PER_STEP) for t in pruned)
+            assert len(run["trials"]) > 6
+    summary = result["summary"]
+    assert set(summary) == {"nomad-full", "nomad-asha", "tpe-asha"}
+    assert all(f is not None and f <= 1.0 for f in summary["nomad-full"]["fraction_to_target"])
+
+    again = bench.main([*args, "--replay"], blackbox=None)
+    assert [r["trace"] for r in again["runs"]] == [r["trace"] for r in result["runs"]]
+    assert "| nomad-asha |" in (tmp_path / "r.md").read_text()
+    assert (tmp_path / "r.png").stat().st_size > 10_000
