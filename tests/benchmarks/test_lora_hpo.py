@@ -1,9 +1,6 @@
 """``benchmarks/lora_hpo.py`` on a synthetic blackbox: the cache of measured points and exact replay."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -11,16 +8,11 @@ from lorahpo.toys import lora_surface
 
 pytest.importorskip("matplotlib", reason="the benchmark plots with matplotlib")
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "lora_hpo.py"
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("lora_hpo_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def bench(load_benchmark):
+    return load_benchmark("lora_hpo")
 
 
 def synthetic(calls):

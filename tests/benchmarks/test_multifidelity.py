@@ -1,27 +1,17 @@
 """``benchmarks/multifidelity.py`` on synthetic learning curves: budgets, pruning, exact replay."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
 from lorahpo.toys import lora_surface
 
 pytest.importorskip("matplotlib", reason="the benchmark plots with matplotlib")
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 STEPS, TOKENS_PER_STEP = 24, 100
 
 
 @pytest.fixture(scope="module")
-def bench():
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("multifidelity_bench", BENCH / "multifidelity.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def bench(load_benchmark):
+    return load_benchmark("multifidelity")
 
 
 def curves(calls):
