@@ -74,14 +74,25 @@ _TRIALS: Any = None  # the temporary parent of trial folders
 Blackbox = Callable[[dict[str, Any]], dict[str, Any]]
 
 
-def study_config(preset: str, optimizer: str, seed: int, budget: int) -> cfg.StudyConfig:
-    """The study ``lorahpo tune`` would run for this benchmark cell."""
-    objective = {"lora": {**PRESETS[preset], "save_adapter": False}}
+def study_config(blackbox: dict[str, Any], optimizer: str, seed: int, budget: int) -> cfg.StudyConfig:
+    """The study ``lorahpo tune`` would run on ``blackbox`` (a preset) in the default space."""
+    objective = {"lora": {**blackbox, "save_adapter": False}}
     return cfg.parse(
-        {"name": f"lora-hpo-{preset}", "optimizer": optimizer, "seed": seed, "budget": budget,
+        {"name": "benchmark", "optimizer": optimizer, "seed": seed, "budget": budget,
          "space": {"preset": "default"}, "objective": objective},
         "benchmark",
     )
+
+
+def trial_folder(trial: dict[str, Any]) -> Path:
+    """A folder for one trial; all are siblings under one temporary folder, as in a study, so
+    the untrained adapter's validation loss is measured once and shared."""
+    import tempfile
+
+    global _TRIALS
+    if _TRIALS is None:
+        _TRIALS = tempfile.TemporaryDirectory(prefix="lorahpo-bench-")
+    return Path(_TRIALS.name) / config_key(trial)
 
 
 def trial_config(conf: cfg.StudyConfig, params: dict[str, Any]) -> dict[str, Any]:
@@ -135,21 +146,11 @@ class Cache:
 
 
 def lora_blackbox(trial: dict[str, Any]) -> dict[str, Any]:
-    """Train and validate one trial config in this process (the blackbox ``lorahpo tune`` runs).
-
-    Trial folders are siblings under one temporary folder, as in a study: the untrained
-    adapter's validation loss is measured once and shared.
-    """
-    import tempfile
-
+    """Train and validate one trial config in this process (the blackbox ``lorahpo tune`` runs)."""
     from lorahpo.finetune.config import LoraTrialConfig
     from lorahpo.finetune.train import run_trial
 
-    global _TRIALS
-    if _TRIALS is None:
-        _TRIALS = tempfile.TemporaryDirectory(prefix="lora-hpo-")
-    trial_dir = Path(_TRIALS.name) / config_key(trial)
-    result = run_trial(LoraTrialConfig.model_validate(trial), trial_dir)
+    result = run_trial(LoraTrialConfig.model_validate(trial), trial_folder(trial))
     m = result.metrics
     return {
         "status": result.status,
@@ -371,7 +372,7 @@ def main(argv: Sequence[str] | None = None, blackbox: Blackbox | None = lora_bla
     runs = []
     for seed in args.seeds:  # seeds outermost: a partial run already compares the optimizers
         for opt in args.optimizers:
-            conf = study_config(args.preset, opt, seed, args.budget)
+            conf = study_config(PRESETS[args.preset], opt, seed, args.budget)
             runs.append(run_search(conf, cache, None if args.replay else blackbox))
     result = {
         "config": {"preset": args.preset, "blackbox": PRESETS[args.preset], "space": "default",

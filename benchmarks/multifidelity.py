@@ -40,9 +40,8 @@ import optuna
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _machine import machine
-from lora_hpo import Cache, config_key, trial_config
+from lora_hpo import Cache, config_key, study_config, trial_config, trial_folder
 
-from lorahpo import config as cfg
 from lorahpo.pruners import make_pruner
 from lorahpo.samplers.nomad import NomadSampler
 from lorahpo.study import attach_sampler
@@ -65,29 +64,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 #: Trains one trial config to the end: status, value, duration_s and ``curve`` [[step, loss, tokens], ...].
 Blackbox = Callable[[dict[str, Any]], dict[str, Any]]
-_TRIALS: Any = None
-
-
-def study_config(preset: str, optimizer: str, seed: int) -> cfg.StudyConfig:
-    objective = {"lora": {**PRESETS[preset], "save_adapter": False}}
-    return cfg.parse(
-        {"name": f"multifidelity-{preset}", "optimizer": optimizer, "seed": seed, "budget": 10_000,
-         "space": {"preset": "default"}, "objective": objective},
-        "benchmark",
-    )
 
 
 def lora_curve_blackbox(trial: dict[str, Any]) -> dict[str, Any]:
     """Train one config to the end in this process; its validation curve with tokens so far."""
-    import tempfile
-
     from lorahpo.finetune.config import LoraTrialConfig
     from lorahpo.finetune.train import run_trial
 
-    global _TRIALS
-    if _TRIALS is None:
-        _TRIALS = tempfile.TemporaryDirectory(prefix="multifidelity-")
-    trial_dir = Path(_TRIALS.name) / config_key(trial)
+    trial_dir = trial_folder(trial)
     result = run_trial(LoraTrialConfig.model_validate(trial), trial_dir)
     tokens = {}
     for line in (trial_dir / "train_log.jsonl").read_text().splitlines():
@@ -107,7 +91,7 @@ def run_arm(arm: str, seed: int, preset: str, budget_tokens: float, cache: Cache
             say: Callable[[str], None] = print) -> dict[str, Any]:
     """One seeded search until ``budget_tokens`` training tokens are spent."""
     optimizer, pruner = ARMS[arm]
-    conf = study_config(preset, optimizer, seed)
+    conf = study_config(PRESETS[preset], optimizer, seed, budget=10_000)  # the token budget stops it
     study = optuna.create_study(direction="minimize", pruner=make_pruner(pruner or "none", ASHA if pruner else {}))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -242,7 +226,7 @@ def main(argv: Sequence[str] | None = None, blackbox: Blackbox | None = lora_cur
         torch.set_num_threads(args.threads)
     cache = Cache(args.cache)
     # Every full trial trains on the same examples in the same order: measure one for its cost.
-    conf = study_config(args.preset, "nomad", 0)
+    conf = study_config(PRESETS[args.preset], "nomad", 0, budget=1)
     x0_params = conf.space.x0() or {}
     x0 = trial_config(conf, x0_params)
     point = cache.get(config_key(x0))
