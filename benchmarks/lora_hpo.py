@@ -113,9 +113,11 @@ class Cache:
     missing here is looked for again among the lines others appended since.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, prefer: Callable[[dict[str, Any], dict[str, Any]], bool] | None = None) -> None:
         self.path = path
         self.points: dict[str, dict[str, Any]] = {}
+        # prefer(new, old): whether a later line for a key replaces the one kept (default: never).
+        self._prefer = prefer or (lambda new, old: False)
         self._offset = 0
         self._read_new()
 
@@ -135,14 +137,15 @@ class Cache:
         for line in complete.decode().splitlines():
             if line.strip():
                 point = json.loads(line)
-                self.points.setdefault(point["key"], point)  # the first measurement stands
+                old = self.points.get(point["key"])
+                if old is None or self._prefer(point, old):  # else the first measurement stands
+                    self.points[point["key"]] = point
 
     def add(self, point: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as f:  # one write of one line: appends from several processes do not mix
             f.write(json.dumps(point, sort_keys=True) + "\n")
         self._read_new()
-        self.points.setdefault(point["key"], point)
 
 
 def lora_blackbox(trial: dict[str, Any]) -> dict[str, Any]:

@@ -12,11 +12,13 @@ that many full trials; ``nomad-asha`` and ``tpe-asha`` run trials under Optuna's
 stopped trial costs only the tokens it trained on.
 
 Training is deterministic, so a trial stopped at step s has exactly the first s steps of the
-same trial run to the end. Each configuration is therefore trained once, to the end, and its
-whole learning curve (validation loss and training tokens at every evaluation) is cached in
-``results/multifidelity_cache.jsonl`` (committed; when and where each was measured); the pruned
-arms replay the curve up to where their pruner stops it. Validation time is not counted in
-the budget (the same for every arm per evaluation).
+same trial run to the end. Each configuration is trained as far as a pruner let it go, and its
+learning curve (validation loss and training tokens at every evaluation) is cached in
+``results/multifidelity_cache.jsonl`` (committed; when and where each was measured). A run that
+meets a cached configuration replays its curve; only if its pruner lets the trial go further
+than the cached curve is the configuration trained again, further (a longer curve replaces a
+shorter one). Validation time is not counted in the budget (the same for every arm per
+evaluation).
 
 Reported per arm: the best final validation loss of a complete trial against training tokens
 consumed (median and spread over seeds), and the tokens each run needed to come within 0.5% of
@@ -62,29 +64,41 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-#: Trains one trial config to the end: status, value, duration_s and ``curve`` [[step, loss, tokens], ...].
-Blackbox = Callable[[dict[str, Any]], dict[str, Any]]
+#: Stop rule of a trial being measured: ``stop(step, loss, tokens)``, True to stop it there.
+Stop = Callable[[int, float, float], bool]
+#: Trains one trial config until ``stop`` says so or to the end: status (complete, failed or
+#: stopped), value, duration_s and ``curve`` [[step, loss, tokens so far], ...].
+Blackbox = Callable[[dict[str, Any], Stop], dict[str, Any]]
 
 
-def lora_curve_blackbox(trial: dict[str, Any]) -> dict[str, Any]:
-    """Train one config to the end in this process; its validation curve with tokens so far."""
+def lora_curve_blackbox(trial: dict[str, Any], stop: Stop) -> dict[str, Any]:
+    """Train one config in this process, asking ``stop`` at each validation."""
     from lorahpo.finetune.config import LoraTrialConfig
     from lorahpo.finetune.train import run_trial
 
     trial_dir = trial_folder(trial)
-    result = run_trial(LoraTrialConfig.model_validate(trial), trial_dir)
-    tokens = {}
-    for line in (trial_dir / "train_log.jsonl").read_text().splitlines():
-        entry = json.loads(line)
-        if "tokens" in entry:
-            tokens[entry["step"]] = entry["tokens"]
+    tokens: dict[int, float] = {}
+
+    def reporter(step: int, value: float) -> bool:
+        for line in (trial_dir / "train_log.jsonl").read_text().splitlines():  # line-buffered as it trains
+            entry = json.loads(line)
+            if "tokens" in entry:
+                tokens[entry["step"]] = entry["tokens"]
+        return stop(step, value, tokens[step])
+
+    result = run_trial(LoraTrialConfig.model_validate(trial), trial_dir, reporter=reporter)
     return {
-        "status": result.status,
+        "status": "stopped" if result.status == "pruned" else result.status,
         "value": result.metrics.get("validation_loss") if result.status == "complete" else None,
         "reason": result.reason,
         "duration_s": result.duration_s,
         "curve": [[step, value, tokens[step]] for step, value in result.intermediate],
     }
+
+
+def _longer(new: dict[str, Any], old: dict[str, Any]) -> bool:
+    """A finished measurement beats a stopped one, a longer curve a shorter one."""
+    return (new["status"] != "stopped", len(new["curve"])) > (old["status"] != "stopped", len(old["curve"]))
 
 
 def run_arm(arm: str, seed: int, preset: str, budget_tokens: float, cache: Cache, blackbox: Blackbox | None,
@@ -106,26 +120,38 @@ def run_arm(arm: str, seed: int, preset: str, budget_tokens: float, cache: Cache
             trial = study.ask(dists)
             tc = trial_config(conf, trial.params)
             key = config_key(tc)
-            point = cache.get(key)
-            if point is None:
-                if blackbox is None:
-                    raise LookupError(f"{arm} seed {seed}: {trial.params} was never measured")
-                point = {"key": key, "params": trial.params, **blackbox(tc), "measured_at": machine()}
-                cache.add(point)
-            status, used = point["status"], 0.0
-            for step, value, tokens in point["curve"]:
-                used = tokens
+            reported: dict[int, float] = {}  # step -> tokens
+
+            def prune(step: int, value: float, tokens: float) -> bool:
+                if step in reported:
+                    return False  # replayed from the cache already
+                reported[step] = tokens
                 trial.report(value, step)
-                if pruner and step < point["curve"][-1][0] and trial.should_prune():
-                    status = "pruned"
-                    break
+                return pruner is not None and trial.should_prune()
+
+            point = cache.get(key)
+            status, used = None, 0.0
+            if point is not None:  # replay the cached curve; a finished trial cannot stop at its last step
+                last = point["curve"][-1][0] if point["curve"] else None
+                for step, value, tokens in point["curve"]:
+                    if prune(step, value, tokens) and (point["status"] == "stopped" or step != last):
+                        status, used = "pruned", tokens
+                        break
+            if status is None and (point is None or point["status"] == "stopped"):
+                if blackbox is None:
+                    raise LookupError(f"{arm} seed {seed}: {trial.params} was not measured far enough")
+                cache.add({"key": key, "params": trial.params, **blackbox(tc, prune), "measured_at": machine()})
+                point = cache.get(key)
+                if point["status"] == "stopped":
+                    status, used = "pruned", point["curve"][-1][2]
+            if status is None:
+                status, used = point["status"], (point["curve"][-1][2] if point["curve"] else 0.0)
             if status == "complete":
                 study.tell(trial, point["value"])
                 best = point["value"] if best is None else min(best, point["value"])
             elif status == "pruned":
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             else:
-                used = point["curve"][-1][2] if point["curve"] else 0.0
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
             spent += used
             trace.append((spent, best))
@@ -224,7 +250,7 @@ def main(argv: Sequence[str] | None = None, blackbox: Blackbox | None = lora_cur
         import torch
 
         torch.set_num_threads(args.threads)
-    cache = Cache(args.cache)
+    cache = Cache(args.cache, prefer=_longer)
     # Every full trial trains on the same examples in the same order: measure one for its cost.
     conf = study_config(PRESETS[args.preset], "nomad", 0, budget=1)
     x0_params = conf.space.x0() or {}
@@ -233,8 +259,8 @@ def main(argv: Sequence[str] | None = None, blackbox: Blackbox | None = lora_cur
     if point is None:
         if args.replay or blackbox is None:
             raise LookupError("the starting point was never measured")
-        point = {"key": config_key(x0), "params": x0_params, **blackbox(x0), "measured_at": machine()}
-        cache.add(point)
+        cache.add({"key": config_key(x0), "params": x0_params, **blackbox(x0, lambda *_: False), "measured_at": machine()})
+        point = cache.get(config_key(x0))
     budget_tokens = args.full_budget * point["curve"][-1][2]
     start = time.perf_counter()
     runs = [run_arm(arm, seed, args.preset, budget_tokens, cache, None if args.replay else blackbox)

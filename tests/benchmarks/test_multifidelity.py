@@ -1,5 +1,7 @@
 """``benchmarks/multifidelity.py`` on synthetic learning curves: budgets, pruning, exact replay."""
 
+import json
+
 import pytest
 
 from lorahpo.toys import lora_surface
@@ -17,11 +19,15 @@ def bench(load_benchmark):
 def curves(calls):
     """Curves falling by the same amount to lora_surface's value: they never cross."""
 
-    def blackbox(trial):
+    def blackbox(trial, stop):
         calls.append(trial)
         params = {**trial["lora"], "learning_rate": trial["training"]["learning_rate"]}
         final = lora_surface(params)["validation_loss"]
-        curve = [[s, final + 1.0 - s / STEPS, s * TOKENS_PER_STEP] for s in range(4, STEPS + 1, 4)]
+        curve = []
+        for s in range(4, STEPS + 1, 4):
+            curve.append([s, final + 1.0 - s / STEPS, s * TOKENS_PER_STEP])
+            if stop(*curve[-1]) and s < STEPS:
+                return {"status": "stopped", "value": None, "reason": None, "duration_s": s / STEPS, "curve": curve}
         return {"status": "complete", "value": curve[-1][1], "reason": None, "duration_s": 1.0, "curve": curve}
 
     return blackbox
@@ -46,7 +52,23 @@ def test_arms_share_a_token_budget_and_replay_exactly(bench, tmp_path):
     assert set(summary) == {"nomad-full", "nomad-asha", "tpe-asha"}
     assert all(f is not None and f <= 1.0 for f in summary["nomad-full"]["fraction_to_target"])
 
+    # Configurations are trained only as far as a pruner let them go; one is trained again only
+    # when a later run lets it go further than its cached curve.
+    cache = [json.loads(line) for line in (tmp_path / "c.jsonl").read_text().splitlines()]
+    assert len(calls) == len(cache)
+    by_key = {}
+    for p in cache:
+        by_key.setdefault(p["key"], []).append(p)
+    for measurements in by_key.values():
+        assert all(m["status"] == "stopped" for m in measurements[:-1])
+        assert [len(m["curve"]) for m in measurements] == sorted({len(m["curve"]) for m in measurements})
+    stopped = [p for p in cache if p["status"] == "stopped"]
+    assert len(stopped) > len(cache) / 2 and all(len(p["curve"]) < STEPS // 4 for p in stopped)
+
     again = bench.main([*args, "--replay"], blackbox=None)
     assert [r["trace"] for r in again["runs"]] == [r["trace"] for r in result["runs"]]
+    # Without pruning, a stopped configuration has to be trained further: replay alone refuses.
+    with pytest.raises(LookupError, match="not measured far enough"):
+        bench.main([*args, "--arms", "nomad-full", "tpe-asha", "--seeds", "5", "--replay"], blackbox=None)
     assert "| nomad-asha |" in (tmp_path / "r.md").read_text()
     assert (tmp_path / "r.png").stat().st_size > 10_000
