@@ -66,3 +66,11 @@ def test_trial_seeding_is_reproducible_and_skips_interrupted_trials(name):
     c = _run(make_sampler(name, SPACE, seed=3), 14, interrupt_at=5)
     assert a == b == c
     assert a != _run(make_sampler(name, SPACE, seed=4), 14)
+
+
+@pytest.mark.parametrize("name", ["tpe", "random"])
+def test_different_seeds_give_unrelated_sequences(name):
+    # Not the same points shifted: per-trial seeds of seed 0 and seed 2 must not coincide.
+    a = _run(make_sampler(name, SPACE, seed=0), 12)
+    b = _run(make_sampler(name, SPACE, seed=2), 12)
+    assert not any(p in a for p in b)
