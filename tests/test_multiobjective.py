@@ -40,15 +40,16 @@ def front_distances(study):
     return points, np.min(np.linalg.norm(points[:, None, :] - FRONT[None, :, :], axis=2), axis=1)
 
 
-@pytest.mark.parametrize("optimizer, budget", [("nomad", 200), ("nsga2", 600)])
-def test_a_known_pareto_front_is_recovered(optimizer, budget):
+# Tolerances from seeds 0-3: median distance NOMAD 0.003-0.010, NSGA-II 0.033-0.062.
+@pytest.mark.parametrize("optimizer, budget, median", [("nomad", 200, 0.03), ("nsga2", 600, 0.1)])
+def test_a_known_pareto_front_is_recovered(optimizer, budget, median):
     sampler = make_sampler(optimizer, XY, x0={"x": 4.0, "y": -4.0}, seed=0, n_objectives=2)
     study = run_in_process(sampler, budget, ["minimize", "minimize"])
     points, distance = front_distances(study)
     assert len(points) >= 10
     # The non-dominated points found lie on the true front (objective units; the front spans
     # 0..8); a few near its steep ends may still be off it ...
-    assert np.median(distance) < 0.05 and np.quantile(distance, 0.8) < 0.3
+    assert np.median(distance) < median and np.quantile(distance, 0.8) < 3 * median
     # ... and they cover it, from near one end to near the other.
     assert points[:, 0].min() < 0.5 and points[:, 1].min() < 0.5
 
