@@ -322,17 +322,19 @@ def plot(result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for row in result["summary"]:
-        xs = [n + 1 for n, q in enumerate(row["curve"]) if q is not None]
-        qs = [q for q in row["curve"] if q is not None]
-        (line,) = ax.plot(xs, [q[1] for q in qs], label=f"{row['optimizer']} (median of {len(row['seeds'])})")
-        ax.fill_between(xs, [q[0] for q in qs], [q[2] for q in qs], alpha=0.2, color=line.get_color())
-    ax.set_xlabel("evaluation")
-    ax.set_ylabel("best validation loss so far")
-    ax.set_title(f"LoRA HPO on smollm2-135m, preset {result['config']['preset']}")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, first in zip(axes, (1, 5), strict=True):  # the whole search, then from evaluation 5 on
+        for row in result["summary"]:
+            xs = [n + 1 for n, q in enumerate(row["curve"]) if q is not None and n + 1 >= first]
+            qs = [row["curve"][x - 1] for x in xs]
+            (line,) = ax.plot(xs, [q[1] for q in qs], label=f"{row['optimizer']} (median of {len(row['seeds'])})")
+            ax.fill_between(xs, [q[0] for q in qs], [q[2] for q in qs], alpha=0.2, color=line.get_color())
+        ax.set_xlabel("evaluation")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("best validation loss so far (median, quartiles)")
+    axes[0].set_title(f"LoRA HPO on smollm2-135m, preset {result['config']['preset']}")
+    axes[1].set_title("from evaluation 5 on")
+    axes[0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
