@@ -160,3 +160,18 @@ def test_nomad_sees_an_unset_constraint_as_violated():
     trial.set_constraint("mem", -3.0)
     assert sampler._nomad_value(study, trial, trial.state, trial.values) == (1.0, -3.0)
     assert "BB_OUTPUT_TYPE OBJ PB" in sampler.nomad_problem()[3]
+
+
+def test_the_progress_line_never_calls_an_infeasible_trial_best(tmp_path, capsys):
+    from lorahpo.progress import Progress
+    from lorahpo.study import TrialRecord
+
+    def record(number, value, size):
+        return TrialRecord(number, "complete", {}, value, None, {"value": value, "size": size}, None, None, tmp_path)
+
+    conf = study_config(constraints={"size": 3.0})
+    bar = Progress(3, 0, None, "minimize", conf.feasible)
+    for r in (record(0, 5.0, 1.0), record(1, 0.5, 4.0), record(2, 4.0, 2.0)):
+        bar("finish", r)
+    assert bar.best.number == 2
+    assert "trial 1: 0.5 (over a constraint)" in capsys.readouterr().err

@@ -112,7 +112,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(f"study {study_dir} · {conf.optimizer} · budget {conf.budget} · parallel {conf.parallel}", file=sys.stderr)
     signal.signal(signal.SIGTERM, _raise_interrupt)  # `kill` stops as cleanly as Ctrl-C
     best = study.best(1)
-    with Progress(conf.budget, study.finished_count(), best[0] if best else None, conf.objective.direction) as bar:
+    with Progress(conf.budget, study.finished_count(), best[0] if best else None, conf.objective.direction, conf.feasible) as bar:
         summary = study.run(on_event=bar)
     metric = conf.objective.metric_name
     if summary.stopped == "interrupted":

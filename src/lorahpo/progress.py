@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console, Group
@@ -25,13 +26,21 @@ def _fmt(v: Any) -> str:
 class Progress:
     """Receives study events; draws a live panel on a terminal, plain lines elsewhere."""
 
-    def __init__(self, budget: int, finished: int, best: TrialRecord | None, direction: str) -> None:
+    def __init__(
+        self,
+        budget: int,
+        finished: int,
+        best: TrialRecord | None,
+        direction: str,
+        feasible: Callable[[dict[str, float]], bool] = lambda metrics: True,
+    ) -> None:
         self.console = Console(stderr=True)
         self.budget = budget
         self.finished = finished
         self.failures = 0
         self.best = best
         self.direction = direction
+        self.feasible = feasible  # whether a trial's metrics meet the study's constraints
         self.running: dict[int, tuple[TrialRecord, float]] = {}
         self.durations: list[float] = []
         self._live: Live | None = None
@@ -54,13 +63,14 @@ class Progress:
         _, started = self.running.pop(record.number, (record, time.monotonic()))
         self.durations.append(time.monotonic() - started)
         self.finished += 1
+        feasible = self.feasible(record.metrics)
         if record.status != "complete":
             self.failures += 1
-        elif self.best is None or self._better(record.value, self.best.value):
+        elif feasible and (self.best is None or self._better(record.value, self.best.value)):
             self.best = record
         if self._live is None:
             value = f"{record.value:.6g}" if record.value is not None else record.status
-            why = f" ({record.reason})" if record.reason else ""
+            why = f" ({record.reason})" if record.reason else ("" if feasible else " (over a constraint)")
             print(
                 f"[{self.finished}/{self.budget}] trial {record.number}: {value}{why} | {fmt_params(record.params)}"
                 f" | best {self._best_text()} | ETA {self._eta()}",
