@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from collections.abc import Sequence
 from typing import Any
 
 from optuna.distributions import (
@@ -12,8 +13,6 @@ from optuna.distributions import (
     FloatDistribution,
     IntDistribution,
 )
-from collections.abc import Sequence
-
 from optuna.samplers import BaseSampler, GridSampler, NSGAIISampler, RandomSampler, TPESampler
 
 from lorahpo.samplers.seeded import TrialSeededSampler
@@ -88,8 +87,7 @@ def make_sampler(
         return TrialSeededSampler(lambda _: GridSampler(grid, seed=seed), seed)
     if ":" in name or "." in name:
         cls = _import(name)
-        accepted = inspect.signature(cls).parameters
-        if "seed" in accepted:
+        if "seed" in inspect.signature(cls).parameters:
             options.setdefault("seed", seed)
         _check_kwargs(cls, options, name, reserved=())
         return cls(**options)
