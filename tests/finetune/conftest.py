@@ -1,9 +1,8 @@
 """Fixtures of the blackbox tests: a tiny model and tokenizers built in code, no hub needed."""
 
 import pytest
-import torch
 
-from .tiny import make_tiny
+from .tiny import make_tiny, one_torch_thread
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<eos>\n{% endfor %}"
@@ -35,11 +34,8 @@ def data_tokenizer():
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
-    """Tiny matrices run fastest on one thread, which also keeps other processes' load out."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

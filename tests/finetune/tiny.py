@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,19 @@ from lorahpo.finetune.config import LoraTrialConfig
 
 COLOURS = ["red", "blue", "green", "yellow", "black", "white", "orange", "purple"]
 THINGS = ["sky", "grass", "sun", "coal", "snow", "carrot", "plum", "leaf"]
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Tiny matrices run fastest on one thread, which also keeps other processes' load out."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def instruction_rows(n: int = 48) -> list[dict[str, str]]:
