@@ -13,11 +13,15 @@ if ! "$VPY" -c "import torch" 2>/dev/null; then
   "$VPY" -m pip install --quiet --disable-pip-version-check torch==2.13.0
 fi
 if [ "${1:-}" = "--test" ]; then
-  "$VPY" -m pip install --quiet --disable-pip-version-check -e '.[lora,web,eval,report,bench,test]'
-  # The browser test drives Debian's Chromium (no browser download); skipped where it is absent.
-  if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-      || echo "setup.sh: could not install chromium; the browser test will be skipped" >&2
+  "$VPY" -m pip install --quiet --disable-pip-version-check -e '.[lora,web,eval,report,bench,cluster,test]'
+  # The browser test drives Debian's Chromium (no browser download); the shared-store tests start
+  # a PostgreSQL server of Debian's packages in a temporary folder. Skipped where absent (outside CI).
+  missing=()
+  [ -x /usr/bin/chromium ] || missing+=(chromium)
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing+=(postgresql)
+  if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null) \
+      || echo "setup.sh: could not install ${missing[*]}; their tests will be skipped" >&2
   fi
 else
   "$VPY" -m pip install --quiet --disable-pip-version-check -e '.[lora,web,eval,report]'

@@ -39,3 +39,21 @@ def metrics(p):
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     return "testobj"
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """URL of a PostgreSQL server started for this test session (see servers.py)."""
+    from servers import postgres
+
+    with postgres() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def ray_address():
+    """Address of a local Ray cluster started for this test session (see servers.py)."""
+    from servers import ray_cluster
+
+    with ray_cluster() as address:
+        yield address

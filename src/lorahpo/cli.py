@@ -50,8 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--budget", type=int, help="finished evaluations in the study, across runs")
     t.add_argument("--parallel", type=int, help="trials run at once")
     t.add_argument("--seed", type=int, help="optimizer seed")
+    _add_run_arguments(t)
     t.add_argument("--new", action="store_true", help="start over if the folder holds a different study")
     t.set_defaults(func=cmd_tune)
+
+    w = sub.add_parser("worker", help="join a study in a shared store and run its trials beside other workers",
+                       description=_WORKER_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    w.add_argument("config", help="study YAML (the same file on every worker)")
+    w.add_argument("--storage", help="shared store URL, e.g. postgresql://user@host/db (default: the config's `storage`)")
+    w.add_argument("--study-dir", help="this worker's folder for trial files (default: runs/<config name>)")
+    w.add_argument("--parallel", type=int, help="trials this worker runs at once")
+    _add_run_arguments(w)
+    w.set_defaults(func=cmd_worker)
 
     s = sub.add_parser("status", help="every trial of a study, in order")
     s.add_argument("study_dir")
@@ -93,23 +103,71 @@ examples:
 """
 
 
+_WORKER_HELP = """\
+Run trials of a study whose store is shared (PostgreSQL, or SQLite on one machine) until the
+store holds the budget. Start as many workers as you like, on any machines; each asks the store
+for its next trial, so they never evaluate the same trial twice. A worker killed mid-trial
+leaves that trial to be taken as interrupted after 30 s, and the budget to the others.
+
+Only optimizers whose state lives in the store can be shared: tpe, nsga2, random, grid (and
+Optuna samplers). NOMAD keeps its state in one process: run one `lorahpo tune` with
+`--executor ray` to spread its trials instead.
+
+example:
+  lorahpo worker study.yaml --storage postgresql://lorahpo@db-host/lorahpo --parallel 2
+"""
+
+
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--executor", choices=["local", "ray"], help="where trials run (default: local subprocesses)")
+    p.add_argument("--ray-address", help="Ray cluster of the ray executor: auto, HOST:PORT or ray://HOST:PORT")
+
+
 def default_config_path() -> Path:
     return Path(str(resources.files("lorahpo") / "defaults" / "default.yaml"))
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from lorahpo import config as cfg
+
+    path = Path(args.config) if args.config else default_config_path()
+    overrides = {"optimizer": args.optimizer, "budget": args.budget, "seed": args.seed}
+    conf = cfg.load(path, {**overrides, **_run_overrides(args)})
+    study_dir = Path(args.study_dir or Path("runs") / (path.stem if args.config else "default"))
+    return _run_study(conf, study_dir, new=args.new)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from lorahpo import config as cfg
+
+    path = Path(args.config)
+    conf = cfg.load(path, {"storage": args.storage, **_run_overrides(args)})
+    if conf.storage is None:
+        raise cfg.ConfigError("a worker needs a shared store: set `storage:` in the config or give --storage URL")
+    if conf.optimizer == "nomad":
+        raise cfg.ConfigError(
+            "nomad keeps its state in one process and cannot be shared by workers; "
+            "run one `lorahpo tune --executor ray` to spread its trials"
+        )
+    return _run_study(conf, Path(args.study_dir or Path("runs") / path.stem), new=False)
+
+
+def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {"parallel": args.parallel, "executor": args.executor}
+    if args.ray_address:
+        out["ray"] = {"address": args.ray_address}
+    return out
+
+
+def _run_study(conf: Any, study_dir: Path, *, new: bool) -> int:
     from lorahpo.progress import Progress, fmt_params
     from lorahpo.study import Study
 
-    path = Path(args.config) if args.config else default_config_path()
-    overrides = {"optimizer": args.optimizer, "budget": args.budget, "parallel": args.parallel, "seed": args.seed}
-    conf = cfg.load(path, overrides)
-    study_dir = Path(args.study_dir or Path("runs") / (path.stem if args.config else "default"))
     if conf.objective.lora is not None:
         _prepare_lora(conf)
-    study = Study.open(study_dir, conf, new=args.new)
-    print(f"study {study_dir} · {conf.optimizer} · budget {conf.budget} · parallel {conf.parallel}", file=sys.stderr)
+    study = Study.open(study_dir, conf, new=new)
+    where = f" · {conf.executor}" if conf.executor != "local" else ""
+    print(f"study {study_dir} · {conf.optimizer} · budget {conf.budget} · parallel {conf.parallel}{where}", file=sys.stderr)
     signal.signal(signal.SIGTERM, _raise_interrupt)  # `kill` stops as cleanly as Ctrl-C
     best = study.best(1)
     with Progress(conf.budget, study.finished_count(), best[0] if best else None, conf.objective.direction, conf.feasible) as bar:

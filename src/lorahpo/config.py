@@ -20,7 +20,7 @@ from lorahpo.space import SpaceSpec
 VIOLATED = 1e30
 
 #: Fields that may change between runs of one study without making it a different study.
-RUN_FIELDS = ("budget", "parallel", "trial_timeout", "executor", "keep_adapters")
+RUN_FIELDS = ("budget", "parallel", "trial_timeout", "executor", "ray", "keep_adapters")
 
 
 class ConfigError(ValueError):
@@ -29,6 +29,23 @@ class ConfigError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class RayOptions(_Strict):
+    """How trials run on a Ray cluster (``executor: ray``); see docs/parallel.md."""
+
+    address: str | None = Field(
+        None, description="Cluster to join: `auto`, HOST:PORT or ray://HOST:PORT (default: a Ray started on this machine)."
+    )
+    num_cpus: float = Field(1, gt=0, description="CPU cores each trial holds (also its torch threads on a CPU).")
+    num_gpus: float = Field(0, ge=0, description="GPUs each trial holds; a fraction shares a GPU between trials.")
+    max_retries: int = Field(
+        0, ge=0, description="Times a trial lost with its Ray worker or node runs again before it counts as failed."
+    )
+    runtime_env: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Ray runtime environment of the trials, e.g. `{working_dir: .}` to ship your objective's code.",
+    )
 
 
 class StudyConfig(_Strict):
@@ -46,7 +63,10 @@ class StudyConfig(_Strict):
     budget: int = Field(20, ge=1, description="Finished evaluations in the study, across all runs.")
     parallel: int = Field(1, ge=1, description="Trials run at once.")
     trial_timeout: float | None = Field(None, gt=0, description="Seconds before a trial is killed (timeout).")
-    executor: Literal["local"] = Field("local", description="Where trials run: local subprocesses.")
+    executor: Literal["local", "ray"] = Field(
+        "local", description="Where trials run: `local` subprocesses, or `ray` tasks on a Ray cluster (docs/parallel.md)."
+    )
+    ray: RayOptions = Field(default_factory=RayOptions, description="Options of the `ray` executor.")
     keep_adapters: int = Field(
         3, ge=0, description="LoRA studies keep the adapters of this many best trials (and of the start point)."
     )
@@ -63,6 +83,8 @@ class StudyConfig(_Strict):
             self.make_sampler()
         except (ValueError, TypeError) as e:
             raise ValueError(f"optimizer: {e}") from None
+        if self.executor == "ray" and self.pruner != "none":
+            raise ValueError("pruner: early stopping runs on the local executor only (trials on Ray report no intermediate values)")
         if self.objective.secondary and self.pruner != "none":
             raise ValueError("pruner: early stopping needs a single objective (Optuna prunes single-objective studies only)")
         from lorahpo.pruners import make_pruner
@@ -90,6 +112,7 @@ class StudyConfig(_Strict):
             options=self.optimizer_options,
             n_objectives=len(self.objective.metric_names),
             constraints=list(self.constraints),
+            shared=self.storage is not None,
         )
 
     def constraint_values(self, metrics: dict[str, float]) -> dict[str, float]:
@@ -136,5 +159,9 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> StudyConf
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}:{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
     if isinstance(data, dict):
-        data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        for k, v in (overrides or {}).items():
+            if isinstance(v, dict) and isinstance(data.get(k), dict):
+                data[k] = {**data[k], **v}
+            elif v is not None:
+                data[k] = v
     return parse(data, str(path))

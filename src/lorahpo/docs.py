@@ -47,7 +47,7 @@ def section(title: str, model: type[BaseModel], skip_sections: bool = False) -> 
 
 
 def reference() -> str:
-    from lorahpo.config import StudyConfig
+    from lorahpo.config import RayOptions, StudyConfig
     from lorahpo.finetune import config as ft
     from lorahpo.objectives import ObjectiveSpec
     from lorahpo.space import ParamSpec, SpaceSpec
@@ -55,6 +55,7 @@ def reference() -> str:
     parts = [
         _INTRO,
         section("Study (top level)", StudyConfig),
+        section("ray", RayOptions),
         section("space", SpaceSpec),
         section("space.params.NAME", ParamSpec),
         section("objective", ObjectiveSpec),

@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
@@ -24,12 +25,16 @@ from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from lorahpo import config as cfg
-from lorahpo.executors import LocalExecutor, TrialTask
+from lorahpo.executors import Executor, TrialTask, make_executor
 from lorahpo.pruners import IntermediateReader, make_pruner
 from lorahpo.result import TrialResult
 from lorahpo.samplers.nomad import INTERRUPTED_ATTR, NomadSampler
 
 CONFIG_FILE = "config.yaml"
+#: With a shared store, each process marks its running trials alive this often (seconds);
+#: a trial not marked for ``GRACE_S`` belongs to a process that died, and is interrupted.
+HEARTBEAT_S = 5
+GRACE_S = 30
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 _STATE_STATUS = {TrialState.COMPLETE: "complete", TrialState.FAIL: "failed", TrialState.PRUNED: "pruned"}
 
@@ -134,11 +139,14 @@ class Study:
         return self.config.storage or f"sqlite:///{(self.directory / 'study.db').resolve()}"
 
     @property
+    def shared(self) -> bool:
+        """Whether other processes may run trials of this study (an explicit storage URL)."""
+        return self.config.storage is not None
+
+    @property
     def optuna_study(self) -> optuna.Study:
         if self._optuna is None:
-            storage = optuna.storages.RDBStorage(
-                self.storage_url, engine_kwargs={"connect_args": {"timeout": 60}} if self.storage_url.startswith("sqlite") else {}
-            )
+            storage = self._open_storage()
             self._optuna = optuna.create_study(
                 study_name=self.config.name,
                 storage=storage,
@@ -146,6 +154,20 @@ class Study:
                 load_if_exists=True,
             )
         return self._optuna
+
+    def _open_storage(self) -> optuna.storages.RDBStorage:
+        heartbeat = {"heartbeat_interval": HEARTBEAT_S, "grace_period": GRACE_S} if self.shared else {}
+        engine = {"connect_args": {"timeout": 60}} if self.storage_url.startswith("sqlite") else {}
+        for attempt in range(5):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats
+                    return optuna.storages.RDBStorage(self.storage_url, engine_kwargs=engine, **heartbeat)
+            except Exception:  # workers starting together race to create the tables: the loser retries
+                if attempt == 4 or not self.shared:
+                    raise
+                time.sleep(0.5 + attempt)
+        raise AssertionError("unreachable")
 
     # ------------------------------------------------------------------ reading
 
@@ -202,26 +224,42 @@ class Study:
         ``on_event(kind, payload)`` reports progress: ``("start", TrialRecord)`` and
         ``("finish", TrialRecord)``. Ctrl-C (KeyboardInterrupt) ends running trials, marks them
         interrupted and returns; the next run resumes.
+
+        With a shared store, other processes may run trials of the same study at once: the
+        budget counts their running trials too, and only trials whose process stopped marking
+        them alive (for ``GRACE_S`` seconds) are taken as interrupted.
         """
         notify = on_event or (lambda kind, payload: None)
         conf = self.config
         study = self.optuna_study
-        self._mark_interrupted(state_filter=(TrialState.RUNNING,))
+        if self.shared:
+            self._interrupt_stale()
+        else:
+            self._mark_interrupted(state_filter=(TrialState.RUNNING,))
         dists = conf.space.distributions()
         sampler = attach_sampler(study, conf)
         study.pruner = make_pruner(conf.pruner, conf.pruner_options)
         pruning = conf.pruner != "none"
         readers: dict[int, IntermediateReader] = {}
-        executor = LocalExecutor(conf.parallel)
+        executor = make_executor(conf)
         running: dict[Future[TrialResult], Trial] = {}
-        start, new, stopped = time.monotonic(), 0, "budget"
+        start, new, stopped, alive_at = time.monotonic(), 0, "budget", 0.0
         try:
             while True:
-                finished = self.finished_count()
-                while len(running) < conf.parallel and finished + len(running) < conf.budget:
+                if self.shared and time.monotonic() - alive_at > HEARTBEAT_S / 2:
+                    self._keep_alive(running.values())
+                    alive_at = time.monotonic()
+                finished, elsewhere = self._census({t.number for t in running.values()})
+                while len(running) < conf.parallel and finished + elsewhere + len(running) < conf.budget:
                     if isinstance(sampler, NomadSampler) and not sampler.ready(study):
                         break  # NOMAD waits for running trials, or has nothing left
-                    trial = study.ask(dists)
+                    with warnings.catch_warnings():
+                        warnings.filterwarnings("ignore", message="Heartbeat of storage")
+                        trial = study.ask(dists)
+                    if self.shared:
+                        study._storage.record_heartbeat(trial._trial_id)
+                        if self._surplus(trial):
+                            break
                     task = TrialTask(
                         trial.number,
                         dict(trial.params),
@@ -235,9 +273,12 @@ class Study:
                     new += 1
                     notify("start", self._record(study._storage.get_trial(trial._trial_id)))
                 if not running:
-                    if finished < conf.budget:
+                    if self.finished_count() < conf.budget and not elsewhere:
                         stopped = "exhausted"
-                    break
+                    if not elsewhere:
+                        break
+                    time.sleep(1.0)  # trials of other processes may yet fail and leave budget
+                    continue
                 done, _ = wait(list(running), timeout=0.05 if pruning else 1.0, return_when=FIRST_COMPLETED)
                 for fut, trial in running.items():
                     if fut not in done:
@@ -246,7 +287,10 @@ class Study:
                     trial = running.pop(fut)
                     result = fut.result()
                     result.intermediate += readers.pop(trial.number).new()  # reported just before the end
-                    record = self._tell(trial, result)
+                    try:
+                        record = self._tell(trial, result)
+                    except optuna.exceptions.UpdateFinishedTrialError:
+                        continue  # another process took it for dead and interrupted it
                     notify("finish", record)
                 if done and conf.objective.lora is not None:
                     self._prune_adapters()
@@ -271,7 +315,45 @@ class Study:
             x0=self.x0_record(),
         )
 
-    def _watch(self, trial: Trial, reader: IntermediateReader, executor: LocalExecutor) -> None:
+    def _census(self, own: set[int]) -> tuple[int, int]:
+        """Finished evaluations in the store, and trials running in other processes."""
+        records = self.records()
+        finished = sum(r.status not in ("running", "interrupted") for r in records)
+        return finished, sum(r.status == "running" and r.number not in own for r in records)
+
+    def _surplus(self, trial: Trial) -> bool:
+        """With a shared store: drop ``trial`` if, counted by number, it falls past the budget.
+
+        Processes asking at the same moment can together ask more trials than the budget
+        leaves; the store numbers trials in order, so the first ``budget`` trials (interrupted
+        ones aside) run and the rest are recorded as interrupted, never run.
+        """
+        before = [r for r in self.records() if r.number < trial.number and r.status != "interrupted"]
+        if len(before) < self.config.budget:
+            return False
+        study = self.optuna_study
+        study._storage.set_trial_system_attr(trial._trial_id, INTERRUPTED_ATTR, True)
+        trial.set_user_attr("reason", "not run: other processes had already taken the budget")
+        study.tell(trial, state=TrialState.FAIL)
+        return True
+
+    def _keep_alive(self, trials: Any) -> None:
+        """Mark this process's running trials alive; interrupt trials of processes that died."""
+        storage = self.optuna_study._storage
+        for trial in trials:
+            storage.record_heartbeat(trial._trial_id)
+        self._interrupt_stale()
+
+    def _interrupt_stale(self) -> None:
+        study = self.optuna_study
+        for trial_id in study._storage._get_stale_trial_ids(study._study_id):
+            try:
+                study._storage.set_trial_system_attr(trial_id, INTERRUPTED_ATTR, True)
+                study._storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # finished meanwhile, or another process was first
+
+    def _watch(self, trial: Trial, reader: IntermediateReader, executor: Executor) -> None:
         """Record a running trial's new intermediate values; stop it if the pruner says so."""
         reports = reader.new()
         if not reports:
@@ -333,14 +415,16 @@ def _dominates(a: list[float], b: list[float]) -> bool:
 def attach_sampler(study: optuna.Study, conf: cfg.StudyConfig) -> BaseSampler:
     """Give ``study`` the optimizer of ``conf`` and return it.
 
-    Every optimizer starts from the space's x0 when it has one: NOMAD as its X0, TPE and
-    random as the first trial of a new study (a grid has its own points).
+    Every optimizer starts from the space's x0 when it has one: NOMAD as its X0, TPE, NSGA-II
+    and random as their trial of index 0, another Optuna sampler as the first trial of a new
+    study (a grid has its own points).
     """
     x0 = conf.space.x0()
     sampler = conf.make_sampler()
     study.sampler = sampler
-    if x0 is not None and not study.trials and conf.optimizer not in ("nomad", "grid"):
-        study.enqueue_trial(x0)
+    own_x0 = conf.optimizer in ("nomad", "grid", "tpe", "nsga2", "random")
+    if x0 is not None and not study.trials and not own_x0:
+        study.enqueue_trial(x0, skip_if_exists=True)
     return sampler
 
 

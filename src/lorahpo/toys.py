@@ -8,6 +8,7 @@ dropout), so studies on it behave like real ones without any training.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -36,6 +37,13 @@ def sphere(params: dict[str, Any]) -> float:
 def slow_sphere(params: dict[str, Any]) -> float:
     """:func:`sphere` after sleeping ``params['sleep']`` seconds (default 1): for parallel tests."""
     time.sleep(float(params.pop("sleep", 1.0)))
+    return sphere(params)
+
+
+def timed_sphere(params: dict[str, Any]) -> float:
+    """:func:`sphere` after sleeping ``$LORAHPO_TOY_SLEEP_S`` seconds (default 1): a blackbox of known
+    cost, for parallel runs and their benchmark."""
+    time.sleep(float(os.environ.get("LORAHPO_TOY_SLEEP_S", "1")))
     return sphere(params)
 
 

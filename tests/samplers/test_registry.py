@@ -74,3 +74,31 @@ def test_different_seeds_give_unrelated_sequences(name):
     a = _run(make_sampler(name, SPACE, seed=0), 12)
     b = _run(make_sampler(name, SPACE, seed=2), 12)
     assert not any(p in a for p in b)
+
+
+def test_an_interrupted_trial_behind_finished_ones_repeats_no_point():
+    # Two trials at once: trial 3 is interrupted after trials 4 and 5 have finished; the point
+    # of index 3 is evaluated again, once, and no finished point comes back.
+    study = optuna.create_study(sampler=make_sampler("random", SPACE, seed=1))
+    held = study.ask(SPACE)  # trial 0, held running
+    trials = [study.ask(SPACE) for _ in range(5)]  # trials 1-5
+    for t in trials:
+        study.tell(t, 0.0)
+    study._storage.set_trial_system_attr(held._trial_id, INTERRUPTED_ATTR, True)
+    study.tell(held, state=optuna.trial.TrialState.FAIL)
+    again = [study.ask(SPACE) for _ in range(3)]
+    points = [tuple(t.params.values()) for t in trials + again]
+    assert len(set(points)) == len(points)
+    assert again[0].params == held.params  # index 0 is x0-free here: the interrupted point itself
+
+
+def test_x0_is_the_first_trial_and_shared_studies_seed_by_number():
+    x0 = {"x": 0.25, "k": 2}
+    study = optuna.create_study(sampler=make_sampler("tpe", SPACE, seed=1, x0=x0))
+    assert study.ask(SPACE).params == x0
+    shared = optuna.create_study(sampler=make_sampler("random", SPACE, seed=1, x0=x0, shared=True))
+    first, second = shared.ask(SPACE), shared.ask(SPACE)
+    shared._storage.set_trial_system_attr(first._trial_id, INTERRUPTED_ATTR, True)
+    shared.tell(first, state=optuna.trial.TrialState.FAIL)
+    third = shared.ask(SPACE)
+    assert first.params == x0 and len({tuple(t.params.values()) for t in (first, second, third)}) == 3

@@ -1,5 +1,38 @@
-"""Where trials run. An executor takes a trial folder and returns a future TrialResult."""
+"""Where trials run. An executor takes a trial and returns a future TrialResult.
+
+``local``: subprocesses on this machine (:class:`LocalExecutor`); ``ray``: Ray tasks on a
+cluster (:class:`~lorahpo.executors.ray_executor.RayExecutor`, imported only when used).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Protocol
 
 from lorahpo.executors.local import LocalExecutor, TrialTask
+from lorahpo.result import TrialResult
 
-__all__ = ["LocalExecutor", "TrialTask"]
+if TYPE_CHECKING:
+    from lorahpo.config import StudyConfig
+
+
+class Executor(Protocol):
+    """Runs trials somewhere: ``submit`` starts one, ``prune`` stops one, ``shutdown`` ends all."""
+
+    def submit(self, task: TrialTask) -> Future[TrialResult]: ...
+
+    def prune(self, number: int) -> None: ...
+
+    def shutdown(self, kill: bool = False) -> None: ...
+
+
+def make_executor(conf: StudyConfig) -> Executor:
+    """The executor a study config names, with ``conf.parallel`` slots."""
+    if conf.executor == "ray":
+        from lorahpo.executors.ray_executor import RayExecutor
+
+        return RayExecutor(conf.parallel, conf.ray)
+    return LocalExecutor(conf.parallel)
+
+
+__all__ = ["Executor", "LocalExecutor", "TrialTask", "make_executor"]

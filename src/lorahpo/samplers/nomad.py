@@ -191,8 +191,12 @@ class NomadSampler(BaseSampler):
         types = " ".join(v.type for v in self._vars)
         outputs = " ".join(["OBJ"] * self._n_objectives + ["PB"] * len(self._constraints))
         multi = ["DMULTIMADS_OPTIMIZATION yes"] if self._n_objectives > 1 else []
-        if multi and not any(line.split()[:1] == ["DIRECTION_TYPE"] for line in self._extra):
+        if multi and not self._has("DIRECTION_TYPE"):
             multi.append("DIRECTION_TYPE ORTHO 2N")  # DMultiMADS refuses NOMAD's default poll
+        # NOMAD's search steps propose one point at a time, each evaluated before the poll: with
+        # several trials at once, search and poll points go out together so every worker is busy.
+        if self._block_size > 1 and not self._has("MEGA_SEARCH_POLL"):
+            multi.append("MEGA_SEARCH_POLL yes")
         return [
             f"DIMENSION {len(self._vars)}",
             f"BB_INPUT_TYPE ( {types} )",
@@ -203,6 +207,10 @@ class NomadSampler(BaseSampler):
             "DISPLAY_DEGREE 0",
             *self._extra,
         ]
+
+    def _has(self, name: str) -> bool:
+        """Whether the user's NOMAD parameter lines set ``name``."""
+        return any(line.split()[:1] == [name] for line in self._extra)
 
     def _startable(self, x: Sequence[float]) -> bool:
         return any(v.type == "R" for v in self._vars) or any(c != 0 for c in x)

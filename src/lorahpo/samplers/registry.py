@@ -31,6 +31,7 @@ def make_sampler(
     options: dict[str, Any] | None = None,
     n_objectives: int = 1,
     constraints: Sequence[str] = (),
+    shared: bool = False,
 ) -> BaseSampler:
     """Build the sampler called ``name``.
 
@@ -48,6 +49,9 @@ def make_sampler(
         constraints: Names of the constraints each trial sets (``trial.set_constraint``, met
             when <= 0). NOMAD needs them up front (one progressive-barrier output each); TPE and
             NSGA-II read them from the trials; random and grid ignore them.
+        shared: Several processes may ask trials of the study at once (a shared store): TPE,
+            NSGA-II, random and grid then seed each trial by its number (see
+            :class:`TrialSeededSampler`).
 
     Raises:
         ValueError: Unknown name, bad options, or a space the optimizer cannot search.
@@ -71,20 +75,20 @@ def make_sampler(
     if name == "tpe":
         options.setdefault("constant_liar", parallel > 1)
         _check_kwargs(TPESampler, options, "tpe")
-        return TrialSeededSampler(lambda s: TPESampler(seed=s, **options), seed)
+        return TrialSeededSampler(lambda s: TPESampler(seed=s, **options), seed, x0=x0, shared=shared)
     if name == "nsga2":
         _check_kwargs(NSGAIISampler, options, "nsga2")
-        return TrialSeededSampler(lambda s: NSGAIISampler(seed=s, **options), seed)
+        return TrialSeededSampler(lambda s: NSGAIISampler(seed=s, **options), seed, x0=x0, shared=shared)
     if name == "random":
         _check_kwargs(RandomSampler, options, "random")
-        return TrialSeededSampler(lambda s: RandomSampler(seed=s), seed)
+        return TrialSeededSampler(lambda s: RandomSampler(seed=s), seed, x0=x0, shared=shared)
     if name == "grid":
         if n_objectives > 1:
             raise ValueError("grid search has a single objective")
         grid = grid_values(distributions)
         # The seed shuffles the grid's numbering, so every trial needs the same one; a fresh
         # sampler per trial then picks its point as a function of the unvisited points alone.
-        return TrialSeededSampler(lambda _: GridSampler(grid, seed=seed), seed)
+        return TrialSeededSampler(lambda _: GridSampler(grid, seed=seed), seed, shared=shared)
     if ":" in name or "." in name:
         cls = _import(name)
         if "seed" in inspect.signature(cls).parameters:

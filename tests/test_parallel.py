@@ -1,0 +1,190 @@
+"""Trials in parallel: workers sharing a store, NOMAD and TPE through Ray, faults and resume.
+
+Every study here evaluates ``toys.timed_sphere`` (a sleep, then a sum of squares) and checks
+the store afterwards: exactly ``budget`` evaluations, none of a point twice, none lost (each
+has its result file in a trial folder).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lorahpo import config as cfg
+from lorahpo.study import Study
+
+SPACE = {"params": {"x": {"type": "real", "low": -2, "high": 2, "x0": 1.0},
+                    "y": {"type": "int", "low": -3, "high": 3, "x0": 2}}}
+
+
+def study_yaml(path: Path, **kw) -> Path:
+    data = {"name": path.stem, "optimizer": "tpe", "budget": 12, "space": SPACE,
+            "objective": {"python": "lorahpo.toys:timed_sphere"}, **kw}
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def check_store(study: Study, budget: int, folders: list[Path]) -> list:
+    """Budget reached, no point twice, every evaluation's result on disk; returns the evaluations."""
+    done = [r for r in study.records() if r.status != "interrupted"]
+    assert len(done) == budget, [(r.number, r.status) for r in study.records()]
+    assert all(r.status == "complete" for r in done), [(r.number, r.status, r.reason) for r in done]
+    points = [tuple(sorted(r.params.items())) for r in done]
+    assert len(set(points)) == len(points), "a point was evaluated twice"
+    for r in done:  # 0 lost: its result is in some worker's folder, and it is the stored value
+        found = [f / "trials" / str(r.number) / "result.json" for f in folders]
+        found = [p for p in found if p.exists()]
+        assert len(found) == 1, f"trial {r.number}: result files {found}"
+        assert json.loads(found[0].read_text())["metrics"]["value"] == pytest.approx(r.value)
+    assert done[0].number == 0 and done[0].params == {"x": 1.0, "y": 2}  # x0, once
+    return done
+
+
+def cli(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "lorahpo.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_four_workers_share_one_study(tmp_path, monkeypatch, store, request):
+    url = (f"sqlite:///{tmp_path / 'shared.db'}" if store == "sqlite"
+           else request.getfixturevalue("postgres_url"))
+    name = f"workers-{store}-{os.getpid()}-{time.monotonic_ns()}"
+    conf = study_yaml(tmp_path / f"{name}.yaml", storage=url, budget=12)
+    monkeypatch.setenv("LORAHPO_TOY_SLEEP_S", "0.5")
+    procs = [cli("worker", str(conf), "--study-dir", str(tmp_path / f"w{i}"), cwd=tmp_path) for i in range(4)]
+    outs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, outs
+    study = Study.load(tmp_path / "w0")
+    check_store(study, 12, [tmp_path / f"w{i}" for i in range(4)])
+    assert sum(bool(list((tmp_path / f"w{i}" / "trials").glob("*"))) for i in range(4)) >= 2  # shared out
+
+
+def test_a_worker_refuses_nomad_and_a_private_store(tmp_path):
+    conf = study_yaml(tmp_path / "s.yaml", optimizer="nomad", storage=f"sqlite:///{tmp_path / 's.db'}")
+    p = cli("worker", str(conf), cwd=tmp_path)
+    out = p.communicate(timeout=60)[0]
+    assert p.returncode == 2 and "nomad keeps its state in one process" in out and len(out.splitlines()) == 1
+    conf = study_yaml(tmp_path / "t.yaml")
+    p = cli("worker", str(conf), cwd=tmp_path)
+    out = p.communicate(timeout=60)[0]
+    assert p.returncode == 2 and "needs a shared store" in out
+    assert not (tmp_path / "runs").exists()
+
+
+def ray_config(tmp_path: Path, optimizer: str, address: str, **kw) -> cfg.StudyConfig:
+    data = yaml.safe_load(study_yaml(tmp_path / f"{optimizer}.yaml").read_text())
+    data.update(optimizer=optimizer, parallel=4, executor="ray",
+                ray={"address": address, "num_cpus": 1,
+                     "runtime_env": {"env_vars": {"LORAHPO_TOY_SLEEP_S": "0.5"}}})
+    data.update(kw)
+    return cfg.parse(data)
+
+
+@pytest.mark.parametrize("optimizer", ["nomad", "tpe"])
+def test_four_ray_workers_run_a_study(tmp_path, ray_address, optimizer):
+    study = Study.open(tmp_path / optimizer, ray_config(tmp_path, optimizer, ray_address))
+    summary = study.run()
+    assert summary.stopped == "budget"
+    done = check_store(study, 12, [study.directory])
+    # 4 at once: the trials' time spans overlap
+    spans = sorted((r.start, r.end) for r in done)
+    assert max(sum(s <= t0 < e for s, e in spans) for t0, _ in spans) >= 3
+    assert all((r.directory / "stdout.log").exists() for r in done)  # the folder came back from the node
+
+
+def test_a_ray_worker_killed_mid_trial_fails_that_trial_and_the_study_goes_on(tmp_path, ray_address):
+    import psutil
+
+    conf = ray_config(tmp_path, "random", ray_address, budget=8)
+    conf.ray.runtime_env["env_vars"]["LORAHPO_TOY_SLEEP_S"] = "2"
+    killed: list[int] = []
+
+    def kill_one_worker() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not killed:
+            for proc in psutil.process_iter(["cmdline"]):
+                if any("lorahpo_trial" in part for part in proc.info["cmdline"] or []):
+                    time.sleep(0.5)  # mid-trial
+                    proc.send_signal(signal.SIGKILL)
+                    killed.append(proc.pid)
+                    return
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill_one_worker)
+    killer.start()
+    study = Study.open(tmp_path / "s", conf)
+    summary = study.run()
+    killer.join()
+    assert killed, "no running trial was found to kill"
+    records = study.records()
+    failed = [r for r in records if r.status == "failed"]
+    assert len(failed) == 1 and "lost on Ray" in failed[0].reason, [(r.status, r.reason) for r in records]
+    assert summary.finished == 8 and sum(r.status == "complete" for r in records) == 7
+
+
+def test_a_lost_trial_is_retried_when_configured(tmp_path, ray_address):
+    import psutil
+
+    conf = ray_config(tmp_path, "random", ray_address, budget=3, parallel=1)
+    conf.ray.max_retries = 1
+    conf.ray.runtime_env["env_vars"]["LORAHPO_TOY_SLEEP_S"] = "1.5"
+    killed: list[int] = []
+
+    def kill_first() -> None:
+        while not killed:
+            for proc in psutil.process_iter(["cmdline"]):
+                if any("lorahpo_trial" in part for part in proc.info["cmdline"] or []):
+                    time.sleep(0.3)
+                    proc.send_signal(signal.SIGKILL)
+                    killed.append(proc.pid)
+                    return
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill_first, daemon=True)
+    killer.start()
+    study = Study.open(tmp_path / "s", conf)
+    study.run()
+    assert killed
+    assert [r.status for r in study.records()] == ["complete"] * 3
+
+
+@pytest.mark.parametrize("optimizer", ["nomad", "tpe"])
+def test_driver_killed_with_sigkill_resumes_from_the_store(tmp_path, optimizer):
+    conf = study_yaml(tmp_path / "s.yaml", optimizer=optimizer, budget=6, parallel=2)
+    env = {**os.environ, "LORAHPO_TOY_SLEEP_S": "3"}
+    folder = tmp_path / "run"
+    driver = cli("tune", str(conf), "--study-dir", str(folder), cwd=tmp_path, env=env)
+    def running() -> list[Path]:
+        return [p for p in folder.glob("trials/*/trial.json") if not (p.parent / "result.json").exists()]
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (len(list(folder.glob("trials/*/result.json"))) < 2 or not running()):
+        time.sleep(0.05)
+    time.sleep(0.3)  # mid-trial
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(timeout=30)
+    time.sleep(2)  # the running trials notice their parent is gone and end
+    interrupted = [json.loads(p.read_text())["number"] for p in folder.glob("trials/*/trial.json")
+                   if not (p.parent / "result.json").exists()]
+    assert interrupted, "the driver was killed between trials; nothing was interrupted"
+    import psutil
+
+    orphans = [p for p in psutil.process_iter(["cmdline"]) if str(folder) in " ".join(p.info["cmdline"] or [])]
+    assert not orphans, "trials outlived their killed driver"
+    resumed = cli("tune", str(conf), "--study-dir", str(folder), cwd=tmp_path, env=env)
+    out = resumed.communicate(timeout=240)[0]
+    assert resumed.returncode == 0, out
+    study = Study.load(folder)
+    check_store(study, 6, [folder])
+    statuses = {r.number: r.status for r in study.records()}
+    assert all(statuses[n] == "interrupted" for n in interrupted)
