@@ -20,7 +20,7 @@ from lorahpo.space import SpaceSpec
 VIOLATED = 1e30
 
 #: Fields that may change between runs of one study without making it a different study.
-RUN_FIELDS = ("budget", "parallel", "trial_timeout", "executor", "ray", "keep_adapters")
+RUN_FIELDS = ("budget", "parallel", "gpus_per_trial", "trial_timeout", "executor", "ray", "keep_adapters")
 
 
 class ConfigError(ValueError):
@@ -62,6 +62,11 @@ class StudyConfig(_Strict):
     pruner_options: dict[str, Any] = Field(default_factory=dict, description="Keyword options of the pruner.")
     budget: int = Field(20, ge=1, description="Finished evaluations in the study, across all runs.")
     parallel: int = Field(1, ge=1, description="Trials run at once.")
+    gpus_per_trial: int = Field(
+        1,
+        ge=1,
+        description="GPUs each trial gets on the local executor; a `command` objective can spread a trial over them (torchrun, accelerate).",
+    )
     trial_timeout: float | None = Field(None, gt=0, description="Seconds before a trial is killed (timeout).")
     executor: Literal["local", "ray"] = Field(
         "local", description="Where trials run: `local` subprocesses, or `ray` tasks on a Ray cluster (docs/parallel.md)."

@@ -16,9 +16,10 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import optuna
+if TYPE_CHECKING:  # a trial's process reports values and needs no Optuna (0.2 s to import)
+    import optuna
 
 INTERMEDIATE_FILE = "intermediate.jsonl"
 VERDICT_FILE = "continue"  # holds the last step the study process let the trial go on from
@@ -35,6 +36,8 @@ def make_pruner(name: str, options: dict[str, Any] | None = None) -> optuna.prun
     Raises:
         ValueError: Unknown name or bad options.
     """
+    import optuna
+
     classes = {
         "none": optuna.pruners.NopPruner,
         "median": optuna.pruners.MedianPruner,

@@ -276,3 +276,29 @@ def test_builtin_smollm2_trains_a_few_steps(tiny, tmp_path):
     assert 0 < m["initial_validation_loss"] < 5  # an instruction-tuned model already answers these fairly well
     assert m["validation_loss"] < 1.1 * m["initial_validation_loss"]
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_adapters_take_half_precision_inputs_under_autocast_with_the_same_loss(tiny):
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from transformers import AutoModelForCausalLM
+
+    config = tiny.config()
+    ids = torch.arange(1, 17).reshape(2, 8)
+    losses = {}
+    for name in ("fp32", "bf16"):
+        precision = resolve_precision(name, torch.device("cpu"))
+        base = AutoModelForCausalLM.from_pretrained(tiny.model_dir, dtype=precision.dtype)
+        model = train.add_lora(base, config.lora, seed=0)
+        with torch.no_grad():  # non-zero adapters, so their inputs matter
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.1)
+        with precision.autocast(torch.device("cpu")):
+            cast_on = float(model(input_ids=ids, labels=ids).loss)
+        train.adapters_follow_autocast(model, precision)
+        flags = {m.cast_input_dtype_enabled for m in model.modules() if isinstance(m, BaseTunerLayer)}
+        assert flags == {name == "fp32"}  # only half precision turns PEFT's input cast off
+        with precision.autocast(torch.device("cpu")):
+            losses[name] = (cast_on, float(model(input_ids=ids, labels=ids).loss))
+    assert losses["fp32"][0] == losses["fp32"][1]
+    assert losses["bf16"][1] == pytest.approx(losses["bf16"][0], rel=1e-2)

@@ -28,11 +28,16 @@ class Executor(Protocol):
 
 def make_executor(conf: StudyConfig) -> Executor:
     """The executor a study config names, with ``conf.parallel`` slots."""
+    from lorahpo.config import ConfigError
+
     if conf.executor == "ray":
         from lorahpo.executors.ray_executor import RayExecutor
 
         return RayExecutor(conf.parallel, conf.ray)
-    return LocalExecutor(conf.parallel)
+    try:
+        return LocalExecutor(conf.parallel, gpus_per_trial=conf.gpus_per_trial)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 __all__ = ["Executor", "LocalExecutor", "TrialTask", "make_executor"]

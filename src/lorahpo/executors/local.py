@@ -57,17 +57,24 @@ def visible_gpus() -> list[str]:
 
 
 class LocalExecutor:
-    """Runs up to ``slots`` trials at once, each in a fresh Python process."""
+    """Runs up to ``slots`` trials at once, each in a fresh Python process.
 
-    def __init__(self, slots: int = 1, gpus: list[str] | None = None) -> None:
+    With GPUs, each running trial gets ``gpus_per_trial`` of them (``CUDA_VISIBLE_DEVICES``);
+    when there are more slots than GPU groups, slots share the groups round robin.
+    """
+
+    def __init__(self, slots: int = 1, gpus: list[str] | None = None, gpus_per_trial: int = 1) -> None:
         self.slots = slots
         self._pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="trial")
         self._gpus: queue.Queue[str] | None = None
         gpus = visible_gpus() if gpus is None else gpus
+        if gpus and len(gpus) < gpus_per_trial:
+            raise ValueError(f"gpus_per_trial is {gpus_per_trial} but only {len(gpus)} GPU(s) are visible")
         if gpus:
+            groups = [",".join(gpus[i : i + gpus_per_trial]) for i in range(0, len(gpus) - gpus_per_trial + 1, gpus_per_trial)]
             self._gpus = queue.Queue()
             for i in range(slots):
-                self._gpus.put(gpus[i % len(gpus)])
+                self._gpus.put(groups[i % len(groups)])
         self._procs: dict[int, subprocess.Popen[bytes]] = {}  # by trial number
         self._pruned: set[int] = set()
         self._lock = threading.Lock()
