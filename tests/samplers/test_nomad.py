@@ -101,6 +101,8 @@ def test_parallel_blocks_hand_out_no_point_twice():
         while sampler.ready(study):
             batch.append(study.ask(MIXED))
         assert batch, "NOMAD proposed nothing although no trial is running"
+        if not seen:  # the first block: x0 and 3 more starting points, not x0 alone
+            assert len(batch) == 4 and batch[0].params == X0
         concurrent_max = max(concurrent_max, len(batch))
         for t in batch:
             seen.append(tuple(study._storage.get_trial(t._trial_id).system_attrs[POINT_ATTR]))

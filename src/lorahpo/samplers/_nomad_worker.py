@@ -3,7 +3,8 @@
 NOMAD calls its blackbox from C++ and cannot be interrupted from Python. In a child process it
 can: the parent simply ends it. Protocol, one JSON object per line:
 
-- parent -> child ``{"run": [x0, lower, upper, params]}``: start NOMAD.
+- parent -> child ``{"run": [x0, lower, upper, params]}``: start NOMAD; ``x0`` is a point, or
+  a list of points that NOMAD evaluates together first (its X0 file).
 - child -> parent ``{"block": [[x...], ...]}``: points to evaluate; the parent answers
   ``{"values": [outputs or null, ...]}``, outputs a list of NOMAD's outputs (objectives, then
   constraints), null a failed evaluation.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 from typing import Any
 
 
@@ -49,7 +51,16 @@ def main() -> None:
 
     for line in sys.stdin:
         x0, lower, upper, params = json.loads(line)["run"]
-        result = PyNomad.optimize(blackbox, x0, lower, upper, params)
+        starts = None
+        if x0 and isinstance(x0[0], list):  # several starting points: NOMAD reads them from a file
+            with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as starts:
+                starts.write("".join(" ".join(repr(float(v)) for v in p) + "\n" for p in x0))
+            x0, params = [], [*params, f"X0 {starts.name}"]
+        try:
+            result = PyNomad.optimize(blackbox, x0, lower, upper, params)
+        finally:
+            if starts is not None:
+                os.unlink(starts.name)
         send({"done": result.get("stop_reason", "")})
 
 

@@ -185,6 +185,23 @@ class NomadSampler(BaseSampler):
         """``(x0, lower, upper, params)`` exactly as given to ``PyNomad.optimize`` (first run)."""
         return list(self._x0), [v.lower for v in self._vars], [v.upper for v in self._vars], self._params(self._seed)
 
+    def starting_points(self) -> list[list[float]]:
+        """Where NOMAD's first run starts: x0, and with ``block_size`` k > 1, k - 1 more.
+
+        NOMAD evaluates its starting points before anything else, in one block. x0 alone would
+        leave k - 1 workers idle for a whole trial; instead they evaluate seeded random points
+        of the box at the same time, and NOMAD goes on from the best of the k.
+        """
+        points = [list(self._x0)]
+        rng = random.Random(self._seed)
+        for _ in range(100 * self._block_size):
+            if len(points) >= self._block_size:
+                break
+            x = _random_box_point(self._vars, [v.lower for v in self._vars], [v.upper for v in self._vars], rng)
+            if self._startable(x) and x not in points:
+                points.append(x)
+        return points
+
     # ---------------------------------------------------------------- internals
 
     def _params(self, seed: int) -> list[str]:
@@ -260,8 +277,9 @@ class _Engine:
         self.exhausted = False
         self._proc = self._spawn()
         x0, lower, upper, params = sampler.nomad_problem()
-        self._x0, self._lower, self._upper = x0, lower, upper
-        self._send({"run": [x0, lower, upper, params]})
+        self._lower, self._upper = lower, upper
+        starts = sampler.starting_points()
+        self._send({"run": [starts if len(starts) > 1 else x0, lower, upper, params]})
 
     def next_point(self) -> Point | None:
         """The next point to evaluate; None while NOMAD needs results, or when exhausted."""
@@ -357,9 +375,16 @@ class _Engine:
         # NOMAD stops when its starting point fails; with no successful point yet, restart
         # from a random point of the box (one NOMAD can start from).
         while True:
-            x = [
-                float(self._rng.randint(int(lo), int(hi))) if v.type == "I" else self._rng.uniform(lo, hi)
-                for v, lo, hi in zip(self._sampler._vars, self._lower, self._upper)
-            ]
+            x = _random_box_point(self._sampler._vars, self._lower, self._upper, self._rng)
             if self._sampler._startable(x):
                 return x
+
+
+def _random_box_point(
+    variables: Sequence[space.NomadVariable], lower: Sequence[float], upper: Sequence[float], rng: random.Random
+) -> list[float]:
+    """A uniformly random point of NOMAD's box (integers for integer variables)."""
+    return [
+        float(rng.randint(int(lo), int(hi))) if v.type == "I" else rng.uniform(lo, hi)
+        for v, lo, hi in zip(variables, lower, upper)
+    ]
