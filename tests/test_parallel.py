@@ -176,14 +176,18 @@ def test_driver_killed_with_sigkill_resumes_from_the_store(tmp_path, optimizer):
     time.sleep(0.3)  # mid-trial
     driver.send_signal(signal.SIGKILL)
     driver.wait(timeout=30)
-    time.sleep(2)  # the running trials notice their parent is gone and end
+    import psutil
+
+    def orphans() -> list:
+        return [p for p in psutil.process_iter(["cmdline"]) if str(folder) in " ".join(p.info["cmdline"] or [])]
+
+    deadline = time.monotonic() + 10  # the running trials notice their parent is gone and end
+    while orphans() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not orphans(), "trials outlived their killed driver"
     interrupted = [json.loads(p.read_text())["number"] for p in folder.glob("trials/*/trial.json")
                    if not (p.parent / "result.json").exists()]
     assert interrupted, "the driver was killed between trials; nothing was interrupted"
-    import psutil
-
-    orphans = [p for p in psutil.process_iter(["cmdline"]) if str(folder) in " ".join(p.info["cmdline"] or [])]
-    assert not orphans, "trials outlived their killed driver"
     resumed = cli("tune", str(conf), "--study-dir", str(folder), cwd=tmp_path, env=env)
     out = resumed.communicate(timeout=240)[0]
     assert resumed.returncode == 0, out

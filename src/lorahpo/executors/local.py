@@ -102,7 +102,7 @@ class LocalExecutor:
                 _kill_group(proc)
 
     def _run(self, task: TrialTask) -> TrialResult:
-        env = dict(os.environ)
+        env = {**os.environ, "LORAHPO_PARENT_PID": str(os.getpid())}
         gpu = self._gpus.get() if self._gpus else None
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu

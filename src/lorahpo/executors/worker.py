@@ -17,13 +17,18 @@ from lorahpo.objectives import ObjectiveSpec, evaluate
 from lorahpo.pruners import reporter
 
 
+#: The pid of the process that started the trial, set by the executor: a trial whose study
+#: process died while it was still starting up must notice too.
+PARENT_ENV = "LORAHPO_PARENT_PID"
+
+
 def _die_with_parent() -> None:
     """End this trial (and the commands it started) if the study process disappears."""
-    parent = os.getppid()
+    parent = int(os.environ.get(PARENT_ENV) or os.getppid())
     while True:
-        time.sleep(1.0)
         if os.getppid() != parent:
             os.killpg(os.getpgid(0), signal.SIGKILL)
+        time.sleep(0.5)
 
 
 def main(trial_dir: Path) -> None:

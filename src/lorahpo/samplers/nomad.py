@@ -277,7 +277,7 @@ class _Engine:
         self.exhausted = False
         self._proc = self._spawn()
         x0, lower, upper, params = sampler.nomad_problem()
-        self._lower, self._upper = lower, upper
+        self._lower, self._upper, self._x0 = lower, upper, tuple(x0)
         starts = sampler.starting_points()
         self._send({"run": [starts if len(starts) > 1 else x0, lower, upper, params]})
 
@@ -338,6 +338,7 @@ class _Engine:
         if "block" in msg:
             self._block = [tuple(p) for p in msg["block"]]
             fresh = [p for p in self._block if p not in self._known]
+            fresh.sort(key=lambda p: p != self._x0)  # x0 first: the study's first trial is its start
             self._new_in_run += len(fresh)
             self._queue.extend(fresh)
             self._answer_if_complete()  # a block of points already in the store (replay)
