@@ -59,7 +59,8 @@ def server(study):
     """The URL of ``preference serve`` running on the study; stopped with SIGINT afterwards."""
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-c", SERVE, "preference", "serve", str(study), "--port", str(port)],
+        # A fixed pair order: which items carol (the contrary rater) repeats decides the ranking.
+        [sys.executable, "-c", SERVE, "preference", "serve", str(study), "--port", str(port), "--seed", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -247,16 +247,17 @@ async def _checked_form(request: Request) -> FormData:
     return form
 
 
-def serve(study_dir: str | Path, host: str = "127.0.0.1", port: int = 8000) -> None:
+def serve(study_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, seed: int | None = None) -> None:
     """Serve the app until Ctrl-C.
 
     Args:
         study_dir: The study folder.
         host: Interface to bind; the default keeps the app on this machine.
         port: TCP port.
+        seed: Seed of pair choice and left/right order; random by default.
     """
     import uvicorn
 
-    app = create_app(study_dir, allowed_hosts=LOOPBACK_HOSTS if host in LOOPBACK_HOSTS else ("*",))
+    app = create_app(study_dir, allowed_hosts=LOOPBACK_HOSTS if host in LOOPBACK_HOSTS else ("*",), seed=seed)
     print(f"Preference evaluation of {study_dir} on http://{host}:{port}/  (Ctrl-C stops it)")
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -53,6 +53,7 @@ def add_arguments(subparsers: Any) -> None:
     serve.add_argument("study_dir", metavar="DIR", type=Path, help="study folder")
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    serve.add_argument("--seed", type=int, help="seed of the pair order shown to raters (default: random)")
     serve.set_defaults(func=cmd_serve)
 
     results = commands.add_parser(
@@ -106,7 +107,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: {answers} not found; run `lorahpo generate {args.study_dir} ...` first")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {args.host}: anyone who can reach it can vote and see the results")
-    serve(args.study_dir, host=args.host, port=args.port)
+    serve(args.study_dir, host=args.host, port=args.port, seed=args.seed)
     return 0
 
 
