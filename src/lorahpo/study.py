@@ -273,12 +273,12 @@ class Study:
                     new += 1
                     notify("start", self._record(study._storage.get_trial(trial._trial_id)))
                 if not running:
-                    if self.finished_count() < conf.budget and not elsewhere:
+                    if elsewhere:  # trials of other processes may yet be lost and leave budget
+                        time.sleep(1.0)
+                        continue
+                    if finished < conf.budget:
                         stopped = "exhausted"
-                    if not elsewhere:
-                        break
-                    time.sleep(1.0)  # trials of other processes may yet fail and leave budget
-                    continue
+                    break
                 done, _ = wait(list(running), timeout=0.05 if pruning else 1.0, return_when=FIRST_COMPLETED)
                 for fut, trial in running.items():
                     if fut not in done:
