@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -91,6 +92,19 @@ def ray_config(tmp_path: Path, optimizer: str, address: str, **kw) -> cfg.StudyC
     return cfg.parse(data)
 
 
+def kill_a_running_trial(killed: list[int], after: float) -> None:
+    """SIGKILL the first Ray worker seen running a trial, ``after`` seconds into it (within 60 s)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for proc in psutil.process_iter(["cmdline"]):
+            if any("lorahpo_trial" in part for part in proc.info["cmdline"] or []):
+                time.sleep(after)  # mid-trial
+                proc.send_signal(signal.SIGKILL)
+                killed.append(proc.pid)
+                return
+        time.sleep(0.1)
+
+
 @pytest.mark.parametrize("optimizer", ["nomad", "tpe"])
 def test_four_ray_workers_run_a_study(tmp_path, ray_address, optimizer):
     conf = ray_config(tmp_path, optimizer, ray_address)
@@ -106,24 +120,10 @@ def test_four_ray_workers_run_a_study(tmp_path, ray_address, optimizer):
 
 
 def test_a_ray_worker_killed_mid_trial_fails_that_trial_and_the_study_goes_on(tmp_path, ray_address):
-    import psutil
-
     conf = ray_config(tmp_path, "random", ray_address, budget=8)
     conf.ray.runtime_env["env_vars"]["LORAHPO_TOY_SLEEP_S"] = "2"
     killed: list[int] = []
-
-    def kill_one_worker() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not killed:
-            for proc in psutil.process_iter(["cmdline"]):
-                if any("lorahpo_trial" in part for part in proc.info["cmdline"] or []):
-                    time.sleep(0.5)  # mid-trial
-                    proc.send_signal(signal.SIGKILL)
-                    killed.append(proc.pid)
-                    return
-            time.sleep(0.1)
-
-    killer = threading.Thread(target=kill_one_worker)
+    killer = threading.Thread(target=kill_a_running_trial, args=(killed, 0.5))
     killer.start()
     study = Study.open(tmp_path / "s", conf)
     summary = study.run()
@@ -136,24 +136,11 @@ def test_a_ray_worker_killed_mid_trial_fails_that_trial_and_the_study_goes_on(tm
 
 
 def test_a_lost_trial_is_retried_when_configured(tmp_path, ray_address):
-    import psutil
-
     conf = ray_config(tmp_path, "random", ray_address, budget=3, parallel=1)
     conf.ray.max_retries = 1
     conf.ray.runtime_env["env_vars"]["LORAHPO_TOY_SLEEP_S"] = "1.5"
     killed: list[int] = []
-
-    def kill_first() -> None:
-        while not killed:
-            for proc in psutil.process_iter(["cmdline"]):
-                if any("lorahpo_trial" in part for part in proc.info["cmdline"] or []):
-                    time.sleep(0.3)
-                    proc.send_signal(signal.SIGKILL)
-                    killed.append(proc.pid)
-                    return
-            time.sleep(0.1)
-
-    killer = threading.Thread(target=kill_first, daemon=True)
+    killer = threading.Thread(target=kill_a_running_trial, args=(killed, 0.3), daemon=True)
     killer.start()
     study = Study.open(tmp_path / "s", conf)
     study.run()
@@ -176,7 +163,6 @@ def test_driver_killed_with_sigkill_resumes_from_the_store(tmp_path, optimizer):
     time.sleep(0.3)  # mid-trial
     driver.send_signal(signal.SIGKILL)
     driver.wait(timeout=30)
-    import psutil
 
     def orphans() -> list:
         return [p for p in psutil.process_iter(["cmdline"]) if str(folder) in " ".join(p.info["cmdline"] or [])]

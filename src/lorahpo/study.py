@@ -29,6 +29,7 @@ from lorahpo.executors import Executor, TrialTask, make_executor
 from lorahpo.pruners import IntermediateReader, make_pruner
 from lorahpo.result import TrialResult
 from lorahpo.samplers.nomad import INTERRUPTED_ATTR, NomadSampler
+from lorahpo.samplers.registry import OPTIMIZERS
 
 CONFIG_FILE = "config.yaml"
 #: With a shared store, each process marks its running trials alive this often (seconds);
@@ -198,7 +199,7 @@ class Study:
         return records[0] if records and records[0].status != "running" else None
 
     def finished_count(self) -> int:
-        return sum(r.status not in ("running", "interrupted") for r in self.records())
+        return self._census(set())[0]
 
     def _record(self, t: FrozenTrial) -> TrialRecord:
         status = t.user_attrs.get("status") or _STATE_STATUS.get(t.state, "running")
@@ -234,8 +235,8 @@ class Study:
         study = self.optuna_study
         if self.shared:
             self._interrupt_stale()
-        else:
-            self._mark_interrupted(state_filter=(TrialState.RUNNING,))
+        else:  # trials left running by a killed process of this folder can never finish
+            self._interrupt([t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))])
         dists = conf.space.distributions()
         sampler = attach_sampler(study, conf)
         study.pruner = make_pruner(conf.pruner, conf.pruner_options)
@@ -346,10 +347,15 @@ class Study:
 
     def _interrupt_stale(self) -> None:
         study = self.optuna_study
-        for trial_id in study._storage._get_stale_trial_ids(study._study_id):
+        self._interrupt(study._storage._get_stale_trial_ids(study._study_id))
+
+    def _interrupt(self, trial_ids: list[int]) -> None:
+        """Record running trials that can never finish (their process is gone) as interrupted."""
+        storage = self.optuna_study._storage
+        for trial_id in trial_ids:
             try:
-                study._storage.set_trial_system_attr(trial_id, INTERRUPTED_ATTR, True)
-                study._storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+                storage.set_trial_system_attr(trial_id, INTERRUPTED_ATTR, True)
+                storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass  # finished meanwhile, or another process was first
 
@@ -399,13 +405,6 @@ class Study:
             if record.number not in keep and record.status != "running" and adapter.is_dir():
                 shutil.rmtree(adapter)
 
-    def _mark_interrupted(self, state_filter: tuple[TrialState, ...]) -> None:
-        """Trials left running by a killed process can never finish: record them as interrupted."""
-        study = self.optuna_study
-        for t in study.get_trials(deepcopy=False, states=state_filter):
-            study._storage.set_trial_system_attr(t._trial_id, INTERRUPTED_ATTR, True)
-            study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
-
 
 def _dominates(a: list[float], b: list[float]) -> bool:
     """Whether costs ``a`` are nowhere worse than ``b`` and somewhere better (minimisation)."""
@@ -422,8 +421,7 @@ def attach_sampler(study: optuna.Study, conf: cfg.StudyConfig) -> BaseSampler:
     x0 = conf.space.x0()
     sampler = conf.make_sampler()
     study.sampler = sampler
-    own_x0 = conf.optimizer in ("nomad", "grid", "tpe", "nsga2", "random")
-    if x0 is not None and not study.trials and not own_x0:
+    if x0 is not None and not study.trials and conf.optimizer not in OPTIMIZERS:
         study.enqueue_trial(x0, skip_if_exists=True)
     return sampler
 

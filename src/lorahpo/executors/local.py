@@ -24,6 +24,10 @@ from typing import Any
 from lorahpo.objectives import tail
 from lorahpo.result import TrialResult
 
+#: The pid of the process that started a trial, given to the trial: one whose study process
+#: died while it was still starting up must notice too (``worker._die_with_parent``).
+PARENT_ENV = "LORAHPO_PARENT_PID"
+
 
 @dataclass
 class TrialTask:
@@ -102,7 +106,7 @@ class LocalExecutor:
                 _kill_group(proc)
 
     def _run(self, task: TrialTask) -> TrialResult:
-        env = {**os.environ, "LORAHPO_PARENT_PID": str(os.getpid())}
+        env = {**os.environ, PARENT_ENV: str(os.getpid())}
         gpu = self._gpus.get() if self._gpus else None
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu

@@ -74,7 +74,6 @@ class RayExecutor:
         self._refs: dict[int, Any] = {}  # running tasks by trial number
         self._pruned: set[int] = set()
         self._lock = threading.Lock()
-        self._closing = False
 
     def submit(self, task: TrialTask) -> Future[TrialResult]:
         task.write()  # the driver's copy of what the trial runs
@@ -101,7 +100,6 @@ class RayExecutor:
     def shutdown(self, kill: bool = False) -> None:
         """Wait for running trials, or with ``kill`` cancel them at once."""
         if kill:
-            self._closing = True
             with self._lock:
                 for ref in self._refs.values():
                     self._ray.cancel(ref, force=True)

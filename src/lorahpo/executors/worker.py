@@ -13,13 +13,9 @@ import threading
 import time
 from pathlib import Path
 
+from lorahpo.executors.local import PARENT_ENV
 from lorahpo.objectives import ObjectiveSpec, evaluate
 from lorahpo.pruners import reporter
-
-
-#: The pid of the process that started the trial, set by the executor: a trial whose study
-#: process died while it was still starting up must notice too.
-PARENT_ENV = "LORAHPO_PARENT_PID"
 
 
 def _die_with_parent() -> None:

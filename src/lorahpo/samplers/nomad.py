@@ -194,10 +194,11 @@ class NomadSampler(BaseSampler):
         """
         points = [list(self._x0)]
         rng = random.Random(self._seed)
+        lower, upper = [v.lower for v in self._vars], [v.upper for v in self._vars]
         for _ in range(100 * self._block_size):
             if len(points) >= self._block_size:
                 break
-            x = _random_box_point(self._vars, [v.lower for v in self._vars], [v.upper for v in self._vars], rng)
+            x = _random_box_point(self._vars, lower, upper, rng)
             if self._startable(x) and x not in points:
                 points.append(x)
         return points
