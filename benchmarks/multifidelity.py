@@ -54,6 +54,7 @@ RESULTS = Path(__file__).parent / "results"
 ARMS = {"nomad-full": ("nomad", None), "nomad-asha": ("nomad", "asha"), "tpe-asha": ("tpe", "asha")}
 ASHA = {"min_resource": 4, "reduction_factor": 3}
 TARGET = 0.005  # within 0.5% of the full-fidelity best
+CHECKPOINTS = (0.1, 0.2, 0.4, 0.6, 0.8)  # fractions of the token budget where the best so far is reported
 
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {
@@ -168,6 +169,18 @@ def tokens_to_reach(trace: Sequence[tuple[float, float | None]], level: float) -
     return next((t for t, b in trace if b is not None and b <= level), None)
 
 
+def best_by(trace: Sequence[tuple[float, float | None]], tokens: float) -> float | None:
+    """The best complete value once ``tokens`` were spent (None before the first complete trial)."""
+    return next((b for t, b in reversed(trace) if t <= tokens), None)
+
+
+def spread(values: Sequence[float | None]) -> dict[str, Any]:
+    """Median and range over the seeds that have a value; ``missing`` counts those that have none."""
+    known = [v for v in values if v is not None]
+    return {"median": statistics.median(known) if known else None, "min": min(known, default=None),
+            "max": max(known, default=None), "missing": len(values) - len(known)}
+
+
 def summarize(runs: Sequence[dict[str, Any]], budget_tokens: float) -> dict[str, Any]:
     full = {r["seed"]: r["best"] for r in runs if r["arm"] == "nomad-full"}
     arms: dict[str, Any] = {}
@@ -183,6 +196,8 @@ def summarize(runs: Sequence[dict[str, Any]], budget_tokens: float) -> dict[str,
             "seeds": [r["seed"] for r in mine],
             "best_median": statistics.median(finals) if finals else None,
             "best_range": [min(finals), max(finals)] if finals else None,
+            "best_at": {**{f"{f:.0%}": spread([best_by(r["trace"], f * budget_tokens) for r in mine]) for f in CHECKPOINTS},
+                        "end": spread([r["best"] for r in mine])},
             "trials_median": statistics.median(len(r["trials"]) for r in mine),
             "pruned_median": statistics.median(sum(t["status"] == "pruned" for t in r["trials"]) for r in mine),
             "fraction_to_target": fractions,
@@ -206,6 +221,15 @@ def markdown(result: dict[str, Any]) -> str:
         best = "-" if rng is None else f"{row['best_median']:.4f} [{rng[0]:.4f}, {rng[1]:.4f}]"
         fr = ", ".join("never" if f is None else f"{f:.0%}" for f in row["fraction_to_target"])
         lines.append(f"| {arm} | {best} | {row['trials_median']:g} | {row['pruned_median']:g} | {fr} | {'yes' if row['target_met'] else 'no'} |")
+    marks = list(next(iter(result["summary"].values()))["best_at"])
+    lines += ["", "Best validation loss of a complete trial by the tokens spent (fraction of the budget): median [min, max] over seeds.",
+              "", "| arm | " + " | ".join(marks) + " |", "|---" * (len(marks) + 1) + "|"]
+    for arm, row in result["summary"].items():
+        cells = []
+        for s in row["best_at"].values():
+            cell = "-" if s["median"] is None else f"{s['median']:.4f} [{s['min']:.4f}, {s['max']:.4f}]"
+            cells.append(cell + (f" ({s['missing']} without)" if s["missing"] and s["median"] is not None else ""))
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

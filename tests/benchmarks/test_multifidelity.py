@@ -51,6 +51,12 @@ def test_arms_share_a_token_budget_and_replay_exactly(bench, tmp_path):
     summary = result["summary"]
     assert set(summary) == {"nomad-full", "nomad-asha", "tpe-asha"}
     assert all(f is not None and f <= 1.0 for f in summary["nomad-full"]["fraction_to_target"])
+    for row in summary.values():  # the best so far, by tokens spent: it can only fall
+        at = row["best_at"]
+        assert list(at) == ["10%", "20%", "40%", "60%", "80%", "end"]
+        assert at["end"] == {"median": row["best_median"], "min": row["best_range"][0], "max": row["best_range"][1], "missing": 0}
+        full = [s["median"] for s in at.values() if s["missing"] == 0]
+        assert full == sorted(full, reverse=True)
 
     # Configurations are trained only as far as a pruner let them go; one is trained again only
     # when a later run lets it go further than its cached curve.
@@ -70,5 +76,5 @@ def test_arms_share_a_token_budget_and_replay_exactly(bench, tmp_path):
     # Without pruning, a stopped configuration has to be trained further: replay alone refuses.
     with pytest.raises(LookupError, match="not measured far enough"):
         bench.main([*args, "--arms", "nomad-full", "tpe-asha", "--seeds", "5", "--replay"], blackbox=None)
-    assert "| nomad-asha |" in (tmp_path / "r.md").read_text()
+    assert "| nomad-asha |" in (tmp_path / "r.md").read_text() and "| arm | 10% | 20% |" in (tmp_path / "r.md").read_text()
     assert (tmp_path / "r.png").stat().st_size > 10_000
