@@ -64,18 +64,18 @@ def build_parser() -> argparse.ArgumentParser:
     w.set_defaults(func=cmd_worker)
 
     s = sub.add_parser("status", help="every trial of a study, in order")
-    s.add_argument("study_dir")
+    s.add_argument("study_dir", metavar="DIR", help="study folder")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_status)
 
     b = sub.add_parser("best", help="the best trials of a study")
-    b.add_argument("study_dir")
+    b.add_argument("study_dir", metavar="DIR", help="study folder")
     b.add_argument("--top", type=int, help="how many (default 1; with several objectives, the whole Pareto front)")
     b.add_argument("--json", action="store_true", help="machine-readable output")
     b.set_defaults(func=cmd_best)
 
     e = sub.add_parser("export", help="write a trial's LoRA adapter (PEFT format) or the merged model")
-    e.add_argument("study_dir")
+    e.add_argument("study_dir", metavar="DIR", help="study folder")
     e.add_argument("--out", required=True, help="destination folder")
     e.add_argument("--trial", type=int, help="trial number (default: the best trial)")
     e.add_argument("--merge", action="store_true", help="fold the adapter into the base model and save the whole model")
