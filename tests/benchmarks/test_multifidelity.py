@@ -51,6 +51,7 @@ def test_arms_share_a_token_budget_and_replay_exactly(bench, tmp_path):
     summary = result["summary"]
     assert set(summary) == {"nomad-full", "nomad-asha", "tpe-asha"}
     assert all(f is not None and f <= 1.0 for f in summary["nomad-full"]["fraction_to_target"])
+    assert 0 < summary["nomad-full"]["median_fraction_to_target"] <= 1.0
     for row in summary.values():  # the best so far, by tokens spent: it can only fall
         at = row["best_at"]
         assert list(at) == ["10%", "20%", "40%", "60%", "80%", "end"]
@@ -78,3 +79,9 @@ def test_arms_share_a_token_budget_and_replay_exactly(bench, tmp_path):
         bench.main([*args, "--arms", "nomad-full", "tpe-asha", "--seeds", "5", "--replay"], blackbox=None)
     assert "| nomad-asha |" in (tmp_path / "r.md").read_text() and "| arm | 10% | 20% |" in (tmp_path / "r.md").read_text()
     assert (tmp_path / "r.png").stat().st_size > 10_000
+
+
+def test_median_curve_starts_once_every_seed_has_a_value(bench):
+    traces = [[(10, 3.0), (20, 1.0)], [(5, None), (15, 2.0)]]
+    assert bench.median_curve(traces, 20, points=4) == [(0.75, 2.5), (1.0, 1.5)]
+    assert bench.best_by(traces[0], 9) is None and bench.best_by(traces[0], 19) == 3.0
