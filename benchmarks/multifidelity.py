@@ -199,11 +199,8 @@ def summarize(runs: Sequence[dict[str, Any]], budget_tokens: float) -> dict[str,
             ref = full.get(r["seed"])
             need = tokens_to_reach(r["trace"], ref * (1 + TARGET)) if ref is not None else None
             fractions.append(None if need is None else need / budget_tokens)
-        finals = [r["best"] for r in mine if r["best"] is not None]
         arms[arm] = {
             "seeds": [r["seed"] for r in mine],
-            "best_median": statistics.median(finals) if finals else None,
-            "best_range": [min(finals), max(finals)] if finals else None,
             "best_at": {**{f"{f:.0%}": spread([best_by(r["trace"], f * budget_tokens) for r in mine]) for f in CHECKPOINTS},
                         "end": spread([r["best"] for r in mine])},
             "trials_median": statistics.median(len(r["trials"]) for r in mine),
@@ -230,24 +227,26 @@ def markdown(result: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for arm, row in result["summary"].items():
-        rng = row["best_range"]
-        best = "-" if rng is None else f"{row['best_median']:.4f} [{rng[0]:.4f}, {rng[1]:.4f}]"
+        best = _cell(row["best_at"]["end"])
         fr = ", ".join("never" if f is None else f"{f:.0%}" for f in row["fraction_to_target"])
         lines.append(f"| {arm} | {best} | {row['trials_median']:g} | {row['pruned_median']:g} | {fr} | {'yes' if row['target_met'] else 'no'} |")
-    medians = {arm: row.get("median_fraction_to_target") for arm, row in result["summary"].items()}
-    if "nomad-full" in medians:
+    medians = {arm: row["median_fraction_to_target"] for arm, row in result["summary"].items() if "median_fraction_to_target" in row}
+    if medians:
         lines += ["", "On the medians over seeds: the median best so far comes within 0.5% of the median full-fidelity best "
                   "after " + ", ".join(f"{'never' if f is None else f'{f:.0%}'} ({arm})" for arm, f in medians.items()) + "."]
     marks = list(next(iter(result["summary"].values()))["best_at"])
     lines += ["", "Best validation loss of a complete trial by the tokens spent (fraction of the budget): median [min, max] over seeds.",
               "", "| arm | " + " | ".join(marks) + " |", "|---" * (len(marks) + 1) + "|"]
     for arm, row in result["summary"].items():
-        cells = []
-        for s in row["best_at"].values():
-            cell = "-" if s["median"] is None else f"{s['median']:.4f} [{s['min']:.4f}, {s['max']:.4f}]"
-            cells.append(cell + (f" ({s['missing']} without)" if s["missing"] and s["median"] is not None else ""))
-        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+        lines.append(f"| {arm} | " + " | ".join(_cell(s) for s in row["best_at"].values()) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _cell(s: dict[str, Any]) -> str:
+    """A ``spread`` as ``median [min, max]``, with the seeds that have no value yet."""
+    if s["median"] is None:
+        return "-"
+    return f"{s['median']:.4f} [{s['min']:.4f}, {s['max']:.4f}]" + (f" ({s['missing']} without)" if s["missing"] else "")
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -260,11 +259,15 @@ def plot(result: dict[str, Any], path: Path) -> None:
     budget = result["budget_tokens"]
     for arm in dict.fromkeys(r["arm"] for r in result["runs"]):
         traces = [r["trace"] for r in result["runs"] if r["arm"] == arm]
-        (line,) = ax.step(*zip(*median_curve(traces, budget)), where="post", lw=2.2,
-                          label=f"{arm} (median of {len(traces)} seeds)")
+        color = None
+        if medians := median_curve(traces, budget):
+            (line,) = ax.step(*zip(*medians), where="post", lw=2.2, label=f"{arm} (median of {len(traces)} seeds)")
+            color = line.get_color()
         for trace in traces:
-            pts = [(t / budget, b) for t, b in trace if b is not None]
-            ax.step(*zip(*pts), where="post", lw=0.8, alpha=0.5, color=line.get_color())
+            if pts := [(t / budget, b) for t, b in trace if b is not None]:
+                (line,) = ax.step(*zip(*pts), where="post", lw=0.8, alpha=0.5, color=color,
+                                  label=None if color else f"{arm} (one seed each)")
+                color = line.get_color()
     ax.axvline(0.4, color="grey", ls="--", lw=1)
     ax.set_xlabel("training tokens spent (fraction of the budget)")
     ax.set_ylabel("best validation loss of a complete trial")
