@@ -1,6 +1,7 @@
 """NomadSampler: faithful to PyNomad, parallel blocks, failures, replay, exhaustion."""
 
 import math
+import os
 import warnings
 
 import optuna
@@ -259,3 +260,16 @@ def test_a_multi_objective_study_runs_dmultimads():
     assert "BB_OUTPUT_TYPE OBJ OBJ" in params and "DMULTIMADS_OPTIMIZATION yes" in params
     assert "DIRECTION_TYPE ORTHO 2N" in params
     assert len({tuple(t.params.values()) for t in study.trials}) == 5
+
+
+def test_nomad_process_is_out_of_reach_of_the_studys_ctrl_c():
+    # NOMAD ends its run on SIGINT; a Ctrl-C sent to the study's process group must not reach it
+    # (the search would quietly restart elsewhere): the NOMAD process has a session of its own.
+    sampler = NomadSampler(MIXED, x0=X0, seed=0)
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(objective, n_trials=2)
+    proc = sampler._engine._proc
+    try:
+        assert proc.poll() is None and os.getsid(proc.pid) == proc.pid != os.getsid(0)
+    finally:
+        sampler.close()

@@ -320,6 +320,9 @@ class _Engine:
             stderr=self._stderr,
             text=True,
             bufsize=1,
+            # Its own session: a Ctrl-C meant for the study must not reach NOMAD, which would end
+            # its run quietly and change the search. The study decides; NOMAD ends with stdin.
+            start_new_session=True,
         )
 
     def _pump(self) -> None:
