@@ -38,10 +38,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _machine import machine  # noqa: E402
 
 from lorahpo.finetune import train  # noqa: E402
+from lorahpo.finetune.batching import length_grouped  # noqa: E402
 from lorahpo.finetune.config import DataConfig, LoraTrialConfig, ModelConfig  # noqa: E402
 from lorahpo.finetune.data import build_splits  # noqa: E402
+from lorahpo.finetune.device import resolve_device, resolve_precision  # noqa: E402
 from lorahpo.finetune.models import load_model_and_tokenizer  # noqa: E402
-from lorahpo.finetune.train import length_grouped, resolve_device, resolve_precision, run_trial  # noqa: E402
+from lorahpo.finetune.train import run_trial  # noqa: E402
 
 BATCH, MAX_LENGTH, SEED = 8, 128, 0
 LORA = {"rank": 8, "alpha": 16, "dropout": 0.05}

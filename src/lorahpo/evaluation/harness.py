@@ -44,7 +44,7 @@ class Scores:
 
 
 def load_model(
-    model: ModelConfig, adapter: Path | None, *, device: str = "auto", batch_size: int = 8
+    model: ModelConfig, adapter: Path | None, *, device: str = "auto", precision: str = "auto", batch_size: int = 8
 ) -> Any:
     """Load the base model (and the LoRA adapter in ``adapter``) as an lm-eval ``HFLM``.
 
@@ -52,24 +52,24 @@ def load_model(
         model: The study's base model.
         adapter: A PEFT adapter folder, or None for the base model alone.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+        precision: ``auto`` (as training resolves it: :mod:`lorahpo.finetune.device`), ``bf16``, ``fp16`` or ``fp32``.
         batch_size: Rows per forward pass.
     """
-    import torch
     from lm_eval.models.huggingface import HFLM
 
+    from lorahpo.finetune.device import resolve_device, resolve_precision
     from lorahpo.finetune.models import resolve_model
 
     source, kwargs = resolve_model(model)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    where = resolve_device(device)
     return HFLM(
         pretrained=source,
         peft=str(adapter) if adapter is not None else None,
         gguf_file=kwargs.get("gguf_file"),
         revision=kwargs.get("revision") or "main",
         trust_remote_code=kwargs.get("trust_remote_code", False),
-        device=device,
-        dtype="float32" if device == "cpu" else "bfloat16",
+        device=str(where),
+        dtype=resolve_precision(precision, where).dtype,
         batch_size=batch_size,
     )
 

@@ -30,13 +30,12 @@ import hashlib
 import json
 import math
 import os
-import random
 import sys
 import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -44,8 +43,10 @@ from typing import TYPE_CHECKING, Any, TextIO
 import torch
 import torch.nn.functional as F
 
+from lorahpo.finetune.batching import Batch, collate, length_grouped
 from lorahpo.finetune.config import LoraConfig, LoraTrialConfig, TrainingConfig
 from lorahpo.finetune.data import IGNORE_INDEX, DataError, Example, build_splits
+from lorahpo.finetune.device import Precision, describe, resolve_device, resolve_precision
 from lorahpo.finetune.models import ModelError, load_model_and_tokenizer
 from lorahpo.result import TrialResult
 
@@ -78,24 +79,9 @@ _PLAIN_HEAD = frozenset(
 #: How allocation failures read when they are not a ``torch.OutOfMemoryError`` (the CPU allocator's).
 _OOM_MESSAGES = ("out of memory", "can't allocate memory", "not enough memory")
 
-#: Length grouping: examples are shuffled, cut into chunks of this many batches, sorted by
-#: length within a chunk, and the batches shuffled again (as HF's LengthGroupedSampler does).
-_BATCHES_PER_GROUP = 50
-
 
 class TrialFailure(Exception):
     """The trial ran but its outcome is unusable (non-finite loss, divergence)."""
-
-
-@dataclass(frozen=True)
-class Precision:
-    """How the frozen base model computes: its weight dtype and the autocast dtype."""
-
-    name: str
-    dtype: torch.dtype
-
-    def autocast(self, device: torch.device) -> AbstractContextManager[Any]:
-        return torch.autocast(device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
 
 
 @dataclass
@@ -108,15 +94,6 @@ class Setup:
     validation: list[Example]
     device: torch.device
     precision: Precision
-
-
-@dataclass
-class Batch:
-    input_ids: torch.Tensor
-    labels: torch.Tensor
-    attention_mask: torch.Tensor
-    tokens: int  # non-pad tokens
-    targets: int  # response tokens the loss covers
 
 
 @dataclass
@@ -191,36 +168,13 @@ def load(config: LoraTrialConfig) -> Setup:
         torch.set_num_threads(int(threads))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
-    _say(f"device {device} ({where}), precision {precision.name}")
+    _say(describe(device, precision))
     model, tokenizer = load_model_and_tokenizer(config.model, precision.dtype, device)
     splits = build_splits(config.data, tokenizer)
     _say(splits.report.summary())
     n_train = max(1, round(len(splits.train) * config.training.train_fraction))
     # The split is already a seeded shuffle: its prefix is a fixed random subset, nested across fractions.
     return Setup(model, tokenizer, splits.train[:n_train], splits.validation, device, precision)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` is the first CUDA device when there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def resolve_precision(name: str, device: torch.device) -> Precision:
-    """Pick the compute precision; ``auto`` is bf16 wherever the hardware runs it fast.
-
-    On a CPU without bf16 matrix instructions (AMX or AVX512-BF16) bf16 is emulated and many
-    times slower than fp32, so ``auto`` keeps fp32 there.
-    """
-    if name == "auto":
-        if device.type == "cuda":
-            fast = torch.cuda.is_bf16_supported()
-        else:
-            fast = device.type == "cpu" and _cpu_has_bf16()
-        name = "bf16" if fast else "fp32"
-    return Precision(name, {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name])
 
 
 def add_lora(model: PreTrainedModel, cfg: LoraConfig, seed: int) -> Any:
@@ -307,7 +261,7 @@ def fit(
     model.train()
     for step, groups in enumerate(_step_batches(setup.train, cfg, accumulation, total_steps), start=1):
         tic = time.perf_counter()
-        batches = [_collate(setup.train, indices, setup.tokenizer.pad_token_id, device) for indices in groups]
+        batches = [collate(setup.train, indices, setup.tokenizer.pad_token_id, device) for indices in groups]
         targets = sum(b.targets for b in batches)
         loss_sum = torch.zeros((), device=device)
         for batch in batches:
@@ -383,7 +337,7 @@ def validate(model: Any, examples: list[Example], setup: Setup, batch_size: int)
     total, count = 0.0, 0
     # Sorted by length, no shuffle: the least padding, and the same batches every time.
     for indices in length_grouped(examples, batch_size, seed=None):
-        batch = _collate(examples, indices, setup.tokenizer.pad_token_id, setup.device)
+        batch = collate(examples, indices, setup.tokenizer.pad_token_id, setup.device)
         with setup.precision.autocast(setup.device):
             total += response_loss_sum(model, batch).item()
         count += batch.targets
@@ -444,54 +398,6 @@ def response_loss_sum(model: Any, batch: Batch) -> torch.Tensor:
     else:
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1][keep]
     return F.cross_entropy(logits.float(), targets[keep], reduction="sum")
-
-
-def length_grouped(examples: list[Example], batch_size: int, seed: str | None) -> list[list[int]]:
-    """Batches of example indices with similar lengths.
-
-    With a seed: shuffle, sort by length within chunks of :data:`_BATCHES_PER_GROUP` batches,
-    then shuffle the batches, so each batch has little padding yet the order stays random and
-    is the same for the same seed. Without a seed: sorted by length, longest first.
-    """
-    order = list(range(len(examples)))
-    if seed is None:
-        chunk = len(order) or 1
-    else:
-        rng = random.Random(seed)
-        rng.shuffle(order)
-        chunk = batch_size * _BATCHES_PER_GROUP
-    batches = []
-    for start in range(0, len(order), chunk):
-        group = sorted(order[start : start + chunk], key=lambda i: -len(examples[i].input_ids))
-        batches += [group[i : i + batch_size] for i in range(0, len(group), batch_size)]
-    if seed is not None:
-        rng.shuffle(batches)
-    return batches
-
-
-def _collate(examples: list[Example], indices: list[int], pad_id: int, device: torch.device) -> Batch:
-    """Right-pad a batch to its longest example."""
-    rows = [examples[i] for i in indices]
-    length = max(len(r.input_ids) for r in rows)
-    input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, row in enumerate(rows):
-        n = len(row.input_ids)
-        input_ids[i, :n] = torch.tensor(row.input_ids)
-        labels[i, :n] = torch.tensor(row.labels)
-        mask[i, :n] = 1
-    targets = int((labels[:, 1:] != IGNORE_INDEX).sum())
-    return Batch(input_ids.to(device), labels.to(device), mask.to(device), int(mask.sum()), targets)
-
-
-def _cpu_has_bf16() -> bool:
-    """Whether the CPU has bf16 matrix instructions (Linux only: other systems keep fp32)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(flag in flags for flag in ("amx_bf16", "avx512_bf16"))
 
 
 def _peak_memory_mb(device: torch.device) -> float:

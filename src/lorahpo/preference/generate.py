@@ -117,8 +117,7 @@ def generate_answers(
     Returns:
         The number of answers written.
     """
-    import torch
-
+    from lorahpo.finetune.device import resolve_device, resolve_precision
     from lorahpo.finetune.models import load_model_and_tokenizer
 
     done = {(a.model, a.prompt_id) for a in read_answers(out)}
@@ -126,10 +125,8 @@ def generate_answers(
     total = sum(map(len, todo.values()))
     if not total:
         return 0
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    dev = resolve_device(device)
+    dtype = resolve_precision("auto", dev).dtype
     settings = {"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed, "template": template}
 
     # Models sharing a base load it once.
