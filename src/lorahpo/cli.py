@@ -183,12 +183,43 @@ def _run_study(conf: Any, study_dir: Path, *, new: bool) -> int:
     if summary.x0 is not None:
         x0_value = f"{summary.x0.value:.6g}" if summary.x0.value is not None else summary.x0.status
         print(f"start    {metric} = {x0_value}  (trial {summary.x0.number})  {fmt_params(summary.x0.params)}")
+    if conf.objective.lora is not None and conf.objective.lora.evaluate:
+        print(_against_base(conf, summary))
     if summary.best is not None and (summary.best.directory / "adapter").exists():
         print(f"adapter  {summary.best.directory / 'adapter'}")
     if conf.objective.secondary:
         front = study.best(summary.finished)
         print(f"pareto   {len(front)} trial(s) on the front of {', '.join(conf.objective.metric_names)}: lorahpo best {study_dir}")
     return EXIT_INTERRUPTED if summary.stopped == "interrupted" else 0
+
+
+def _against_base(conf: Any, summary: Any) -> str:
+    """The base model, the start point and the best trial side by side on the headline metrics."""
+    names = ["validation_loss", *(spec.name for spec in conf.objective.lora.evaluate)]
+    rows: list[tuple[str, dict[str, float]]] = []
+    some = summary.best or summary.x0
+    if some is not None:
+        base = {"validation_loss": some.metrics.get("initial_validation_loss", float("nan"))}
+        base.update({n: some.metrics.get(f"{n}_base", float("nan")) for n in names[1:]})
+        rows.append(("base model", base))
+    for label, record in (("start", summary.x0), ("best", summary.best)):
+        if record is not None:
+            rows.append((f"{label} (trial {record.number})", record.metrics))
+    if conf.constraints:
+        bounds = ", ".join(f"{m} <= {b:g}" for m, b in conf.constraints.items())
+        rows_text = f"best meets {bounds}\n" if summary.best is not None else ""
+    else:
+        rows_text = ""
+    width = max(len(label) for label, _ in rows) if rows else 10
+    lines = [" " * width + "".join(f"  {n:>16}" for n in names)]
+    for label, metrics in rows:
+        cells = "".join(f"  {_cell(metrics.get(n)):>16}" for n in names)
+        lines.append(f"{label:<{width}}{cells}")
+    return rows_text + "\n".join(lines)
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None or value != value else f"{value:.4f}"
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:

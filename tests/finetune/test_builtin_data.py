@@ -142,9 +142,9 @@ def test_max_chars_skips_long_rows(tmp_path):
 
 def test_bigbench_instruct_builds_once_into_the_cache(data_cache, monkeypatch):
     path = bigbench_instruct("cpu", data_cache)
-    assert path == data_cache / "data" / "bigbench-instruct-cpu-v1.jsonl"
+    assert path == data_cache / "data" / "bigbench-instruct-cpu-v2.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    meta = json.loads((data_cache / "data" / "bigbench-instruct-cpu-v1.meta.json").read_text())
+    meta = json.loads((data_cache / "data" / "bigbench-instruct-cpu-v2.meta.json").read_text())
     assert meta["rows"] == len(rows) == 21
     assert meta["tasks"] == {"choose": 2, "echo": 13, "family": 6}
     assert "causal_judgment" in meta["held_out"]
@@ -166,7 +166,7 @@ def test_load_rows_reads_the_preset(data_cache):
     rows, report = load_rows(DataConfig(preset="bigbench-instruct", size="cpu", cache_dir=str(data_cache)))
     assert len(rows) == 21
     assert all(set(r) == {"instruction", "input", "output"} for r in rows)
-    assert report.sources[0].name == "bigbench-instruct-cpu-v1.jsonl"
+    assert report.sources[0].name == "bigbench-instruct-cpu-v2.jsonl"
 
 
 def test_bbh_tasks_are_the_23_tasks_with_their_source_folders():

@@ -25,10 +25,8 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import tarfile
 import tempfile
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +34,7 @@ from typing import Any
 import yaml
 
 from lorahpo.cache import cache_dir, pip_download
-from lorahpo.finetune.builtin_data import BBH_TASKS
+from lorahpo.finetune.builtin_data import BBH_TASKS, task_files
 
 VERSION = 1
 GROUP = "lorahpo_bbh_bigbench"
@@ -44,7 +42,6 @@ SHOTS = 3
 MAX_TEST_ROWS = 250
 _REQUIREMENT = "bigbench==1.0.0"
 _TARBALL = "bigbench-1.0.0.tar.gz"
-_TASKS_DIR = "/bigbench/benchmark_tasks/"
 _LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 # Where a model's answer stops: the blank line before the next question.
 _UNTIL = ["\n\n", "\nQ:"]
@@ -83,7 +80,7 @@ def read_subtasks(tarball: Path) -> list[Subtask]:
     """Read the BBH source tasks present in a BIG-bench tarball, in BBH's name order."""
     sources = {folder: bbh for bbh, folder in BBH_TASKS.items()}
     subtasks = []
-    for path, spec in _bbh_task_files(tarball, set(sources)):
+    for path, spec in task_files(tarball, set(sources)):
         top, _, variant = path.partition("/")
         name = sources[top] + (f"_{variant}" if variant else "")
         subtask = build_subtask(name, spec)
@@ -208,19 +205,3 @@ def _generative_row(example: dict[str, Any], prefix: str) -> dict[str, str] | No
     if not isinstance(target, str) or not target.strip() or "\n" in target.strip():
         return None
     return {"input": f"{prefix}{example['input'].strip()}", "target": target.strip()}
-
-
-def _bbh_task_files(tarball: Path, folders: set[str]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Yield ``(task path, parsed task.json)`` of the tasks under ``folders``, streaming the tarball."""
-    with tarfile.open(tarball, "r:gz") as tar:
-        for member in tar:
-            if not (member.isfile() and member.name.endswith("/task.json") and _TASKS_DIR in member.name):
-                continue
-            path = member.name.split(_TASKS_DIR, 1)[1].removesuffix("/task.json")
-            if path.split("/")[0] not in folders:
-                continue
-            handle = tar.extractfile(member)
-            if handle is not None:
-                spec = json.load(handle)
-                if spec.get("examples"):  # a folder of subtasks has a task.json without examples
-                    yield path, spec

@@ -2,7 +2,7 @@
 
 The rows come from the JSON tasks of the ``bigbench==1.0.0`` source distribution (Apache-2.0),
 read straight from its tarball: nothing is installed or extracted. The first use builds a JSONL
-file in the cache (``<cache>/data/bigbench-instruct-<size>-v1.jsonl``) with a metadata file
+file in the cache (``<cache>/data/bigbench-instruct-<size>-v2.jsonl``) with a metadata file
 beside it; later uses read that file.
 
 What goes in:
@@ -15,7 +15,8 @@ What goes in:
   when it is one of the few untagged non-English files in :data:`_UNTAGGED_NON_ENGLISH`. A row is
   dropped when more than 10% of its letters are outside ASCII (catches untagged tasks in other
   scripts, such as Hindi or Persian).
-- The BIG-Bench-Hard source tasks (:data:`BBH_TASKS`) are held out for downstream evaluation.
+- The BIG-Bench-Hard source tasks (:data:`BBH_TASKS`) and the retention tasks
+  (:data:`RETENTION_TASKS`) are held out for downstream evaluation.
 - A generative example (``target``) becomes instruction/output; a multiple-choice example
   (``target_scores``) lists its options in the input, in a fixed pseudo-random order, and answers
   with the single best option.
@@ -39,7 +40,7 @@ from typing import Any
 
 from lorahpo.cache import cache_dir, pip_download
 
-VERSION = 1
+VERSION = 2  # 2: the retention tasks are held out
 _REQUIREMENT = "bigbench==1.0.0"
 _TARBALL = "bigbench-1.0.0.tar.gz"
 _TASKS_DIR = "/bigbench/benchmark_tasks/"
@@ -73,6 +74,22 @@ BBH_TASKS: dict[str, str] = {
     "web_of_lies": "web_of_lies",
     "word_sorting": "word_sorting",
 }
+
+#: English multiple-choice BIG-bench tasks of knowledge and common sense, held out of the
+#: training data and of BIG-Bench-Hard: the built-in ``retention`` evaluator asks them, to see
+#: whether fine-tuning made the model forget what it knew (:mod:`lorahpo.evaluation.retention`).
+RETENTION_TASKS: tuple[str, ...] = (
+    "conceptual_combinations",
+    "emoji_movie",
+    "general_knowledge",
+    "hindu_knowledge",
+    "human_organs_senses",
+    "misconceptions",
+    "physical_intuition",
+    "physics",
+    "riddle_sense",
+    "social_iqa",
+)
 
 #: Keywords of task files that are not English instruction data.
 EXCLUDED_KEYWORDS = frozenset({"non-English", "multilingual", "translation", "low-resource language", "non-language"})
@@ -135,7 +152,7 @@ def bigbench_instruct(size: str = "cpu", cache: str | os.PathLike[str] | None = 
         "source": _REQUIREMENT,
         "rows": len(rows),
         "tasks": tasks,
-        "held_out": sorted(set(BBH_TASKS.values())),
+        "held_out": sorted(set(BBH_TASKS.values()) | set(RETENTION_TASKS)),
         "build_seconds": round(time.perf_counter() - start, 1),
     }
     # The data file is written last: its presence means the build is complete.
@@ -149,9 +166,9 @@ def build_rows(tarball: Path, size: BuildSize) -> tuple[list[dict[str, str]], di
 
     Sampling is deterministic: each task draws from its own seeded random stream.
     """
-    held_out = set(BBH_TASKS.values())
+    held_out = set(BBH_TASKS.values()) | set(RETENTION_TASKS)
     pools: dict[str, _Reservoir] = {}
-    for name, spec in _task_files(tarball):
+    for name, spec in task_files(tarball):
         task = name.split("/")[0]
         if task in held_out or name in _UNTAGGED_NON_ENGLISH or EXCLUDED_KEYWORDS & set(spec.get("keywords") or []):
             continue
@@ -208,13 +225,18 @@ def _is_english(row: dict[str, str]) -> bool:
     return sum(not c.isascii() for c in letters) <= _MAX_NON_ASCII_SHARE * len(letters)
 
 
-def _task_files(tarball: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Yield ``(task path, parsed task.json)`` for each JSON task, streaming the tarball."""
+def task_files(tarball: Path, folders: set[str] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield ``(task path, parsed task.json)`` of each JSON task, streaming the tarball.
+
+    With ``folders``, only tasks under those top-level task folders are parsed.
+    """
     with tarfile.open(tarball, "r:gz") as tar:
         for member in tar:
             if not (member.isfile() and member.name.endswith("/task.json") and _TASKS_DIR in member.name):
                 continue
             name = member.name.split(_TASKS_DIR, 1)[1].removesuffix("/task.json")
+            if folders is not None and name.split("/")[0] not in folders:
+                continue
             handle = tar.extractfile(member)
             if handle is not None:
                 yield name, json.load(handle)

@@ -101,6 +101,61 @@ class TrainingConfig(_Strict):
         return self
 
 
+#: Evaluators named by a plain string in ``evaluate:``; any other string is an lm-eval task.
+BUILTIN_EVALUATORS = {"retention": "choice", "in_domain": "generate"}
+
+
+class EvaluatorSpec(_Strict):
+    """A downstream metric measured inside each trial, on the adapted model still in memory (docs/evaluation.md)."""
+
+    name: str = Field(
+        pattern=r"^[A-Za-z][A-Za-z0-9_]*$",
+        description="Metric name: the trial reports `<name>`, `<name>_se`, `<name>_base` and `<name>_drop`.",
+    )
+    kind: Literal["choice", "generate", "lm_eval"] = Field(
+        description="choice: log-likelihood multiple choice; generate: greedy exact match; lm_eval: an lm-eval task."
+    )
+    path: str | None = Field(
+        None,
+        description="JSONL of `{question, choices, answer}` (choice) or `{prompt, answer}` (generate); "
+        "default: the built-in retention questions (choice) or held-out validation examples (generate).",
+    )
+    task: str | None = Field(None, description="lm-eval task name (lm_eval; e.g. mmlu, bbh-bigbench).")
+    include_path: str | None = Field(None, description="Folder of extra lm-eval task YAML files (lm_eval).")
+    num_fewshot: int | None = Field(None, ge=0, description="Few-shot examples (lm_eval; default: the task's own).")
+    size: int = Field(100, ge=1, description="Questions or examples asked (a sample of a longer set; lm-eval's limit).")
+    seed: int = Field(0, description="Seed of the sample of questions.")
+    max_new_tokens: int = Field(32, ge=1, description="Longest generated answer (generate).")
+    batch_size: int = Field(8, ge=1, description="Rows per forward pass.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        if isinstance(value, str):  # `retention`, `in_domain`, or an lm-eval task by name
+            kind = BUILTIN_EVALUATORS.get(value)
+            if kind is not None:
+                return {"name": value, "kind": kind}
+            return {"name": "".join(c if c.isalnum() else "_" for c in value), "kind": "lm_eval", "task": value}
+        return value
+
+    @model_validator(mode="after")
+    def _fields_of_kind(self) -> EvaluatorSpec:
+        if (self.kind == "lm_eval") != (self.task is not None):
+            raise ValueError("`task` is what an lm_eval evaluator runs, and only it")
+        if self.kind == "lm_eval" and self.path is not None:
+            raise ValueError("an lm_eval evaluator takes `task` (and `include_path`), not `path`")
+        if self.kind != "lm_eval" and (self.include_path is not None or self.num_fewshot is not None):
+            raise ValueError("`include_path` and `num_fewshot` belong to lm_eval evaluators")
+        return self
+
+    def metric_names(self) -> list[str]:
+        """The metrics this evaluator adds to a trial."""
+        names = [self.name, f"{self.name}_se", f"{self.name}_base", f"{self.name}_drop"]
+        if self.kind == "choice":
+            names += [f"{self.name}_logprob", f"{self.name}_logprob_drop"]
+        return names
+
+
 class LoraTrialConfig(_Strict):
     """Everything one fine-tuning trial needs."""
 
@@ -108,7 +163,19 @@ class LoraTrialConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluate: list[EvaluatorSpec] = Field(
+        default_factory=list,
+        description="Downstream metrics measured after training, e.g. `[retention]` (docs/evaluation.md).",
+    )
     save_adapter: bool = Field(True, description="Write the trained adapter into the trial folder.")
+
+    @model_validator(mode="after")
+    def _unique_metrics(self) -> LoraTrialConfig:
+        names = [n for spec in self.evaluate for n in spec.metric_names()]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"evaluate: two evaluators report {repeated[0]!r}; give them different names")
+        return self
 
 
 #: Search-space names that map onto a trial-config field, by section.

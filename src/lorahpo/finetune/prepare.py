@@ -15,9 +15,13 @@ def prepare(config: LoraTrialConfig) -> None:
     Raises:
         ModelError: The model cannot be found or fetched.
         DataError: A data source is missing, empty or has no usable rows.
+        EvaluatorError: An evaluator's questions are missing or malformed, or its lm-eval task unknown.
     """
+    from lorahpo.evaluation.in_trial import check
     from lorahpo.finetune.data import load_rows
     from lorahpo.finetune.models import resolve_model
 
     resolve_model(config.model)
     load_rows(config.data)
+    for spec in config.evaluate:
+        check(spec)

@@ -10,6 +10,8 @@ One readable recipe, ``setup -> fit -> validate``, in a plain PyTorch loop:
   length (little padding) in an order fixed by ``training.seed``, the same in every trial.
 * **validate** measures the mean cross-entropy per response token over the whole validation
   split: token-weighted, so a batch of long answers counts for more than one of short answers.
+* **evaluate** measures the downstream metrics of ``config.evaluate`` on the adapted model in
+  memory, next to the base model's (:mod:`lorahpo.evaluation.in_trial`).
 
 Speed: with bf16 the frozen base weights are stored in bf16 while the LoRA weights stay in fp32,
 and matrix products run under autocast. Logits are computed only at response positions, the
@@ -43,6 +45,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import torch
 import torch.nn.functional as F
 
+from lorahpo.evaluation import in_trial as evaluators
 from lorahpo.finetune.batching import Batch, collate, length_grouped
 from lorahpo.finetune.config import LoraConfig, LoraTrialConfig, TrainingConfig
 from lorahpo.finetune.data import IGNORE_INDEX, DataError, Example, build_splits
@@ -121,7 +124,9 @@ def run_trial(config: LoraTrialConfig, trial_dir: Path | None = None, reporter: 
         mean over the last epoch's worth of optimizer steps), ``runtime_s`` (training time
         without evaluation), ``train_tokens`` (non-pad tokens trained on),
         ``train_tokens_per_s``, ``peak_memory_mb`` (CUDA peak allocation, or the process's peak
-        resident memory on CPU), ``trainable_params``, ``steps`` and ``epochs``.
+        resident memory on CPU), ``trainable_params``, ``steps`` and ``epochs``; then each
+        evaluator's metrics (``config.evaluate``, :mod:`lorahpo.evaluation.in_trial`) and
+        ``evaluation_s``, the time they took.
     """
     start = time.perf_counter()
     progress = Progress()
@@ -133,9 +138,17 @@ def run_trial(config: LoraTrialConfig, trial_dir: Path | None = None, reporter: 
         adapters_follow_autocast(model, setup.precision)
         progress.metrics["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
         untrained = _untrained_loss_file(config, setup, trial_dir)
+        if config.evaluate:  # the base model's scores, while the adapters are still zero
+            context = evaluators.Context(
+                model, setup.tokenizer, setup.device, setup.precision, config.data.template, setup.validation
+            )
+            base = evaluators.base_values(context, config.evaluate, config, trial_dir.parent if trial_dir else None)
         with _train_log(trial_dir) as log:
             stopped = fit(model, setup, config.training, progress, reporter, log, untrained)
         status = "pruned" if stopped else "complete"
+        if status == "complete" and config.evaluate:
+            progress.metrics.update(evaluators.trial_metrics(context, config.evaluate, base))
+            _say("evaluated: " + ", ".join(f"{s.name} {progress.metrics[s.name]:.4g}" for s in config.evaluate))
         if status == "complete" and config.save_adapter and trial_dir is not None:
             model.save_pretrained(trial_dir / "adapter")
         result = TrialResult(status, progress.metrics, None, progress.intermediate)

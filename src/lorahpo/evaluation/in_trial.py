@@ -1,0 +1,358 @@
+"""Downstream metrics measured inside a LoRA trial, on the adapted model while it is in memory.
+
+Three kinds of evaluator (:class:`~lorahpo.finetune.config.EvaluatorSpec`):
+
+- ``choice``: multiple-choice accuracy by log-likelihood, as lm-eval's ``acc`` computes it: each
+  option is scored by the summed log-probability of its tokens after ``Q: <question>\\nA:``,
+  and the most likely option is the answer. Also the mean log-probability of the right option,
+  a smoother signal than accuracy. Each question's prefix runs once; its options continue
+  from the prefix's key/value cache. Built-in questions: :mod:`lorahpo.evaluation.retention`.
+- ``generate``: greedy exact match (whitespace and case ignored). Built-in examples: the
+  study's validation split, i.e. held-out examples of the training tasks.
+- ``lm_eval``: any lm-eval task, run on the model object through lm-eval's ``HFLM``.
+
+Every value comes with its standard error (``<name>_se``), the base model's value
+(``<name>_base``, measured once per study: before training the adapter is exactly zero, so the
+trial that first needs it measures it on its own model and leaves it for the others) and the
+drop from the base model (``<name>_drop = base - adapted``; higher scores are better).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from lorahpo.finetune.config import EvaluatorSpec, LoraTrialConfig
+from lorahpo.finetune.data import IGNORE_INDEX, Example, render
+
+if TYPE_CHECKING:
+    from lorahpo.finetune.device import Precision
+
+
+class EvaluatorError(ValueError):
+    """An evaluator's input cannot be used; the message is one line naming the evaluator."""
+
+
+@dataclass(frozen=True)
+class Question:
+    question: str
+    choices: tuple[str, ...]
+    answer: int
+
+
+@dataclass(frozen=True)
+class Prompted:
+    prompt_ids: tuple[int, ...]
+    answer: str
+
+
+@dataclass
+class Context:
+    """What evaluators need from the trial: the model, its tokenizer and where it computes."""
+
+    model: Any
+    tokenizer: Any
+    device: torch.device
+    precision: Precision
+    template: str
+    validation: list[Example]
+
+
+# ------------------------------------------------------------------ inputs
+
+
+def load_questions(spec: EvaluatorSpec) -> list[Question]:
+    """The questions of a ``choice`` evaluator: its JSONL file, or the built-in retention set."""
+    if spec.path is None:
+        from lorahpo.evaluation.retention import retention_questions
+
+        rows = retention_questions(spec.size, spec.seed)
+    else:
+        rows = _sample(_read_jsonl(spec), spec)
+    questions = []
+    for number, row in enumerate(rows, start=1):
+        where = f"evaluator {spec.name}: {spec.path or 'retention'} row {number}"
+        if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not row["question"].strip():
+            raise EvaluatorError(f"{where}: needs a non-empty `question`")
+        choices = row.get("choices")
+        if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c for c in choices):
+            raise EvaluatorError(f"{where}: needs `choices`, a list of at least two non-empty strings")
+        answer = row.get("answer")
+        if isinstance(answer, str):
+            if answer not in choices:
+                raise EvaluatorError(f"{where}: answer {answer!r} is not among its choices")
+            answer = choices.index(answer)
+        if not isinstance(answer, int) or isinstance(answer, bool) or not 0 <= answer < len(choices):
+            raise EvaluatorError(f"{where}: `answer` must be one of the choices (or its index)")
+        questions.append(Question(row["question"], tuple(choices), answer))
+    return questions
+
+
+def load_prompts(spec: EvaluatorSpec, context: Context) -> list[Prompted]:
+    """The examples of a ``generate`` evaluator: its JSONL file, or held-out validation examples."""
+    if spec.path is None:
+        out = []
+        for example in context.validation[: spec.size]:
+            start = next(i for i, label in enumerate(example.labels) if label != IGNORE_INDEX)
+            answer = [t for t in example.labels[start:] if t != context.tokenizer.eos_token_id]
+            out.append(Prompted(tuple(example.input_ids[:start]), context.tokenizer.decode(answer)))
+        return out
+    out = []
+    for row in check_prompts(spec):
+        prompt, _ = render({"instruction": row["prompt"], "input": "", "output": ""}, context.template, context.tokenizer)
+        ids = context.tokenizer(prompt, add_special_tokens=context.template != "chat")["input_ids"]
+        out.append(Prompted(tuple(ids), row["answer"]))
+    return out
+
+
+def check_prompts(spec: EvaluatorSpec) -> list[dict[str, str]]:
+    rows = _sample(_read_jsonl(spec), spec)
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row, dict) or not all(isinstance(row.get(k), str) and row[k].strip() for k in ("prompt", "answer")):
+            raise EvaluatorError(f"evaluator {spec.name}: {spec.path} row {number}: needs non-empty `prompt` and `answer`")
+    return rows
+
+
+def check(spec: EvaluatorSpec) -> None:
+    """Fetch and check an evaluator's input once, before any trial runs.
+
+    Raises:
+        EvaluatorError: A missing file, a row without choices, an answer not among them, an
+            empty set, or an unknown lm-eval task.
+    """
+    if spec.kind == "choice":
+        load_questions(spec)
+    elif spec.kind == "generate" and spec.path is not None:
+        check_prompts(spec)
+    elif spec.kind == "lm_eval":
+        _lm_eval_task(spec)
+
+
+def _read_jsonl(spec: EvaluatorSpec) -> list[Any]:
+    path = Path(spec.path or "").expanduser()
+    if not path.is_file():
+        raise EvaluatorError(f"evaluator {spec.name}: file not found: {spec.path}")
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise EvaluatorError(f"evaluator {spec.name}: {spec.path} line {number}: not JSON ({e.msg})") from None
+    if not rows:
+        raise EvaluatorError(f"evaluator {spec.name}: {spec.path} has no rows")
+    return rows
+
+
+def _sample(rows: list[Any], spec: EvaluatorSpec) -> list[Any]:
+    """At most ``spec.size`` rows: all of them when there are few enough, else a seeded sample in file order."""
+    if len(rows) <= spec.size:
+        return rows
+    import random
+
+    keep = sorted(random.Random(f"{spec.name}:{spec.seed}").sample(range(len(rows)), spec.size))
+    return [rows[i] for i in keep]
+
+
+# ------------------------------------------------------------------ measuring
+
+
+@torch.no_grad()
+def choice_logprobs(context: Context, questions: list[Question]) -> list[list[float]]:
+    """Summed log-probability of each option's tokens after its question (lm-eval's loglikelihood)."""
+    model, device = context.model, context.device
+    out = []
+    for q in questions:
+        prefix, options = encode_options(context.tokenizer, f"Q: {q.question}\nA:", [f" {c}" for c in q.choices])
+        with context.precision.autocast(device):
+            first = model(input_ids=torch.tensor([prefix], device=device), use_cache=True, logits_to_keep=1)
+        head = first.logits[0, -1].float().log_softmax(-1)
+        scores = [float(head[o[0]]) for o in options]
+        longest = max(map(len, options))
+        if longest > 1:  # the options' later tokens, all options at once from the shared prefix
+            cache, name = _cache(first)
+            cache.batch_repeat_interleave(len(options))
+            pad = context.tokenizer.pad_token_id or 0
+            ids = torch.tensor([o[:-1] + [pad] * (longest - len(o)) for o in options], device=device)
+            with context.precision.autocast(device):
+                rest = model(input_ids=ids, use_cache=True, **{name: cache}).logits.float().log_softmax(-1)
+            for i, o in enumerate(options):
+                scores[i] += sum(float(rest[i, j, o[j + 1]]) for j in range(len(o) - 1))
+        out.append(scores)
+    return out
+
+
+def _cache(output: Any) -> tuple[Any, str]:
+    """A forward pass's key/value cache, and the keyword that passes it back (``cache`` from transformers 5)."""
+    cache = getattr(output, "cache", None)
+    return (cache, "cache") if cache is not None else (output.past_key_values, "past_key_values")
+
+
+def encode_options(tokenizer: Any, context: str, continuations: list[str]) -> tuple[list[int], list[list[int]]]:
+    """Tokens of a context and of each continuation, split as lm-eval splits them.
+
+    Trailing spaces of the context move to the continuation; each continuation's tokens are
+    what encoding context + continuation adds after the context's own tokens.
+    """
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuations = context[:-spaces], [context[-spaces:] + c for c in continuations]
+    prefix = tokenizer(context)["input_ids"]
+    options = [tokenizer(context + c)["input_ids"][len(prefix) :] for c in continuations]
+    return prefix, options
+
+
+def measure_choice(context: Context, questions: list[Question]) -> dict[str, float]:
+    scores = choice_logprobs(context, questions)
+    right = [s.index(max(s)) == q.answer for s, q in zip(scores, questions, strict=True)]
+    accuracy = sum(right) / len(right)
+    return {
+        "value": accuracy,
+        "se": math.sqrt(accuracy * (1 - accuracy) / max(len(right) - 1, 1)),
+        "logprob": sum(s[q.answer] for s, q in zip(scores, questions, strict=True)) / len(questions),
+    }
+
+
+@torch.no_grad()
+def measure_generate(context: Context, prompts: list[Prompted], spec: EvaluatorSpec) -> dict[str, float]:
+    """Greedy answers, left-padded in batches; exact match ignoring case and spacing."""
+    tokenizer, model = context.tokenizer, context.model
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    right = []
+    for start in range(0, len(prompts), spec.batch_size):
+        batch = prompts[start : start + spec.batch_size]
+        longest = max(len(p.prompt_ids) for p in batch)
+        ids = torch.tensor([[pad] * (longest - len(p.prompt_ids)) + list(p.prompt_ids) for p in batch])
+        mask = torch.tensor([[0] * (longest - len(p.prompt_ids)) + [1] * len(p.prompt_ids) for p in batch])
+        with context.precision.autocast(context.device):
+            generated = model.generate(
+                input_ids=ids.to(context.device),
+                attention_mask=mask.to(context.device),
+                max_new_tokens=spec.max_new_tokens,
+                do_sample=False,
+                use_cache=True,
+                pad_token_id=pad,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+        for p, row in zip(batch, generated[:, longest:].tolist(), strict=True):
+            answer = tokenizer.decode(row, skip_special_tokens=True)
+            right.append(_normal(answer) == _normal(p.answer))
+    accuracy = sum(right) / len(right)
+    return {"value": accuracy, "se": math.sqrt(accuracy * (1 - accuracy) / max(len(right) - 1, 1))}
+
+
+def _normal(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
+def measure_lm_eval(context: Context, spec: EvaluatorSpec) -> dict[str, float]:
+    from lm_eval.models.huggingface import HFLM
+
+    from lorahpo.evaluation import harness
+
+    task, manager = _lm_eval_task(spec)
+    # The adapters sit inside the base model's layers, so the unwrapped model computes the adapted outputs.
+    model = context.model.get_base_model() if hasattr(context.model, "get_base_model") else context.model
+    lm = HFLM(pretrained=model, tokenizer=context.tokenizer, batch_size=spec.batch_size)
+    if spec.num_fewshot is not None:
+        from dataclasses import replace
+
+        task = replace(task, num_fewshot=spec.num_fewshot)
+    with context.precision.autocast(context.device):
+        scores = harness.run_task(lm, task, manager, limit=spec.size, seed=spec.seed)
+    if scores.score is None:
+        raise EvaluatorError(f"evaluator {spec.name}: lm-eval reported no {scores.metric} for {spec.task}")
+    return {"value": scores.score, "se": scores.stderr if scores.stderr is not None else math.nan}
+
+
+def _lm_eval_task(spec: EvaluatorSpec) -> tuple[Any, Any]:
+    """The task spec and an lm-eval task manager that knows it."""
+    from lorahpo.evaluation import harness, tasks
+
+    task = tasks.resolve(spec.task or "")
+    include = [p for p in [task.prepare() if task.prepare else None, Path(spec.include_path) if spec.include_path else None] if p]
+    manager = harness.task_manager(include, with_lm_eval_tasks=not task.offline)
+    if task.lm_eval_name not in manager.all_tasks:
+        raise EvaluatorError(f"evaluator {spec.name}: unknown lm-eval task {spec.task!r}")
+    return task, manager
+
+
+def measure(context: Context, spec: EvaluatorSpec) -> dict[str, float]:
+    """``value`` and ``se`` (and ``logprob`` for choice) of one evaluator on ``context.model``."""
+    was_training = context.model.training
+    context.model.eval()
+    try:
+        if spec.kind == "choice":
+            return measure_choice(context, load_questions(spec))
+        if spec.kind == "generate":
+            return measure_generate(context, load_prompts(spec, context), spec)
+        return measure_lm_eval(context, spec)
+    finally:
+        context.model.train(was_training)
+
+
+# ------------------------------------------------------------------ in a trial
+
+
+def base_values(
+    context: Context, specs: list[EvaluatorSpec], config: LoraTrialConfig, folder: Path | None
+) -> dict[str, dict[str, float]]:
+    """Each evaluator's values on the base model, read from ``folder`` or measured now and kept there.
+
+    Call it before training: LoRA's B matrices start at zero, so the model is then the base model.
+    """
+    return {spec.name: _remembered(_base_file(spec, context, config, folder), lambda s=spec: measure(context, s)) for spec in specs}
+
+
+def trial_metrics(context: Context, specs: list[EvaluatorSpec], base: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Every evaluator's metrics on the adapted model, with the base values and the drops."""
+    metrics: dict[str, float] = {}
+    tic = time.perf_counter()
+    for spec in specs:
+        values, before = measure(context, spec), base[spec.name]
+        n = spec.name
+        metrics.update({n: values["value"], f"{n}_se": values["se"], f"{n}_base": before["value"]})
+        metrics[f"{n}_drop"] = before["value"] - values["value"]
+        if "logprob" in values:
+            metrics[f"{n}_logprob"] = values["logprob"]
+            metrics[f"{n}_logprob_drop"] = before["logprob"] - values["logprob"]
+    metrics["evaluation_s"] = time.perf_counter() - tic
+    return metrics
+
+
+def _base_file(spec: EvaluatorSpec, context: Context, config: LoraTrialConfig, folder: Path | None) -> Path | None:
+    """Where sibling trials share a base value: the name hashes everything the value depends on."""
+    if folder is None:
+        return None
+    what = [
+        spec.model_dump(mode="json"),
+        config.model.model_dump(mode="json"),
+        config.data.model_dump(mode="json") if spec.kind == "generate" else None,
+        context.precision.name,
+        context.device.type,
+        torch.__version__,
+    ]
+    key = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+    return folder / f".base-{spec.name}-{key}.json"
+
+
+def _remembered(path: Path | None, compute: Callable[[], dict[str, float]]) -> dict[str, float]:
+    from lorahpo.files import write_atomic
+
+    if path is not None and path.exists():
+        try:
+            return {k: float(v) for k, v in json.loads(path.read_text()).items()}
+        except (ValueError, TypeError, AttributeError):
+            pass  # a damaged file is measured again and rewritten
+    values = compute()
+    if path is not None:
+        write_atomic(path, json.dumps(values))
+    return values
