@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from lorahpo.files import write_atomic
 from lorahpo.preference.store import ANSWERS_FILE, VOTES_FILE, preference_dir
 
 
@@ -140,7 +141,7 @@ def cmd_results(args: argparse.Namespace) -> int:
         console.print(table)
 
     if args.csv:
-        args.csv.write_text(votes_csv(votes), encoding="utf-8")
+        write_atomic(args.csv, votes_csv(votes))
         console.print(f"votes written to {args.csv}")
     return 0
 
