@@ -13,7 +13,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-EXIT_USAGE = 2
+from lorahpo.errors import EXIT_USAGE, UserError, print_error
+
 EXIT_INTERRUPTED = 130
 
 
@@ -25,13 +26,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     import logging
 
-    from lorahpo.config import ConfigError
-
     logging.getLogger("optuna").setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
-    except ConfigError as e:
-        print(f"lorahpo: error: {e}", file=sys.stderr)
+    except UserError as e:
+        print_error(str(e))
         return EXIT_USAGE
 
 

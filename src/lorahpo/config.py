@@ -12,6 +12,7 @@ import yaml
 from optuna.samplers import BaseSampler
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from lorahpo.errors import UserError
 from lorahpo.finetune.config import TUNABLE
 from lorahpo.objectives import ObjectiveSpec
 from lorahpo.space import SpaceSpec
@@ -23,7 +24,7 @@ VIOLATED = 1e30
 RUN_FIELDS = ("budget", "parallel", "gpus_per_trial", "trial_timeout", "executor", "ray", "keep_adapters")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration mistake, described in one line."""
 
 

@@ -9,6 +9,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from lorahpo.errors import UserError
+
 
 def add_arguments(subparsers: Any) -> None:
     """Register ``report`` and ``compare`` on the subparsers of the main ``lorahpo`` parser."""
@@ -37,12 +39,11 @@ def add_arguments(subparsers: Any) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """``lorahpo report``: extract the data, render it, print where it went."""
-    from lorahpo.config import ConfigError
     from lorahpo.report.data import study_report
     from lorahpo.report.render import write_report
 
     if args.top < 1:
-        raise ConfigError("--top must be at least 1")
+        raise UserError("--top must be at least 1")
     report = study_report(args.study_dir, top=args.top)
     paths = write_report(report, args.out or args.study_dir / "report")
     print(f"report: {paths['html']}")
@@ -52,12 +53,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """``lorahpo compare``: read each study, render the comparison, print where it went."""
-    from lorahpo.config import ConfigError
     from lorahpo.report.data import compare_report
     from lorahpo.report.render import write_compare
 
     if len(args.study_dirs) < 2:
-        raise ConfigError("compare needs at least two study folders")
+        raise UserError("compare needs at least two study folders")
     compare = compare_report(args.study_dirs)
     for warning in compare.warnings:
         print(f"warning: {warning}")
