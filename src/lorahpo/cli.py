@@ -159,10 +159,14 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run_study(conf: Any, study_dir: Path, *, new: bool) -> int:
+    from lorahpo.extras import require
     from lorahpo.progress import Progress, fmt_params
     from lorahpo.study import Study
 
+    if conf.executor == "ray":
+        require("cluster", "ray")
     if conf.objective.lora is not None:
+        require("lora")
         _prepare_lora(conf)
     study = Study.open(study_dir, conf, new=new)
     where = f" · {conf.executor}" if conf.executor != "local" else ""
@@ -261,9 +265,12 @@ def cmd_best(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from lorahpo.extras import require
     from lorahpo.finetune.export import export_adapter
     from lorahpo.study import resolve_model_spec
 
+    if args.merge:
+        require("lora")
     model, adapter = resolve_model_spec(args.study_dir, "best" if args.trial is None else f"trial:{args.trial}")
     assert adapter is not None
     out = export_adapter(adapter.parent, Path(args.out), merge=args.merge, model_cfg=model)

@@ -13,6 +13,7 @@ from optuna.samplers import BaseSampler
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lorahpo.errors import UserError
+from lorahpo.extras import require
 from lorahpo.finetune.config import TUNABLE
 from lorahpo.objectives import ObjectiveSpec
 from lorahpo.space import SpaceSpec
@@ -103,6 +104,9 @@ class StudyConfig(_Strict):
             unknown = sorted(set(self.space.resolved()) - set(TUNABLE))
             if unknown:
                 raise ValueError(f"space: {unknown} are not LoRA trial hyperparameters; choose from {sorted(TUNABLE)}")
+        if self.storage is not None and self.storage.startswith(("postgresql://", "postgresql+psycopg2://")):
+            # Every command opens the store; MissingExtra is no ValueError, so pydantic lets it through.
+            require("cluster", "psycopg2")
         return self
 
     def make_sampler(self) -> BaseSampler:

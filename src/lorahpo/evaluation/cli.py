@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lorahpo.errors import EXIT_FAILURE, UserError, print_error
+from lorahpo.extras import require
 
 _DESCRIPTION = """\
 Evaluate the best trials of a LoRA study on downstream tasks with lm-evaluation-harness, next to
@@ -60,6 +61,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         tasks = parse_tasks(args.tasks)
     except ValueError as exc:
         raise UserError(f"--tasks: {exc}") from None
+    if not args.dry_run:  # a dry run only plans: it needs no lm-eval
+        require("eval")
     if all(spec.offline for spec in tasks):
         # Nothing needs the hub: fail fast instead of waiting on network time-outs.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lorahpo.errors import UserError
+from lorahpo.extras import require
 from lorahpo.files import write_atomic
 from lorahpo.preference.store import ANSWERS_FILE, VOTES_FILE, preference_dir
 
@@ -74,6 +75,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     names = [name.strip() for name in args.models.split(",") if name.strip()]
     if len(set(names)) != len(names) or not names:
         raise UserError("--models needs distinct, comma-separated names")
+    require("lora")
     try:
         prompts = load_prompts(args.prompts)
     except OSError as exc:
@@ -98,11 +100,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """``lorahpo preference serve``: run the web app until Ctrl-C."""
-    from lorahpo.preference.app import serve
-
     answers = preference_dir(args.study_dir) / ANSWERS_FILE
     if not answers.is_file():
         raise UserError(f"{answers} not found; run `lorahpo generate {args.study_dir} ...` first")
+    require("web")
+    from lorahpo.preference.app import serve
+
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {args.host}: anyone who can reach it can vote and see the results")
     serve(args.study_dir, host=args.host, port=args.port, seed=args.seed)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lorahpo.errors import UserError
+from lorahpo.extras import require
 
 
 def add_arguments(subparsers: Any) -> None:
@@ -44,6 +45,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     if args.top < 1:
         raise UserError("--top must be at least 1")
+    require("report")
     report = study_report(args.study_dir, top=args.top)
     paths = write_report(report, args.out or args.study_dir / "report")
     print(f"report: {paths['html']}")
@@ -58,6 +60,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     if len(args.study_dirs) < 2:
         raise UserError("compare needs at least two study folders")
+    require("report")
     compare = compare_report(args.study_dirs)
     for warning in compare.warnings:
         print(f"warning: {warning}")
