@@ -11,7 +11,7 @@ import signal
 import sys
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from lorahpo.errors import EXIT_USAGE, UserError, print_error
 
@@ -34,8 +34,19 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad argument reported like every other mistake: one line, exit code 2.
+
+    Sub-command parsers are made of this class too (argparse makes them of the parent's class).
+    """
+
+    def error(self, message: str) -> NoReturn:
+        print_error(f"{message} (see `{self.prog} --help`)")
+        sys.exit(EXIT_USAGE)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="lorahpo",
         description="Find the best LoRA hyperparameters with NOMAD (MADS), TPE, random or grid search.",
     )

@@ -2,8 +2,9 @@
 
 Every command raises :class:`UserError` (or a subclass, such as the config's ``ConfigError``)
 for a mistake the user can fix; :func:`lorahpo.cli.main` prints it with :func:`print_error` and
-exits with :data:`EXIT_USAGE`, the code argparse gives a bad argument. Nothing is written
-before the input has been checked, so a refused command leaves no half-written output.
+exits with :data:`EXIT_USAGE`; the command line's parser reports a bad argument the same way.
+Nothing is written before the input has been checked, so a refused command leaves no
+half-written output.
 """
 
 from __future__ import annotations
