@@ -121,6 +121,13 @@ def test_a_bad_argument_is_one_line_exit_2(tmp_path, monkeypatch, capsys, argv, 
     assert list(tmp_path.iterdir()) == []
 
 
+def test_export_refuses_an_out_that_is_a_file(tmp_path, capsys):
+    taken = write(tmp_path / "taken", "mine")
+    assert main(["export", str(tmp_path / "study"), "--out", str(taken)]) == 2
+    assert capsys.readouterr() == ("", f"lorahpo: error: --out: {taken} exists and is not a folder\n")
+    assert taken.read_text() == "mine"
+
+
 def test_bad_command_line_override(tmp_path):
     proc = lorahpo("tune", write(tmp_path / "c.yaml", TOY), "--optimizer", "magic", "--study-dir", tmp_path / "s")
     assert proc.returncode == 2 and "unknown optimizer 'magic'" in proc.stderr

@@ -280,11 +280,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     from lorahpo.finetune.export import export_adapter
     from lorahpo.study import resolve_model_spec
 
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out: {out} exists and is not a folder")
     if args.merge:
         require("lora")
     model, adapter = resolve_model_spec(args.study_dir, "best" if args.trial is None else f"trial:{args.trial}")
     assert adapter is not None
-    out = export_adapter(adapter.parent, Path(args.out), merge=args.merge, model_cfg=model)
+    out = export_adapter(adapter.parent, out, merge=args.merge, model_cfg=model)
     print(f"{'merged model' if args.merge else 'adapter'} written to {out}")
     return 0
 

@@ -57,3 +57,11 @@ def test_a_bad_top_is_one_line_exit_2_and_writes_no_report(synthetic, tmp_path, 
     out, err = capsys.readouterr()
     assert (out, err) == ("", "lorahpo: error: --top must be at least 1\n")
     assert not (tmp_path / "r").exists()
+
+
+def test_an_out_that_is_a_file_is_refused_before_any_work(synthetic, tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.write_text("mine")
+    assert main(["compare", str(synthetic.directory), str(synthetic.directory), "--out", str(taken)]) == 2
+    assert capsys.readouterr() == ("", f"lorahpo: error: --out: {taken} exists and is not a folder\n")
+    assert taken.read_text() == "mine"

@@ -45,9 +45,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     if args.top < 1:
         raise UserError("--top must be at least 1")
+    out = _out_folder(args.out or args.study_dir / "report")
     require("report")
     report = study_report(args.study_dir, top=args.top)
-    paths = write_report(report, args.out or args.study_dir / "report")
+    paths = write_report(report, out)
     print(f"report: {paths['html']}")
     print(f"summary: {paths['markdown']}")
     return 0
@@ -60,11 +61,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     if len(args.study_dirs) < 2:
         raise UserError("compare needs at least two study folders")
+    out = _out_folder(args.out)
     require("report")
     compare = compare_report(args.study_dirs)
     for warning in compare.warnings:
         print(f"warning: {warning}")
-    paths = write_compare(compare, args.out)
+    paths = write_compare(compare, out)
     print(f"comparison: {paths['html']}")
     print(f"summary: {paths['markdown']}")
     return 0
+
+
+def _out_folder(out: Path) -> Path:
+    """``out``, refused before any work when it names something that is not a folder."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out: {out} exists and is not a folder")
+    return out
