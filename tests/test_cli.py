@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lorahpo.cli import main
 from lorahpo.study import Study
 
 TOY = {
@@ -101,6 +102,30 @@ def test_bad_config_is_one_line_exit_2_and_writes_nothing(tmp_path, name):
 def test_missing_config_file(tmp_path):
     proc = lorahpo("tune", tmp_path / "nope.yaml")
     assert proc.returncode == 2 and proc.stderr.strip() == f"lorahpo: error: config file not found: {tmp_path / 'nope.yaml'}"
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["report", "DIR", "--top", "x"], "argument --top: invalid int value: 'x' (see `lorahpo report --help`)"),
+        (["preference", "serve"], "the following arguments are required: DIR (see `lorahpo preference serve --help`)"),
+        (["tune", "--parallel"], "argument --parallel: expected one argument (see `lorahpo tune --help`)"),
+    ],
+)
+def test_a_bad_argument_is_one_line_exit_2(tmp_path, monkeypatch, capsys, argv, line):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    assert capsys.readouterr() == ("", f"lorahpo: error: {line}\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_refuses_an_out_that_is_a_file(tmp_path, capsys):
+    taken = write(tmp_path / "taken", "mine")
+    assert main(["export", str(tmp_path / "study"), "--out", str(taken)]) == 2
+    assert capsys.readouterr() == ("", f"lorahpo: error: --out: {taken} exists and is not a folder\n")
+    assert taken.read_text() == "mine"
 
 
 def test_bad_command_line_override(tmp_path):

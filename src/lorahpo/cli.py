@@ -11,9 +11,10 @@ import signal
 import sys
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-EXIT_USAGE = 2
+from lorahpo.errors import EXIT_USAGE, UserError, print_error
+
 EXIT_INTERRUPTED = 130
 
 
@@ -25,18 +26,27 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     import logging
 
-    from lorahpo.config import ConfigError
-
     logging.getLogger("optuna").setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
-    except ConfigError as e:
-        print(f"lorahpo: error: {e}", file=sys.stderr)
+    except UserError as e:
+        print_error(str(e))
         return EXIT_USAGE
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad argument reported like every other mistake: one line, exit code 2.
+
+    Sub-command parsers are made of this class too (argparse makes them of the parent's class).
+    """
+
+    def error(self, message: str) -> NoReturn:
+        print_error(f"{message} (see `{self.prog} --help`)")
+        sys.exit(EXIT_USAGE)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="lorahpo",
         description="Find the best LoRA hyperparameters with NOMAD (MADS), TPE, random or grid search.",
     )
@@ -160,10 +170,14 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run_study(conf: Any, study_dir: Path, *, new: bool) -> int:
+    from lorahpo.extras import require
     from lorahpo.progress import Progress, fmt_params
     from lorahpo.study import Study
 
+    if conf.executor == "ray":
+        require("cluster", "ray")
     if conf.objective.lora is not None:
+        require("lora")
         _prepare_lora(conf)
     study = Study.open(study_dir, conf, new=new)
     where = f" · {conf.executor}" if conf.executor != "local" else ""
@@ -293,12 +307,18 @@ def cmd_best(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from lorahpo.extras import require
     from lorahpo.finetune.export import export_adapter
     from lorahpo.study import resolve_model_spec
 
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out: {out} exists and is not a folder")
+    if args.merge:
+        require("lora")
     model, adapter = resolve_model_spec(args.study_dir, "best" if args.trial is None else f"trial:{args.trial}")
     assert adapter is not None
-    out = export_adapter(adapter.parent, Path(args.out), merge=args.merge, model_cfg=model)
+    out = export_adapter(adapter.parent, out, merge=args.merge, model_cfg=model)
     print(f"{'merged model' if args.merge else 'adapter'} written to {out}")
     return 0
 

@@ -12,6 +12,8 @@ import yaml
 from optuna.samplers import BaseSampler
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from lorahpo.errors import UserError
+from lorahpo.extras import require
 from lorahpo.finetune.config import TUNABLE
 from lorahpo.objectives import ObjectiveSpec
 from lorahpo.space import SpaceSpec
@@ -23,7 +25,7 @@ VIOLATED = 1e30
 RUN_FIELDS = ("budget", "parallel", "gpus_per_trial", "trial_timeout", "executor", "ray", "keep_adapters")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration mistake, described in one line."""
 
 
@@ -102,6 +104,9 @@ class StudyConfig(_Strict):
             unknown = sorted(set(self.space.resolved()) - set(TUNABLE))
             if unknown:
                 raise ValueError(f"space: {unknown} are not LoRA trial hyperparameters; choose from {sorted(TUNABLE)}")
+        if self.storage is not None and self.storage.startswith(("postgresql://", "postgresql+psycopg2://")):
+            # Every command opens the store; MissingExtra is no ValueError, so pydantic lets it through.
+            require("cluster", "psycopg2")
         return self
 
     def make_sampler(self) -> BaseSampler:

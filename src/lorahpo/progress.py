@@ -44,7 +44,6 @@ class Progress:
         self.running: dict[int, tuple[TrialRecord, float]] = {}
         self.durations: list[float] = []
         self._live: Live | None = None
-        self._start_finished = finished
 
     def __enter__(self) -> Progress:
         if self.console.is_terminal:

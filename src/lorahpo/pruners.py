@@ -12,11 +12,12 @@ decision never lags behind the trial.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from lorahpo.files import write_atomic
 
 if TYPE_CHECKING:  # a trial's process reports values and needs no Optuna (0.2 s to import)
     import optuna
@@ -98,6 +99,4 @@ class IntermediateReader:
         return [(r["step"], r["value"]) for r in reports]
 
     def let_continue(self, step: int) -> None:
-        tmp = self.trial_dir / f"{VERDICT_FILE}.{os.getpid()}.tmp"
-        tmp.write_text(str(step))
-        tmp.replace(self.trial_dir / VERDICT_FILE)
+        write_atomic(self.trial_dir / VERDICT_FILE, str(step))

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from lorahpo.files import write_atomic
+
 Status = Literal["complete", "failed", "timeout", "pruned"]
 STATUSES: tuple[str, ...] = ("complete", "failed", "timeout", "pruned")
 
@@ -63,9 +65,7 @@ class TrialResult:
 
     def save(self, path: Path) -> None:
         """Write atomically: a reader never sees half a file."""
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, default=_jsonable))
-        tmp.replace(path)
+        write_atomic(path, json.dumps(self.to_dict(), indent=1, default=_jsonable))
 
     @classmethod
     def load(cls, path: Path) -> TrialResult:

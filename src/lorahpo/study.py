@@ -26,6 +26,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from lorahpo import config as cfg
 from lorahpo.executors import Executor, TrialTask, make_executor
+from lorahpo.files import write_atomic
 from lorahpo.pruners import IntermediateReader, make_pruner
 from lorahpo.result import TrialResult
 from lorahpo.samplers.nomad import INTERRUPTED_ATTR, NomadSampler
@@ -121,9 +122,7 @@ class Study:
                 stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
                 directory.rename(directory.with_name(f"{directory.name}.{stamp}"))
         directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / (CONFIG_FILE + ".tmp")
-        tmp.write_text(config.to_yaml())
-        tmp.replace(saved)
+        write_atomic(saved, config.to_yaml())
         return cls(directory, config)
 
     @classmethod

@@ -34,12 +34,6 @@ def sphere(params: dict[str, Any]) -> float:
     return float(sum(float(v) ** 2 for v in params.values()))
 
 
-def slow_sphere(params: dict[str, Any]) -> float:
-    """:func:`sphere` after sleeping ``params['sleep']`` seconds (default 1): for parallel tests."""
-    time.sleep(float(params.pop("sleep", 1.0)))
-    return sphere(params)
-
-
 def timed_sphere(params: dict[str, Any]) -> float:
     """:func:`sphere` after sleeping ``$LORAHPO_TOY_SLEEP_S`` seconds (default 1): a blackbox of known
     cost, for parallel runs and their benchmark."""

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from lorahpo.config import ConfigError
+from lorahpo.cli import main
+from lorahpo.errors import UserError
 from lorahpo.evaluation.cli import add_arguments
 
 from .conftest import lora_study
@@ -54,8 +55,21 @@ def test_a_dry_run_lists_the_pairs_to_run(tmp_path, tiny_model, task_cache, caps
     ]
 
 
+def test_without_lm_eval_a_run_is_one_line_exit_2_and_stores_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "lm_eval", None)  # `import lm_eval` fails as if it were absent
+    assert main(["evaluate", str(tmp_path), "--tasks", "mmlu"]) == 2
+    assert capsys.readouterr() == ("", "lorahpo: error: lm_eval is not installed; pip install 'lorahpo[eval]'\n")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_bad_values_are_one_line_errors(tmp_path):
     for argv in (["--top", "-1"], ["--limit", "0"], ["--tasks", ","]):
         args = parse(["evaluate", str(tmp_path), *argv])
-        with pytest.raises(ConfigError):
+        with pytest.raises(UserError):
             args.func(args)
+
+
+def test_an_empty_task_list_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path), "--tasks", ","]) == 2
+    assert capsys.readouterr() == ("", "lorahpo: error: --tasks: no task given\n")
+    assert list(tmp_path.iterdir()) == []

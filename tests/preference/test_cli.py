@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from lorahpo.cli import main
+from lorahpo.errors import UserError
 from lorahpo.finetune.config import ModelConfig
 from lorahpo.preference.cli import add_arguments
 from lorahpo.preference.stats import percent, summarise
@@ -62,16 +64,28 @@ def test_results_prints_the_summary_and_writes_csv(study, tmp_path, capsys):
 
 
 def test_commands_fail_with_a_message_when_data_is_missing(tmp_path):
-    with pytest.raises(SystemExit, match="votes.db not found"):
+    with pytest.raises(UserError, match="votes.db not found"):
         run("preference", "results", str(tmp_path))
-    with pytest.raises(SystemExit, match="answers.jsonl not found"):
+    with pytest.raises(UserError, match="answers.jsonl not found"):
         run("preference", "serve", str(tmp_path))
+    with pytest.raises(UserError, match=r"^--prompts: cannot read .*nope.jsonl: No such file or directory$"):
+        run("generate", str(tmp_path), "--models", "base", "--prompts", str(tmp_path / "nope.jsonl"))
 
 
-def test_generate_explains_a_missing_study_engine(monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "lorahpo.study", None)  # import fails as if the module were absent
-    with pytest.raises(SystemExit, match="needs the study engine"):
-        run("generate", str(tmp_path), "--models", "base", "--prompts", "builtin")
+def test_a_bad_csv_path_is_one_line_exit_2_before_anything_is_printed(study, tmp_path, capsys):
+    VoteStore(votes_db(study))  # an empty store: results would print its tables
+    missing = tmp_path / "no" / "votes.csv"
+    assert main(["preference", "results", str(study), "--csv", str(missing)]) == 2
+    out, err = capsys.readouterr()
+    assert err == f"lorahpo: error: --csv: folder {missing.parent} does not exist\n"
+    assert out == ""
+    assert not missing.parent.exists()
+
+
+def test_generate_refuses_repeated_models_on_one_line_and_writes_nothing(tmp_path, capsys):
+    assert main(["generate", str(tmp_path), "--models", "base,base", "--prompts", "builtin"]) == 2
+    assert capsys.readouterr().err == "lorahpo: error: --models needs distinct, comma-separated names\n"
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_generate_resolves_names_through_the_study(monkeypatch, tmp_path, tiny):
@@ -91,5 +105,5 @@ def test_generate_resolves_names_through_the_study(monkeypatch, tmp_path, tiny):
         ("base", "chat", None),
         ("best", "chat", str(adapter)),
     ]
-    with pytest.raises(SystemExit, match="distinct"):
+    with pytest.raises(UserError, match="distinct"):
         run("generate", str(study), "--models", "base,base", "--prompts", "builtin")

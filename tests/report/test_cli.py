@@ -6,7 +6,9 @@ import argparse
 
 import pytest
 
+from lorahpo.cli import main
 from lorahpo.config import ConfigError
+from lorahpo.errors import UserError
 from lorahpo.report.cli import add_arguments
 
 from .conftest import run_toy
@@ -44,7 +46,22 @@ def test_compare_writes_where_asked_and_warns_about_different_blackboxes(synthet
 
 
 def test_compare_needs_two_studies_and_report_a_study(synthetic, tmp_path):
-    with pytest.raises(ConfigError):
+    with pytest.raises(UserError, match="at least two study folders"):
         run(["compare", str(synthetic.directory)])
     with pytest.raises(ConfigError, match="not a lorahpo study folder"):
         run(["report", str(tmp_path)])
+
+
+def test_a_bad_top_is_one_line_exit_2_and_writes_no_report(synthetic, tmp_path, capsys):
+    assert main(["report", str(synthetic.directory), "--top", "0", "--out", str(tmp_path / "r")]) == 2
+    out, err = capsys.readouterr()
+    assert (out, err) == ("", "lorahpo: error: --top must be at least 1\n")
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_out_that_is_a_file_is_refused_before_any_work(synthetic, tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.write_text("mine")
+    assert main(["compare", str(synthetic.directory), str(synthetic.directory), "--out", str(taken)]) == 2
+    assert capsys.readouterr() == ("", f"lorahpo: error: --out: {taken} exists and is not a folder\n")
+    assert taken.read_text() == "mine"

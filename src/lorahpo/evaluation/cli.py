@@ -11,6 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lorahpo.errors import EXIT_FAILURE, UserError, print_error
+from lorahpo.extras import require
+
 _DESCRIPTION = """\
 Evaluate the best trials of a LoRA study on downstream tasks with lm-evaluation-harness, next to
 two baselines: the base model without adapter (base) and the starting-point trial (x0).
@@ -50,15 +53,16 @@ def add_arguments(subparsers: Any) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``lorahpo evaluate``: plan, run what is missing, print the table of scores."""
-    from lorahpo.config import ConfigError
     from lorahpo.evaluation.tasks import parse_tasks
 
     if args.top < 0 or (args.limit is not None and args.limit < 1) or args.batch_size < 1:
-        raise ConfigError("--top must be >= 0, --limit and --batch-size >= 1")
+        raise UserError("--top must be >= 0, --limit and --batch-size >= 1")
     try:
         tasks = parse_tasks(args.tasks)
     except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+        raise UserError(f"--tasks: {exc}") from None
+    if not args.dry_run:  # a dry run only plans: it needs no lm-eval
+        require("eval")
     if all(spec.offline for spec in tasks):
         # Nothing needs the hub: fail fast instead of waiting on network time-outs.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -92,8 +96,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print("interrupted: finished (model, task) pairs are stored; run the same command to resume", file=sys.stderr)
         return 130
     except EvaluationError as exc:
-        print(f"lorahpo: error: {exc}", file=sys.stderr)
-        return 1
+        print_error(str(exc))
+        return EXIT_FAILURE
     _print_table(args.study_dir, plan)
     return 0
 

@@ -33,6 +33,7 @@ def retention_pool(cache: str | Path | None = None) -> Path:
     if not path.exists():
         tarball = pip_download(_REQUIREMENT, _TARBALL, root / "downloads")
         rows = [row for name, spec in task_files(tarball, set(RETENTION_TASKS)) for row in questions(name, spec)]
+        path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     return path
 

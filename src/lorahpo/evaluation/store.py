@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from lorahpo.files import write_atomic
 
 EVALUATION_DIR = "evaluation"
 SUMMARY_ATTR = "evaluation"
@@ -102,10 +102,11 @@ class EvaluationStore:
         if not result.finished:
             result.finished = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         path = self.path(result.model, result.task)
+        path.parent.mkdir(parents=True, exist_ok=True)
         if samples is not None:
             lines = "".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in samples)
-            _write_atomic(path.with_name(f"{result.task}.samples.jsonl"), lines)
-        _write_atomic(path, json.dumps(result.to_dict(), indent=1, default=str) + "\n")
+            write_atomic(path.with_name(f"{result.task}.samples.jsonl"), lines)
+        write_atomic(path, json.dumps(result.to_dict(), indent=1, default=str) + "\n")
         return path
 
     def results(self) -> list[TaskResult]:
@@ -147,15 +148,3 @@ def _order(model: str) -> tuple[int, int]:
 def _jsonable(value: Any) -> Any:
     """``value`` as it reads back from JSON (tuples become lists, paths strings)."""
     return json.loads(json.dumps(value, default=str))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -30,7 +30,6 @@ import json
 import os
 import random
 import tarfile
-import tempfile
 import time
 import zlib
 from collections.abc import Iterator
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from lorahpo.cache import cache_dir, pip_download
+from lorahpo.files import write_atomic
 
 VERSION = 2  # 2: the retention tasks are held out
 _REQUIREMENT = "bigbench==1.0.0"
@@ -156,8 +156,9 @@ def bigbench_instruct(size: str = "cpu", cache: str | os.PathLike[str] | None = 
         "build_seconds": round(time.perf_counter() - start, 1),
     }
     # The data file is written last: its presence means the build is complete.
-    _write_atomic(out.with_name(f"{out.stem}.meta.json"), json.dumps(meta, indent=1) + "\n")
-    _write_atomic(out, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out.with_name(f"{out.stem}.meta.json"), json.dumps(meta, indent=1) + "\n")
+    write_atomic(out, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     return out
 
 
@@ -279,16 +280,3 @@ def _allocate(available: dict[str, int], size: BuildSize) -> dict[str, int]:
         quotas[task] = min(available[task], share)
         budget -= quotas[task]
     return quotas
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        try:
-            tmp.write(text)
-        except BaseException:
-            tmp.close()
-            Path(tmp.name).unlink()
-            raise
-    os.chmod(tmp.name, 0o644)  # a shared cache: readable like any file pip writes
-    Path(tmp.name).replace(path)  # same folder: readers see the old file or the whole new one

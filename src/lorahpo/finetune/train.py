@@ -50,6 +50,7 @@ from lorahpo.finetune.batching import Batch, collate, length_grouped
 from lorahpo.finetune.config import LoraConfig, LoraTrialConfig, TrainingConfig
 from lorahpo.finetune.data import IGNORE_INDEX, DataError, Example, build_splits
 from lorahpo.finetune.device import Precision, describe, resolve_device, resolve_precision
+from lorahpo.files import write_atomic
 from lorahpo.finetune.models import ModelError, load_model_and_tokenizer
 from lorahpo.result import TrialResult
 
@@ -384,9 +385,7 @@ def _remembered(path: Path | None, compute: Callable[[], float]) -> float:
             pass  # a damaged file is measured again and rewritten
     value = compute()
     if path is not None and math.isfinite(value):
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"value": value}))
-        tmp.replace(path)
+        write_atomic(path, json.dumps({"value": value}))
     return value
 
 

@@ -90,7 +90,6 @@ def create_app(
     study_dir: str | Path,
     *,
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS,
-    secret_key: str | None = None,
     seed: int | None = None,
 ) -> Starlette:
     """Build the web app for one study folder.
@@ -99,8 +98,6 @@ def create_app(
         study_dir: The study folder; answers are read from and votes written to its
             ``preference/`` folder.
         allowed_hosts: Host names the app answers to; ``("*",)`` for any.
-        secret_key: Key that signs session cookies; a fresh random key by default, so raters
-            enter their name again after a restart.
         seed: Seed of pair choice and left/right order (for tests); random by default.
     """
     folder = preference_dir(study_dir)
@@ -214,7 +211,8 @@ def create_app(
         middleware=[
             Middleware(_SecurityHeaders),
             Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts)),
-            Middleware(SessionMiddleware, secret_key=secret_key or secrets.token_hex(32), same_site="strict"),
+            # A fresh key signs the session cookies of each start: raters enter their name again after a restart.
+            Middleware(SessionMiddleware, secret_key=secrets.token_hex(32), same_site="strict"),
         ],
         exception_handlers={HTTPException: http_error, Exception: http_error},
         max_body_size=64 * 1024,

@@ -10,6 +10,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from lorahpo.errors import UserError
+from lorahpo.extras import require
+from lorahpo.files import write_atomic
 from lorahpo.preference.store import ANSWERS_FILE, VOTES_FILE, preference_dir
 
 
@@ -67,22 +70,19 @@ def add_arguments(subparsers: Any) -> None:
 def cmd_generate(args: argparse.Namespace) -> int:
     """``lorahpo generate``: resolve the model names, then generate the missing answers."""
     from lorahpo.preference.generate import GenModel, generate_answers, load_prompts
-
-    try:
-        from lorahpo.study import resolve_model_spec
-    except ImportError as exc:
-        raise SystemExit(
-            f"error: naming models needs the study engine (lorahpo.study.resolve_model_spec): {exc}"
-        ) from exc
+    from lorahpo.study import resolve_model_spec
 
     names = [name.strip() for name in args.models.split(",") if name.strip()]
     if len(set(names)) != len(names) or not names:
-        raise SystemExit("error: --models needs distinct, comma-separated names")
+        raise UserError("--models needs distinct, comma-separated names")
+    require("lora")
     try:
         prompts = load_prompts(args.prompts)
-        models = {name: GenModel(*resolve_model_spec(args.study_dir, name)) for name in names}
-    except (OSError, ValueError, KeyError) as exc:
-        raise SystemExit(f"error: {exc}") from exc
+    except OSError as exc:
+        raise UserError(f"--prompts: cannot read {args.prompts}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    models = {name: GenModel(*resolve_model_spec(args.study_dir, name)) for name in names}
     out = preference_dir(args.study_dir) / ANSWERS_FILE
     written = generate_answers(
         models,
@@ -100,11 +100,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """``lorahpo preference serve``: run the web app until Ctrl-C."""
-    from lorahpo.preference.app import serve
-
     answers = preference_dir(args.study_dir) / ANSWERS_FILE
     if not answers.is_file():
-        raise SystemExit(f"error: {answers} not found; run `lorahpo generate {args.study_dir} ...` first")
+        raise UserError(f"{answers} not found; run `lorahpo generate {args.study_dir} ...` first")
+    require("web")
+    from lorahpo.preference.app import serve
+
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {args.host}: anyone who can reach it can vote and see the results")
     serve(args.study_dir, host=args.host, port=args.port, seed=args.seed)
@@ -120,7 +121,9 @@ def cmd_results(args: argparse.Namespace) -> int:
 
     path = preference_dir(args.study_dir) / VOTES_FILE
     if not path.is_file():
-        raise SystemExit(f"error: {path} not found; no votes have been cast")
+        raise UserError(f"{path} not found; no votes have been cast")
+    if args.csv and not args.csv.parent.is_dir():
+        raise UserError(f"--csv: folder {args.csv.parent} does not exist")
     votes = VoteStore(path).votes()
     summary = summarise(votes)
     console = Console()
@@ -140,7 +143,7 @@ def cmd_results(args: argparse.Namespace) -> int:
         console.print(table)
 
     if args.csv:
-        args.csv.write_text(votes_csv(votes), encoding="utf-8")
+        write_atomic(args.csv, votes_csv(votes))
         console.print(f"votes written to {args.csv}")
     return 0
 

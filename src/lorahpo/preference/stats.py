@@ -96,19 +96,18 @@ def _scores(votes: list[Vote], models: list[str]) -> tuple[np.ndarray, np.ndarra
     return score, played
 
 
-def win_rates(votes: list[Vote], *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> list[WinRate]:
-    """Win rate of every model, with a percentile bootstrap confidence interval.
+def win_rates(votes: list[Vote], *, n_boot: int = 2000, seed: int = 0) -> list[WinRate]:
+    """Win rate of every model, with a 95% percentile bootstrap confidence interval.
 
     Each bootstrap replicate draws ``len(votes)`` votes with replacement (all models at once,
     so the replicate is a plausible repeat of the whole survey) and recomputes every rate;
-    the interval is the central ``level`` share of the replicates (``numpy.percentile``,
-    linear interpolation). A replicate with no vote on a model is left out for that model.
+    the interval is the central 95% of the replicates (``numpy.percentile``, linear
+    interpolation). A replicate with no vote on a model is left out for that model.
 
     Args:
         votes: The votes.
         n_boot: Number of bootstrap replicates.
         seed: Seed of ``numpy.random.default_rng``.
-        level: Coverage of the interval.
 
     Returns:
         One entry per model, best rate first (then by name).
@@ -123,8 +122,7 @@ def win_rates(votes: list[Vote], *, n_boot: int = 2000, seed: int = 0, level: fl
         for b in range(n_boot):
             idx = rng.integers(0, len(votes), len(votes))
             replicates[b] = score[:, idx].sum(axis=1) / played[:, idx].sum(axis=1)
-    tail = (1 - level) / 2 * 100
-    low, high = np.nanpercentile(replicates, [tail, 100 - tail], axis=0)
+    low, high = np.nanpercentile(replicates, [2.5, 97.5], axis=0)
 
     rates = []
     for i, model in enumerate(models):
@@ -143,7 +141,7 @@ def win_rates(votes: list[Vote], *, n_boot: int = 2000, seed: int = 0, level: fl
     return sorted(rates, key=lambda r: (-r.rate, r.model))
 
 
-def bradley_terry(votes: list[Vote], *, max_iter: int = 2000, tol: float = 1e-12) -> list[Strength]:
+def bradley_terry(votes: list[Vote]) -> list[Strength]:
     """Bradley–Terry strengths by the MM algorithm of Hunter (2004).
 
     The model says ``P(i beats j) = p_i / (p_i + p_j)``. The MM update is
@@ -156,10 +154,11 @@ def bradley_terry(votes: list[Vote], *, max_iter: int = 2000, tol: float = 1e-12
     (Hunter's condition). Otherwise the fit sits on the boundary: a model that never won gets
     0 and one that never lost heads towards 1, which still orders them correctly.
 
+    The fit stops when no strength changes by more than 1e-12 in one step, or after 2000 steps
+    (only a fit that heads for the boundary needs them all).
+
     Args:
         votes: The votes.
-        max_iter: Most MM steps; only a fit that heads for the boundary needs them all.
-        tol: Stop when no strength changes by more than this in one step.
 
     Returns:
         One entry per model, strongest first (then by name).
@@ -181,13 +180,13 @@ def bradley_terry(votes: list[Vote], *, max_iter: int = 2000, tol: float = 1e-12
             wins[index[vote.winner]] += 1
 
     p = np.full(len(models), 1 / len(models))
-    for _ in range(max_iter):
+    for _ in range(2000):
         # Only pairs that met count. A model that never won has p = 0, but each of its opponents
         # won against it, so p_i + p_j > 0 wherever n_ij > 0.
         total = p[:, None] + p[None, :]
         new = wins / np.divide(games, total, out=np.zeros_like(games), where=games > 0).sum(axis=1)
         new /= new.sum()
-        converged = np.abs(new - p).max() < tol
+        converged = np.abs(new - p).max() < 1e-12
         p = new
         if converged:
             break

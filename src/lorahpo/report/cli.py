@@ -9,6 +9,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from lorahpo.errors import UserError
+from lorahpo.extras import require
+
 
 def add_arguments(subparsers: Any) -> None:
     """Register ``report`` and ``compare`` on the subparsers of the main ``lorahpo`` parser."""
@@ -37,14 +40,15 @@ def add_arguments(subparsers: Any) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """``lorahpo report``: extract the data, render it, print where it went."""
-    from lorahpo.config import ConfigError
     from lorahpo.report.data import study_report
     from lorahpo.report.render import write_report
 
     if args.top < 1:
-        raise ConfigError("--top must be at least 1")
+        raise UserError("--top must be at least 1")
+    out = _out_folder(args.out or args.study_dir / "report")
+    require("report")
     report = study_report(args.study_dir, top=args.top)
-    paths = write_report(report, args.out or args.study_dir / "report")
+    paths = write_report(report, out)
     print(f"report: {paths['html']}")
     print(f"summary: {paths['markdown']}")
     return 0
@@ -52,16 +56,24 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """``lorahpo compare``: read each study, render the comparison, print where it went."""
-    from lorahpo.config import ConfigError
     from lorahpo.report.data import compare_report
     from lorahpo.report.render import write_compare
 
     if len(args.study_dirs) < 2:
-        raise ConfigError("compare needs at least two study folders")
+        raise UserError("compare needs at least two study folders")
+    out = _out_folder(args.out)
+    require("report")
     compare = compare_report(args.study_dirs)
     for warning in compare.warnings:
         print(f"warning: {warning}")
-    paths = write_compare(compare, args.out)
+    paths = write_compare(compare, out)
     print(f"comparison: {paths['html']}")
     print(f"summary: {paths['markdown']}")
     return 0
+
+
+def _out_folder(out: Path) -> Path:
+    """``out``, refused before any work when it names something that is not a folder."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out: {out} exists and is not a folder")
+    return out

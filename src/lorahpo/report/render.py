@@ -11,6 +11,7 @@ import html
 from pathlib import Path
 from typing import Any
 
+from lorahpo.files import write_atomic
 from lorahpo.report import plots
 from lorahpo.report.data import CompareReport, StudyReport, TrialRow
 
@@ -52,8 +53,8 @@ def write_report(report: StudyReport, out: Path) -> dict[str, Path]:
     """Write ``report.html``, ``report.md`` and the PNG figures into ``out``; return the paths."""
     figures = study_figures(report)
     paths = _write_pngs(figures, out)
-    paths["html"] = _write(out / "report.html", study_html(report, figures))
-    paths["markdown"] = _write(out / "report.md", study_markdown(report, {k: p.name for k, p in paths.items()}))
+    paths["html"] = write_atomic(out / "report.html", study_html(report, figures))
+    paths["markdown"] = write_atomic(out / "report.md", study_markdown(report, {k: p.name for k, p in paths.items()}))
     return paths
 
 
@@ -61,8 +62,8 @@ def write_compare(compare: CompareReport, out: Path) -> dict[str, Path]:
     """Write ``compare.html``, ``compare.md`` and the figure of a comparison into ``out``."""
     figures = {"compare_best_so_far": plots.compare_curves(compare)}
     paths = _write_pngs(figures, out)
-    paths["html"] = _write(out / "compare.html", compare_html(compare, figures))
-    paths["markdown"] = _write(out / "compare.md", compare_markdown(compare, {k: p.name for k, p in paths.items()}))
+    paths["html"] = write_atomic(out / "compare.html", compare_html(compare, figures))
+    paths["markdown"] = write_atomic(out / "compare.md", compare_markdown(compare, {k: p.name for k, p in paths.items()}))
     return paths
 
 
@@ -368,13 +369,6 @@ def _write_pngs(figures: Figures, out: Path) -> dict[str, Path]:
         if png is None:
             path.unlink(missing_ok=True)  # a figure of an older report must not linger
             continue
-        path.write_bytes(png)
+        write_atomic(path, png)
         paths[name] = path
     return paths
-
-
-def _write(path: Path, text: str) -> Path:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path
