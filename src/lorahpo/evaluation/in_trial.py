@@ -276,7 +276,9 @@ def measure_lm_eval(context: Context, spec: EvaluatorSpec) -> dict[str, float]:
 def _lm_eval_task(spec: EvaluatorSpec) -> tuple[Any, Any]:
     """The task spec and an lm-eval task manager that knows it."""
     from lorahpo.evaluation import harness, tasks
+    from lorahpo.extras import require
 
+    require("eval", "lm_eval")
     task = tasks.resolve(spec.task or "")
     include = [p for p in [task.prepare() if task.prepare else None, Path(spec.include_path) if spec.include_path else None] if p]
     manager = harness.task_manager(include, with_lm_eval_tasks=not task.offline)
