@@ -216,3 +216,36 @@ def test_retention_questions_come_balanced_from_the_held_out_tasks(tmp_path, mon
     rows, _ = build_rows(tarball, BuildSize(per_task=100, total=None, max_chars=2000))
     assert {r["task"] for r in rows} == {"arithmetic"}  # the retention tasks are not trained on
     assert {"general_knowledge", "physics", "social_iqa"} <= set(RETENTION_TASKS)
+
+
+def test_the_paper_mmlu_example_maximises_an_lm_eval_task_measured_in_each_trial(tiny_data, tmp_path):
+    """examples/paper-mmlu.yaml on the tiny model, its MMLU replaced by a local lm-eval task file."""
+    import yaml
+
+    from lorahpo import config as cfg
+    from lorahpo.study import Study
+
+    rows = [{**q, "answer": q["choices"].index(q["answer"]) if isinstance(q["answer"], str) else q["answer"]} for q in QUESTIONS]
+    data = write_jsonl(tmp_path / "items.jsonl", rows)
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "tiny_mmlu.yaml").write_text(
+        "task: tiny_mmlu\ndataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\noutput_type: multiple_choice\n"
+        'doc_to_text: "Q: {{question}}\\nA:"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: "{{answer}}"\n'
+        "metric_list:\n  - metric: acc\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    raw = yaml.safe_load((root / "examples" / "paper-mmlu.yaml").read_text())
+    assert raw["objective"]["metric"] == "mmlu" and raw["objective"]["direction"] == "maximize"
+    tiny = tiny_data.config(max_steps=2, precision="fp32").model_dump(mode="json")
+    raw["objective"]["lora"].update(model=tiny["model"], data=tiny["data"], training=tiny["training"])
+    raw["objective"]["lora"]["evaluate"][0].update(task="tiny_mmlu", include_path=str(tmp_path / "tasks"), num_fewshot=0)
+    raw["budget"] = 2
+    study = Study.open(tmp_path / "study", cfg.parse(raw))
+    summary = study.run()
+    records = study.records()
+    assert summary.finished == 2 and [r.status for r in records] == ["complete", "complete"], [r.reason for r in records]
+    for r in records:
+        assert r.value == r.metrics["mmlu"] and r.value in (0.0, 0.25, 0.5, 0.75, 1.0)
+        assert r.metrics["mmlu_drop"] == pytest.approx(r.metrics["mmlu_base"] - r.metrics["mmlu"])
+    assert summary.best is not None and summary.best.value == max(r.value for r in records)

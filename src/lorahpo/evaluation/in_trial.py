@@ -280,11 +280,15 @@ def _lm_eval_task(spec: EvaluatorSpec) -> tuple[Any, Any]:
 
     require("eval", "lm_eval")
     task = tasks.resolve(spec.task or "")
-    include = [p for p in [task.prepare() if task.prepare else None, Path(spec.include_path) if spec.include_path else None] if p]
-    manager = harness.task_manager(include, with_lm_eval_tasks=not task.offline)
-    if task.lm_eval_name not in manager.all_tasks:
-        raise EvaluatorError(f"evaluator {spec.name}: unknown lm-eval task {spec.task!r}")
-    return task, manager
+    include = [p for p in (task.prepare() if task.prepare else None, spec.include_path) if p]
+    # lm-eval's own few thousand task configs take ~15 s to index: only when the task is not among these.
+    for defaults in (False, True) if include else (True,):
+        manager = harness.task_manager([Path(p) for p in include], with_lm_eval_tasks=defaults)
+        if task.lm_eval_name in manager.all_tasks:
+            return task, manager
+        if task.offline:
+            break
+    raise EvaluatorError(f"evaluator {spec.name}: unknown lm-eval task {spec.task!r}")
 
 
 def measure(context: Context, spec: EvaluatorSpec) -> dict[str, float]:
