@@ -104,6 +104,10 @@ class StudyConfig(_Strict):
             unknown = sorted(set(self.space.resolved()) - set(TUNABLE))
             if unknown:
                 raise ValueError(f"space: {unknown} are not LoRA trial hyperparameters; choose from {sorted(TUNABLE)}")
+            measured = self.objective.lora.metric_names()
+            for where, name in [("objective", m) for m in self.objective.metric_names] + [("constraints", c) for c in self.constraints]:
+                if name not in measured:
+                    raise ValueError(f"{where}: a LoRA trial does not measure {name!r}; it measures {', '.join(measured)}")
         if self.storage is not None and self.storage.startswith(("postgresql://", "postgresql+psycopg2://")):
             # Every command opens the store; MissingExtra is no ValueError, so pydantic lets it through.
             require("cluster", "psycopg2")

@@ -65,6 +65,7 @@ def reference() -> str:
         section("objective.lora.lora", ft.LoraConfig),
         section("objective.lora.training", ft.TrainingConfig),
         section("objective.lora (other keys)", ft.LoraTrialConfig, skip_sections=True),
+        section("objective.lora.evaluate[] (or a name: retention, in_domain, an lm-eval task)", ft.EvaluatorSpec),
         "## Tunable LoRA hyperparameters\n\nWith `objective: {lora: ...}` the search space may name any of: "
         + ", ".join(f"`{n}`" for n in sorted(ft.TUNABLE))
         + ".\n",

@@ -9,10 +9,10 @@ import torch
 
 from lorahpo.finetune import device, train
 from lorahpo.finetune.batching import Batch, length_grouped
-from lorahpo.finetune.config import LoraTrialConfig
+from lorahpo.finetune.config import METRIC_KEYS, LoraTrialConfig
 from lorahpo.finetune.data import Example
 from lorahpo.finetune.device import resolve_precision
-from lorahpo.finetune.train import METRIC_KEYS, response_loss_sum, run_trial
+from lorahpo.finetune.train import response_loss_sum, run_trial
 from lorahpo.result import TrialResult
 
 

@@ -13,6 +13,20 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 PAPER_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
+#: The metrics of a trial that ran; a pruned or failed one has those measured before it stopped.
+METRIC_KEYS = (
+    "validation_loss",
+    "initial_validation_loss",
+    "train_loss",
+    "runtime_s",
+    "train_tokens",
+    "train_tokens_per_s",
+    "peak_memory_mb",
+    "trainable_params",
+    "steps",
+    "epochs",
+)
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -171,11 +185,16 @@ class LoraTrialConfig(_Strict):
 
     @model_validator(mode="after")
     def _unique_metrics(self) -> LoraTrialConfig:
-        names = [n for spec in self.evaluate for n in spec.metric_names()]
+        names = list(self.metric_names())
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"evaluate: two evaluators report {repeated[0]!r}; give them different names")
         return self
+
+    def metric_names(self) -> list[str]:
+        """Every metric a complete trial of this config reports."""
+        evaluated = [n for spec in self.evaluate for n in spec.metric_names()]
+        return [*METRIC_KEYS, *evaluated, *(["evaluation_s"] if self.evaluate else [])]
 
 
 #: Search-space names that map onto a trial-config field, by section.

@@ -57,19 +57,6 @@ from lorahpo.result import TrialResult
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-#: The metrics of a trial that ran; a pruned or failed one has those measured before it stopped.
-METRIC_KEYS = (
-    "validation_loss",
-    "initial_validation_loss",
-    "train_loss",
-    "runtime_s",
-    "train_tokens",
-    "train_tokens_per_s",
-    "peak_memory_mb",
-    "trainable_params",
-    "steps",
-    "epochs",
-)
 
 #: Called with ``(step, validation_loss)`` after each intermediate evaluation; True stops the trial.
 Reporter = Callable[[int, float], bool]
