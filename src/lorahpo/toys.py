@@ -65,3 +65,18 @@ def learning_curve(params: dict[str, Any], report: Callable[[int, float], bool] 
         if report is not None and report(step, final + 2.0 / step):
             break
     return final + 2.0 / steps
+
+
+def forgetting(params: dict[str, Any]) -> dict[str, float]:
+    """:func:`lora_surface` with a downstream score that falls as the adapter changes the model more.
+
+    ``retention`` starts at the base model's 0.5 and drops with the size of the update, which
+    grows with the learning rate and alpha/rank: the lowest validation losses (high learning
+    rates) forget the most, as real fine-tunes do. ``retention_drop`` = 0.5 - ``retention``.
+    """
+    metrics = lora_surface(params)
+    lr = float(params.get("learning_rate", 2e-4))
+    scale = float(params.get("alpha", 16)) / float(params.get("rank", 8))
+    update = lr * math.sqrt(scale) / 1e-3
+    retention = 0.5 - 0.3 * update / (1 + update)
+    return {**metrics, "retention": retention, "retention_base": 0.5, "retention_drop": 0.5 - retention}
