@@ -1,0 +1,357 @@
+"""Does a forgetting guard give adapters that are not worse than the base model downstream?
+
+    python benchmarks/downstream.py                    # everything below, resumable
+    python benchmarks/downstream.py --parts design     # only the configuration design
+    python benchmarks/downstream.py --replay           # rebuild the results from the caches only
+
+The blackbox is the built-in study's (``lorahpo tune`` with no config: SmolLM2-135M, 12 steps
+on bigbench-instruct, validation loss) with its in-trial ``retention`` evaluator. Two parts:
+
+1. **design**: ``--design`` configurations (default 30) spread over the default space by a
+   scrambled Sobol sequence, each trained and measured; then ``bbh-bigbench`` (3-shot exact
+   match, ``--bbh-limit`` rows per subtask: 10 x 24 = 240 rows, the same rows for every model)
+   on the first ``--bbh-design`` of them (default 15) and on the base model. Spearman's rho of
+   validation loss against each downstream metric, with a bootstrap 95% CI.
+2. **arms**: NOMAD with budget ``--budget`` (default 20) for each seed, three ways: on
+   validation loss alone (``loss``); with the forgetting constraint ``retention_drop <= --bound``
+   (``guarded``); on validation loss and retention as two objectives, choosing the lowest
+   validation loss on the front within the bound (``front``). Each run's chosen adapter gets
+   validation loss, retention and bbh-bigbench with standard errors, next to the base model.
+
+Every trained configuration goes, with all its metrics, into ``results/downstream_cache.jsonl``
+(keyed by a hash of the complete trial config, as in ``lora_hpo.py``; searches replay through
+the ordinary study loop with a ``ReplayExecutor``); every bbh-bigbench score into
+``results/downstream_bbh.jsonl``. Adapters are kept under ``$LORAHPO_CACHE/bench/downstream/``
+(never committed): a configuration whose adapter is gone is trained again (deterministic on a
+CPU) before its bbh-bigbench score is measured. Results: ``results/downstream.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _machine import machine
+from lora_hpo import replay_study, stamped, trial_config
+
+from lorahpo import config as cfg
+from lorahpo.cache import cache_dir
+from lorahpo.cli import default_config_path
+from lorahpo.executors.replay import Blackbox, Measurement, Measurements, ReplayExecutor, Stop, config_key
+from lorahpo.study import TrialRecord
+
+RESULTS = Path(__file__).parent / "results"
+ARMS = ("loss", "guarded", "front")
+METRICS = ("retention", "retention_logprob")
+
+
+def study_config(arm: str, seed: int, budget: int, bound: float) -> cfg.StudyConfig:
+    """The built-in study (its blackbox, space and x0), as one arm: NOMAD with ``seed`` and ``budget``."""
+    import yaml
+
+    raw = yaml.safe_load(default_config_path().read_text())
+    raw.update(name=f"downstream-{arm}", seed=seed, budget=budget, optimizer="nomad", constraints={})
+    raw["objective"]["lora"]["save_adapter"] = True  # bbh-bigbench reads the chosen adapters
+    if arm == "guarded":
+        raw["constraints"] = {"retention_drop": bound}
+    elif arm == "front":
+        raw["objective"]["secondary"] = {"retention": "maximize"}
+    return cfg.parse(raw, f"downstream {arm}")
+
+
+def adapter_dir(key: str) -> Path:
+    return cache_dir() / "bench" / "downstream" / key
+
+
+def lora_blackbox(trial: dict[str, Any], stop: Stop) -> Measurement:
+    """Train one trial config in this process, keep its adapter, return every metric."""
+    from lorahpo.finetune.config import LoraTrialConfig
+    from lorahpo.finetune.train import run_trial
+
+    result = run_trial(LoraTrialConfig.model_validate(trial), adapter_dir(config_key(trial)))
+    return {
+        "status": result.status,
+        "value": result.metrics.get("validation_loss") if result.status == "complete" else None,
+        "reason": result.reason,
+        "duration_s": result.duration_s,
+        "metrics": result.metrics,
+    }
+
+
+# ------------------------------------------------------------------ design
+
+
+def design_points(conf: cfg.StudyConfig, n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """``n`` points of the space from a scrambled Sobol sequence (Optuna's QMC sampler)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed))
+    dists = conf.space.distributions()
+    points = []
+    for _ in range(n):
+        trial = study.ask(dists)
+        points.append(dict(trial.params))
+        study.tell(trial, 0.0)
+    return points
+
+
+def measure_design(conf: cfg.StudyConfig, cache: Measurements, n: int, blackbox: Blackbox | None) -> list[Measurement]:
+    measured = []
+    for i, params in enumerate(design_points(conf, n)):
+        config = trial_config(conf, params)
+        key = config_key(config)
+        point = cache.get(key)
+        if point is None:
+            if blackbox is None:
+                raise LookupError(f"design point {i} {params} was never measured")
+            cache.add({"key": key, "params": params, **blackbox(config, lambda *a: False)})
+            point = cache.get(key)
+            assert point is not None
+        print(f"design [{i + 1}/{n}] {_fmt(point.get('value'))} retention {_fmt(_metric(point, 'retention'))}", flush=True)
+        measured.append(point)
+    return measured
+
+
+# ------------------------------------------------------------------ bbh-bigbench
+
+
+class BbhScores:
+    """bbh-bigbench scores by measurement key (``base`` for the base model), cached in a JSONL file."""
+
+    def __init__(self, path: Path, limit: int, live: bool) -> None:
+        self.path, self.limit, self.live = path, limit, live
+        self.scores: dict[str, dict[str, Any]] = {}
+        if path.exists():
+            for line in path.read_text().splitlines():
+                row = json.loads(line)
+                if row["limit"] == limit:
+                    self.scores.setdefault(row["key"], row)
+
+    def get(self, key: str, conf: cfg.StudyConfig, params: dict[str, Any] | None, cache: Measurements) -> dict[str, Any]:
+        if key in self.scores:
+            return self.scores[key]
+        if not self.live:
+            raise LookupError(f"bbh-bigbench of {key} was never measured")
+        from lorahpo.evaluation import harness, tasks
+
+        adapter = None
+        if params is not None:
+            adapter = adapter_dir(key) / "adapter"
+            if not adapter.is_dir():  # trained on another machine, or its adapter deleted: train it again
+                lora_blackbox(trial_config(conf, params), lambda *a: False)
+        assert conf.objective.lora is not None
+        spec = tasks.resolve("bbh-bigbench")
+        manager = harness.task_manager([spec.prepare()] if spec.prepare else [], with_lm_eval_tasks=False)
+        tic = time.perf_counter()
+        lm = harness.load_model(conf.objective.lora.model, adapter, device="cpu", batch_size=8)
+        scores = harness.run_task(lm, spec, manager, limit=self.limit)
+        row = {"key": key, "limit": self.limit, "bbh": scores.score, "bbh_se": scores.stderr, "rows": scores.n,
+               "duration_s": time.perf_counter() - tic, "measured_at": machine()}
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        self.scores[key] = row
+        print(f"bbh-bigbench {key}: {scores.score:.4f} ({scores.n} rows, {row['duration_s']:.0f} s)", flush=True)
+        return row
+
+
+# ------------------------------------------------------------------ arms
+
+
+def chosen(records: list[TrialRecord], arm: str, bound: float) -> TrialRecord | None:
+    """The adapter an arm hands its user: the lowest validation loss (within the bound, for the guarded arms)."""
+    done = [r for r in records if r.status == "complete" and r.value is not None]
+    if arm != "loss":
+        done = [r for r in done if r.metrics.get("retention_drop", math.inf) <= bound]
+    return min(done, key=lambda r: (r.metrics["validation_loss"], r.number), default=None)
+
+
+def run_arm(arm: str, seed: int, args: argparse.Namespace, cache: Measurements, blackbox: Blackbox | None) -> dict[str, Any]:
+    conf = study_config(arm, seed, args.budget, args.bound)
+    executor = ReplayExecutor(cache, lambda params: trial_config(conf, params), blackbox and stamped(blackbox))
+    records = replay_study(conf, executor, lambda r: print(f"{arm} seed {seed} trial {r.number}: {_fmt(r.value)}", flush=True))
+    pick = chosen(records, arm, args.bound)
+    if pick is None:
+        return {"seed": seed, "chosen": None}
+    return {
+        "seed": seed,
+        "chosen": pick.number,
+        "params": pick.params,
+        "key": executor.answers[pick.number].measurement["key"],
+        "val_loss": pick.metrics["validation_loss"],
+        "retention": pick.metrics["retention"],
+        "retention_se": pick.metrics["retention_se"],
+        "retention_drop": pick.metrics["retention_drop"],
+        "feasible_trials": sum(r.metrics.get("retention_drop", math.inf) <= args.bound for r in records),
+    }
+
+
+# ------------------------------------------------------------------ statistics
+
+
+def ranks(x: Sequence[float]) -> np.ndarray:
+    """Ranks from 1, ties sharing their average rank."""
+    a = np.asarray(x, dtype=float)
+    order = np.argsort(a, kind="mergesort")
+    r = np.empty(len(a))
+    r[order] = np.arange(1, len(a) + 1)
+    for value in np.unique(a):
+        tied = a == value
+        r[tied] = r[tied].mean()
+    return r
+
+
+def spearman(x: Sequence[float], y: Sequence[float], resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Spearman's rho and its bootstrap 95% percentile interval (pairs resampled)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+
+    def rho(i: np.ndarray) -> float:
+        rx, ry = ranks(x[i]), ranks(y[i])
+        if rx.std() == 0 or ry.std() == 0:
+            return math.nan
+        return float(np.corrcoef(rx, ry)[0, 1])
+
+    rng = np.random.default_rng(seed)
+    boot = np.array([rho(rng.integers(0, len(x), len(x))) for _ in range(resamples)])
+    boot = boot[~np.isnan(boot)]
+    return {"rho": rho(np.arange(len(x))), "ci": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))], "n": len(x)}
+
+
+def summarize_arms(arms: dict[str, list[dict[str, Any]]], base: dict[str, Any]) -> dict[str, Any]:
+    """Per arm: median validation loss, retention, bbh-bigbench, and the verdict on the target."""
+    out: dict[str, Any] = {}
+    best_loss = [r["val_loss"] for r in arms.get("loss", []) if r.get("val_loss") is not None]
+    reference = statistics.median(best_loss) if best_loss else None
+    for arm, runs in arms.items():
+        done = [r for r in runs if r.get("bbh") is not None]
+        if not done:
+            continue
+        not_worse = [r["bbh"] >= base["bbh"] - r["bbh_se"] for r in done]
+        within = [reference is not None and r["val_loss"] <= 1.1 * reference for r in done]
+        out[arm] = {
+            "val_loss": statistics.median(r["val_loss"] for r in done),
+            "retention": statistics.median(r["retention"] for r in done),
+            "bbh": statistics.median(r["bbh"] for r in done),
+            "runs": len(done),
+            "bbh_not_worse_than_base": sum(not_worse),
+            "val_loss_within_10pct_of_loss_arm": sum(within),
+        }
+    return out
+
+
+def markdown(result: dict[str, Any]) -> str:
+    base = result["base"]
+    lines = [
+        "# Downstream: does a forgetting guard keep the base model's ability?",
+        "",
+        f"Machine: {result['machine'].get('cpu')} ({result['machine'].get('cores')} cores). "
+        f"Base model: validation loss {_fmt(base.get('val_loss'))}, retention {_fmt(base.get('retention'))}, "
+        f"bbh-bigbench {_fmt(base.get('bbh'))} ± {_fmt(base.get('bbh_se'))} ({base.get('bbh_rows')} rows).",
+        "",
+        "## Validation loss against downstream metrics (Spearman, bootstrap 95% CI)",
+        "",
+        "| metric | rho | 95% CI | configurations |",
+        "|---|---|---|---|",
+    ]
+    for metric, s in result["spearman"].items():
+        lines.append(f"| {metric} | {s['rho']:.2f} | [{s['ci'][0]:.2f}, {s['ci'][1]:.2f}] | {s['n']} |")
+    lines += ["", "## Chosen adapters by arm (NOMAD, budget "
+              f"{result['config']['budget']}, bound retention_drop <= {result['config']['bound']})", "",
+              "| arm | seed | validation loss | retention | bbh-bigbench ± se |", "|---|---|---|---|---|"]
+    for arm, runs in result["arms"].items():
+        for r in runs:
+            bbh = f"{_fmt(r.get('bbh'))} ± {_fmt(r.get('bbh_se'))}" if r.get("bbh") is not None else "-"
+            lines.append(f"| {arm} | {r['seed']} | {_fmt(r.get('val_loss'))} | {_fmt(r.get('retention'))} | {bbh} |")
+    return "\n".join(lines) + "\n"
+
+
+def _metric(point: Measurement, name: str) -> float | None:
+    return (point.get("metrics") or {}).get(name)
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
+# ------------------------------------------------------------------ main
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--parts", nargs="+", choices=("design", "arms"), default=["design", "arms"])
+    p.add_argument("--design", type=int, default=30, help="configurations in the design")
+    p.add_argument("--bbh-design", type=int, default=15, help="design configurations also scored on bbh-bigbench")
+    p.add_argument("--bbh-limit", type=int, default=10, help="rows per bbh-bigbench subtask (24 subtasks)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--budget", type=int, default=20)
+    p.add_argument("--bound", type=float, default=0.02, help="the forgetting bound on retention_drop")
+    p.add_argument("--threads", type=int, help="torch threads (one process per core: --threads 1)")
+    p.add_argument("--replay", action="store_true", help="measure nothing: rebuild from the caches")
+    p.add_argument("--cache", type=Path, default=RESULTS / "downstream_cache.jsonl")
+    p.add_argument("--bbh-cache", type=Path, default=RESULTS / "downstream_bbh.jsonl")
+    p.add_argument("--out", type=Path, default=RESULTS / "downstream.json")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None, blackbox: Blackbox | None = lora_blackbox) -> dict[str, Any]:
+    args = parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        os.environ["LORAHPO_NUM_THREADS"] = str(args.threads)
+    live = None if args.replay else blackbox
+    cache = Measurements(args.cache)
+    bbh = BbhScores(args.bbh_cache, args.bbh_limit, live=live is not None)
+    conf = study_config("loss", 0, args.budget, args.bound)
+    result: dict[str, Any] = {
+        "config": {"design": args.design, "bbh_design": args.bbh_design, "bbh_limit": args.bbh_limit,
+                   "seeds": args.seeds, "budget": args.budget, "bound": args.bound},
+        "machine": machine(),
+        "base": {},
+        "spearman": {},
+        "arms": {},
+    }
+    points = measure_design(conf, cache, args.design, live) if "design" in args.parts else []
+    if points:
+        some = points[0]["metrics"]
+        result["base"] = {"val_loss": some["initial_validation_loss"], "retention": some["retention_base"],
+                          "retention_logprob": some["retention_logprob"] + some["retention_logprob_drop"]}
+    base_bbh = bbh.get("base", conf, None, cache)
+    result["base"].update(bbh=base_bbh["bbh"], bbh_se=base_bbh["bbh_se"], bbh_rows=base_bbh["rows"])
+    complete = [p for p in points if p["status"] == "complete"]
+    for metric in METRICS:
+        if len(complete) >= 3:
+            result["spearman"][metric] = spearman([p["value"] for p in complete], [p["metrics"][metric] for p in complete])
+    scored = [(p, bbh.get(p["key"], conf, p["params"], cache)) for p in complete[: args.bbh_design]]
+    if len(scored) >= 3:
+        result["spearman"]["bbh-bigbench"] = spearman([p["value"] for p, _ in scored], [s["bbh"] for _, s in scored])
+    if "arms" in args.parts:
+        for seed in args.seeds:  # seeds outermost: a partial run already compares the arms
+            for arm in ARMS:
+                run = run_arm(arm, seed, args, cache, live)
+                if run.get("key"):
+                    score = bbh.get(run["key"], study_config(arm, seed, args.budget, args.bound), run["params"], cache)
+                    run.update(bbh=score["bbh"], bbh_se=score["bbh_se"])
+                result["arms"].setdefault(arm, []).append(run)
+        result["summary"] = summarize_arms(result["arms"], result["base"])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(result))
+    print(markdown(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""benchmarks/downstream.py on a synthetic blackbox: the design, the three arms, the JSON, and replay."""
+
+import json
+import math
+
+import pytest
+
+from lorahpo import toys
+
+
+def fake_blackbox(trial, stop):
+    """``toys.forgetting`` at the trial's hyperparameters, with the metrics a real trial reports."""
+    params = {**trial["lora"], **trial["training"]}
+    m = toys.forgetting(params)
+    metrics = {
+        "validation_loss": m["validation_loss"],
+        "initial_validation_loss": 2.9,
+        "retention": m["retention"],
+        "retention_se": 0.05,
+        "retention_base": 0.5,
+        "retention_drop": m["retention_drop"],
+        "retention_logprob": -3 - m["retention_drop"],
+        "retention_logprob_drop": m["retention_drop"],
+    }
+    return {"status": "complete", "value": metrics["validation_loss"], "reason": None, "duration_s": 1.0, "metrics": metrics}
+
+
+@pytest.fixture
+def bench(load_benchmark, monkeypatch):
+    module = load_benchmark("downstream")
+    # bbh-bigbench falls as retention falls: the guard helps downstream, by construction.
+    base = {"key": "base", "bbh": 0.25, "bbh_se": 0.03, "rows": 240}
+
+    def fake_bbh(self, key, conf, params, cache):
+        if key == "base":
+            return base
+        point = cache.get(key)
+        return {"key": key, "bbh": 0.25 - point["metrics"]["retention_drop"], "bbh_se": 0.03, "rows": 240}
+
+    monkeypatch.setattr(module.BbhScores, "get", fake_bbh)
+    return module
+
+
+def test_the_benchmark_writes_its_results_and_replays_them(bench, tmp_path):
+    args = ["--design", "8", "--bbh-design", "5", "--seeds", "0", "--budget", "8",
+            "--cache", str(tmp_path / "cache.jsonl"), "--bbh-cache", str(tmp_path / "bbh.jsonl"),
+            "--out", str(tmp_path / "downstream.json")]
+    result = bench.main(args, blackbox=fake_blackbox)
+    saved = json.loads((tmp_path / "downstream.json").read_text())
+    assert set(saved) >= {"spearman", "base", "arms", "machine", "summary"}
+    assert set(saved["spearman"]) == {"retention", "retention_logprob", "bbh-bigbench"}
+    for s in saved["spearman"].values():
+        assert -1 <= s["ci"][0] <= s["rho"] <= s["ci"][1] <= 1
+    assert saved["spearman"]["retention"]["n"] == 8 and saved["spearman"]["bbh-bigbench"]["n"] == 5
+    assert saved["base"]["bbh"] == 0.25 and saved["base"]["retention"] == 0.5 and saved["base"]["bbh_se"] == 0.03
+    assert set(saved["arms"]) == {"loss", "guarded", "front"}
+    for arm, runs in saved["arms"].items():
+        (run,) = runs
+        assert set(run) >= {"seed", "val_loss", "retention", "bbh", "bbh_se"}
+        if arm != "loss":
+            assert run["retention_drop"] <= 0.02
+    assert saved["arms"]["loss"][0]["val_loss"] <= saved["arms"]["guarded"][0]["val_loss"]
+    measured = len((tmp_path / "cache.jsonl").read_text().splitlines())
+    again = bench.main([*args, "--replay"], blackbox=None)
+    assert again["arms"] == result["arms"] and again["spearman"] == result["spearman"]
+    assert len((tmp_path / "cache.jsonl").read_text().splitlines()) == measured
+
+
+def test_spearman_matches_the_textbook_formula(bench):
+    x = [1.0, 2.0, 3.0, 4.0, 5.0]
+    y = [2.0, 1.0, 4.0, 3.0, 5.0]
+    out = bench.spearman(x, y, resamples=500)
+    assert out["rho"] == pytest.approx(1 - 6 * 4 / (5 * 24))  # rank differences -1, 1, -1, 1, 0
+    assert out["n"] == 5 and out["ci"][0] <= out["rho"] <= out["ci"][1]
+    assert list(bench.ranks([3.0, 1.0, 3.0, 2.0])) == [3.5, 1.0, 3.5, 2.0]  # ties share their mean rank
+    assert math.isclose(bench.spearman([1, 2, 3], [3, 2, 1], resamples=10)["rho"], -1.0)
