@@ -7,8 +7,6 @@ import pytest
 
 from lorahpo.toys import lora_surface
 
-pytest.importorskip("matplotlib", reason="the benchmark plots with matplotlib")
-
 STEPS, TOKENS_PER_STEP = 24, 100
 
 

@@ -103,7 +103,7 @@ def test_explicit_format_overrides_detection(tmp_path):
 
 
 def test_parquet(tmp_path):
-    pa = pytest.importorskip("pyarrow", reason="pyarrow is not installed; Parquet support is optional")
+    import pyarrow as pa  # optional for users; the test install has it (through the eval extra)
     import pyarrow.parquet as pq
 
     path = tmp_path / "a.parquet"
