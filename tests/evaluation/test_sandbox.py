@@ -131,8 +131,12 @@ def test_writes_outside_the_folder_fail_and_writes_inside_work(run_python, tmp_p
 
 
 def test_a_big_file_inside_the_folder_is_cut_by_the_file_size_limit(run_python):
-    result = run_python("with open('big', 'wb') as fh:\n    fh.write(b'x' * (64 * 1024**2))\n", QUICK)
-    assert result.outcome == "failed"
+    write = "with open('big', 'wb') as fh:\n    fh.write(b'x' * ({mib} * 1024**2))\nprint('WRITTEN')\n"
+    under = run_python(write.format(mib=QUICK.file_mb - 1), QUICK)
+    assert under.passed and under.stdout == "WRITTEN\n", under.stderr
+    over = run_python(write.format(mib=QUICK.file_mb + 1), QUICK)
+    assert over.outcome == "failed" and "WRITTEN" not in over.stdout
+    assert "OSError: [Errno 27] File too large" in over.stderr  # EFBIG: the kernel's RLIMIT_FSIZE
 
 
 def test_deleting_and_renaming_files_outside_the_folder_fails(run_python, tmp_path):
