@@ -3,6 +3,7 @@
 import json
 import math
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -235,12 +236,44 @@ def test_length_grouped_batches_are_seeded_complete_and_tight():
     assert [len(examples[b[0]].input_ids) for b in ordered][:3] == [41, 41, 41]
 
 
-def test_auto_precision_is_bf16_only_where_it_is_fast(monkeypatch):
-    monkeypatch.setattr(train, "_cpu_has_bf16", lambda: False)
-    assert resolve_precision("auto", torch.device("cpu")).dtype == torch.float32
-    monkeypatch.setattr(train, "_cpu_has_bf16", lambda: True)
-    assert resolve_precision("auto", torch.device("cpu")).dtype == torch.bfloat16
+def cpuinfo(model: str, flags: str) -> str:
+    """/proc/cpuinfo of a 2-core machine, as Linux writes it."""
+    core = "processor\t: {n}\nmodel name\t: {model}\nflags\t\t: {flags}\n\n"
+    return "".join(core.format(n=n, model=model, flags=flags) for n in range(2))
+
+
+COMMON_FLAGS = "fpu vme sse sse2 ssse3 sse4_1 sse4_2 avx avx2 fma bmi1 bmi2 sha_ni"
+CPUS = {
+    "amd-epyc-milan": (cpuinfo("AMD EPYC 7763 64-Core Processor", f"{COMMON_FLAGS} clzero xsaveerptr"), False),
+    "intel-cooper-lake": (cpuinfo("Intel(R) Xeon(R) Platinum 8380H", f"{COMMON_FLAGS} avx512f avx512_bf16"), True),
+    "intel-sapphire-rapids": (
+        cpuinfo("Intel(R) Xeon(R) Platinum 8480+", f"{COMMON_FLAGS} avx512f amx_bf16 amx_tile amx_int8"),
+        True,
+    ),
+}
+
+
+@pytest.mark.parametrize("cpu", sorted(CPUS))
+def test_auto_precision_on_a_cpu_is_bf16_only_with_bf16_instructions(monkeypatch, cpu):
+    text, has_bf16 = CPUS[cpu]
+    read_text = Path.read_text
+    monkeypatch.setattr(
+        Path, "read_text", lambda path, *a, **k: text if str(path) == "/proc/cpuinfo" else read_text(path, *a, **k)
+    )
+    assert train._cpu_has_bf16() is has_bf16
+    expected = torch.bfloat16 if has_bf16 else torch.float32
+    assert resolve_precision("auto", torch.device("cpu")).dtype == expected
+    assert resolve_precision("fp32", torch.device("cpu")).dtype == torch.float32  # an explicit name wins
     assert resolve_precision("fp16", torch.device("cpu")).dtype == torch.float16
+
+
+def test_auto_precision_without_cpuinfo_is_fp32(monkeypatch):
+    def unreadable(path, *args, **kwargs):
+        raise FileNotFoundError(path)  # not Linux: no /proc
+
+    monkeypatch.setattr(Path, "read_text", unreadable)
+    assert train._cpu_has_bf16() is False
+    assert resolve_precision("auto", torch.device("cpu")).dtype == torch.float32
 
 
 @pytest.mark.parametrize(("precision", "dtype"), [("bf16", torch.bfloat16), ("fp16", torch.float16)])
