@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from lorahpo.config import ConfigError
+from lorahpo.cli import main
 from lorahpo.evaluation.cli import add_arguments
 
 from .conftest import lora_study
@@ -54,8 +54,16 @@ def test_a_dry_run_lists_the_pairs_to_run(tmp_path, tiny_model, task_cache, caps
     ]
 
 
-def test_bad_values_are_one_line_errors(tmp_path):
-    for argv in (["--top", "-1"], ["--limit", "0"], ["--tasks", ","]):
-        args = parse(["evaluate", str(tmp_path), *argv])
-        with pytest.raises(ConfigError):
-            args.func(args)
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--top", "-1"], "--top must be >= 0, --limit and --batch-size >= 1"),
+        (["--limit", "0"], "--top must be >= 0, --limit and --batch-size >= 1"),
+        (["--batch-size", "0"], "--top must be >= 0, --limit and --batch-size >= 1"),
+        (["--tasks", ","], "no task given"),
+    ],
+)
+def test_bad_values_are_one_line_errors(tmp_path, capsys, argv, message):
+    assert main(["evaluate", str(tmp_path), *argv]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"lorahpo: error: {message}\n"
