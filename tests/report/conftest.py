@@ -90,3 +90,9 @@ def synthetic(tmp_path_factory) -> Synthetic:
     }
     fake_results(folder, scores)
     return Synthetic(folder, scores, failed)
+
+
+@pytest.fixture(scope="package")
+def plain(tmp_path_factory) -> Study:
+    """A random search of the same toy, without downstream results: the second study to compare."""
+    return run_toy(tmp_path_factory.mktemp("plain") / "toy-random", optimizer="random", budget=6)

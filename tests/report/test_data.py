@@ -17,7 +17,7 @@ from lorahpo.report.data import (
 )
 from lorahpo.study import Study
 
-from .conftest import FAILURE_REASON, lowest_loss, run_toy
+from .conftest import FAILURE_REASON, lowest_loss
 
 
 def test_best_so_far_skips_failures_and_follows_the_direction():
@@ -95,9 +95,8 @@ def test_downstream_results_line_up_with_roles_and_correlations(synthetic):
     assert humaneval.rho == pytest.approx(0.5)
 
 
-def test_compare_reads_each_study_and_the_downstream_scores_of_its_best(synthetic, tmp_path):
-    other = run_toy(tmp_path / "toy-random", optimizer="random", budget=6)
-    compare = compare_report([synthetic.directory, other.directory])
+def test_compare_reads_each_study_and_the_downstream_scores_of_its_best(synthetic, plain):
+    compare = compare_report([synthetic.directory, plain.directory])
     labels = [s.label for s in compare.studies]
     assert labels == ["toy", "toy-random"]
     assert compare.metric == "validation_loss" and compare.warnings == []

@@ -9,7 +9,7 @@ from lorahpo.evaluation.store import model_key
 from lorahpo.report.data import compare_report, study_report
 from lorahpo.report.render import write_compare, write_report
 
-from .conftest import FAILURE_REASON, lowest_loss, run_toy
+from .conftest import FAILURE_REASON, lowest_loss
 
 FIGURES = ["best_so_far", "parallel_coordinates", "loss_vs_hyperparameters", "downstream_vs_loss"]
 
@@ -134,25 +134,23 @@ def test_the_markdown_summary_names_the_best_and_links_the_plots(synthetic, tmp_
     assert "| base | base |" in md and "| -0.80 |" in md
 
 
-def test_a_study_without_downstream_results_says_how_to_get_them(tmp_path):
-    run_toy(tmp_path / "plain", budget=4)
-    paths = write_report(study_report(tmp_path / "plain"), tmp_path / "out")
+def test_a_study_without_downstream_results_says_how_to_get_them(plain, tmp_path):
+    paths = write_report(study_report(plain.directory), tmp_path / "out")
     page = Page(paths["html"].read_text())
     assert "fig-downstream_vs_loss" not in page.images and "correlations" not in page.tables
     assert "lorahpo evaluate" in paths["html"].read_text()
     assert not (tmp_path / "out" / "downstream_vs_loss.png").exists()
 
 
-def test_compare_puts_all_curves_on_one_plot_and_tabulates_the_studies(synthetic, tmp_path):
-    other = run_toy(tmp_path / "toy-random", optimizer="random", budget=6)
-    compare = compare_report([synthetic.directory, other.directory])
+def test_compare_puts_all_curves_on_one_plot_and_tabulates_the_studies(synthetic, plain, tmp_path):
+    compare = compare_report([synthetic.directory, plain.directory])
     paths = write_compare(compare, tmp_path / "cmp")
     page = Page(paths["html"].read_text())
     assert list(page.images) == ["fig-compare_best_so_far"] and png_of(page.images["fig-compare_best_so_far"])
     header, *rows = page.tables["studies"]
     table = {row[0]: dict(zip(header, row, strict=True)) for row in rows}
     assert list(table) == ["toy", "toy-random"]
-    for label, directory in [("toy", synthetic.directory), ("toy-random", other.directory)]:
+    for label, directory in [("toy", synthetic.directory), ("toy-random", plain.directory)]:
         best = lowest_loss(directory)
         assert table[label]["best validation_loss"] == f"{best.value:.4f}"
         assert table[label]["best trial"] == str(best.number)
