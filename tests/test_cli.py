@@ -140,7 +140,8 @@ def _points(study_dir: Path) -> list[tuple]:
     return [tuple(r.params.values()) for r in records if r.status not in ("running", "interrupted")]
 
 
-@pytest.mark.parametrize("optimizer", ["nomad", "tpe"])
+# Over 20 s each; NOMAD, whose state is replayed on resume, runs by default.
+@pytest.mark.parametrize("optimizer", ["nomad", pytest.param("tpe", marks=pytest.mark.slow)])
 def test_sigkill_then_resume_gives_the_uninterrupted_sequence(tmp_path, optimizer):
     config = write(tmp_path / "c.yaml", {**TOY, "optimizer": optimizer, "budget": 12})
     lorahpo("tune", config, "--study-dir", tmp_path / "full", check=True)
