@@ -2,7 +2,7 @@
 local Ray cluster bound to 127.0.0.1. Both stop when the test session ends.
 
 Where one cannot start (no PostgreSQL binaries, no ray package), its tests are skipped, except
-under CI (``CI=true``), where that is a failure: CI must test them.
+under CI, where that is a failure (see ci.py).
 """
 
 from __future__ import annotations
@@ -16,13 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import pytest
-
-
-def unavailable(why: str) -> None:
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"{why} (CI must run these tests)")
-    pytest.skip(why)
+from ci import unavailable
 
 
 def free_port() -> int:

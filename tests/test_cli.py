@@ -37,10 +37,19 @@ def write(path: Path, data) -> Path:
 
 
 def test_help_is_fast_and_does_not_import_torch():
-    code = "import sys; from lorahpo.cli import main\ntry: main(['--help'])\nexcept SystemExit: pass\n" \
-           "print('torch' in sys.modules, 'optuna' in sys.modules)"
+    # CPU seconds, which other processes on a busy machine do not inflate: --help takes about
+    # 0.15 s; importing torch alone takes 2.6 s (2-core AMD EPYC).
+    code = (
+        "import sys, time\n"
+        "start = time.process_time()\n"
+        "from lorahpo.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print(time.process_time() - start, 'torch' in sys.modules, 'optuna' in sys.modules)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip().splitlines()[-1] == "False False"
+    cpu_s, torch_loaded, optuna_loaded = out.strip().splitlines()[-1].split()
+    assert (torch_loaded, optuna_loaded) == ("False", "False")
+    assert float(cpu_s) < 1.0
     for cmd in ("tune", "status", "best"):
         assert lorahpo(cmd, "--help", check=True).stdout.startswith("usage: lorahpo " + cmd)
 
@@ -145,7 +154,9 @@ def test_status_and_best_on_a_finished_study(tmp_path):
     best = json.loads(lorahpo("best", tmp_path / "s", "--top", "2", "--json", check=True).stdout)
     values = sorted(t["value"] for t in status)
     assert [b["value"] for b in best] == values[:2]
-    assert "trial" in lorahpo("best", tmp_path / "s", check=True).stdout
+    text = lorahpo("best", tmp_path / "s", check=True).stdout.splitlines()
+    assert text[0].startswith(f"trial {best[0]['number']}: validation_loss = {best[0]['value']:.6g}  rank=")
+    assert sum(line.startswith("trial ") for line in text) == 1  # the best one only, without --top
     assert lorahpo("status", tmp_path / "nothing").returncode == 2
 
 
@@ -154,7 +165,8 @@ def _points(study_dir: Path) -> list[tuple]:
     return [tuple(r.params.values()) for r in records if r.status not in ("running", "interrupted")]
 
 
-@pytest.mark.parametrize("optimizer", ["nomad", "tpe"])
+# Over 20 s each; NOMAD, whose state is replayed on resume, runs by default.
+@pytest.mark.parametrize("optimizer", ["nomad", pytest.param("tpe", marks=pytest.mark.slow)])
 def test_sigkill_then_resume_gives_the_uninterrupted_sequence(tmp_path, optimizer):
     config = write(tmp_path / "c.yaml", {**TOY, "optimizer": optimizer, "budget": 12})
     lorahpo("tune", config, "--study-dir", tmp_path / "full", check=True)

@@ -17,7 +17,6 @@ def test_config_reference_is_up_to_date():
 
 @pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.yaml")) + [default_config_path()], ids=lambda p: p.name)
 def test_every_shipped_config_is_valid(path):
-    conf = cfg.load(path)
-    assert conf.budget >= 1 and conf.space.distributions()
-    first_line = path.read_text().splitlines()[0]
-    assert first_line.startswith("# lorahpo tune") or path == default_config_path()
+    cfg.load(path)  # raises ConfigError on anything the config validation refuses
+    if path != default_config_path():  # an example starts with the command that runs it
+        assert path.read_text().splitlines()[0].startswith(f"# lorahpo tune examples/{path.name} ")

@@ -56,7 +56,8 @@ def cli(*args: str, **kw) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True, **kw)
 
 
-@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+# Over 20 s each; a shared SQLite store also serves the killed-worker test below.
+@pytest.mark.parametrize("store", [pytest.param("sqlite", marks=pytest.mark.slow), "postgresql"])
 def test_four_workers_share_one_study(tmp_path, monkeypatch, store, request):
     url = (f"sqlite:///{tmp_path / 'shared.db'}" if store == "sqlite"
            else request.getfixturevalue("postgres_url"))
@@ -148,7 +149,8 @@ def test_a_lost_trial_is_retried_when_configured(tmp_path, ray_address):
     assert [r.status for r in study.records()] == ["complete"] * 3
 
 
-@pytest.mark.parametrize("optimizer", ["nomad", "tpe"])
+# Over 20 s each; NOMAD, whose state is replayed on resume, runs by default.
+@pytest.mark.parametrize("optimizer", ["nomad", pytest.param("tpe", marks=pytest.mark.slow)])
 def test_driver_killed_with_sigkill_resumes_from_the_store(tmp_path, optimizer):
     conf = study_yaml(tmp_path / "s.yaml", optimizer=optimizer, budget=6, parallel=2)
     env = {**os.environ, "LORAHPO_TOY_SLEEP_S": "3"}

@@ -1,5 +1,6 @@
 """Early stopping: trials report intermediate values, pruners stop the unpromising ones at once."""
 
+import itertools
 import math
 
 import optuna
@@ -33,7 +34,8 @@ def final_value(params):
     return 1.0 + params["x"] ** 2 + params["y"] ** 2 + 2.0 / STEPS
 
 
-@pytest.mark.parametrize("optimizer", ["random", "nomad"])
+# Over 20 s each; NOMAD, which is told a stopped trial's last value, runs by default.
+@pytest.mark.parametrize("optimizer", [pytest.param("random", marks=pytest.mark.slow), "nomad"])
 def test_asha_stops_trials_early_and_keeps_the_true_best(tmp_path, optimizer):
     study = Study.open(tmp_path / "s", curve_config(optimizer, "asha", min_resource=1, reduction_factor=2))
     summary = study.run()
@@ -64,6 +66,7 @@ def test_without_a_pruner_every_trial_runs_to_the_end_and_reports(tmp_path):
     assert all(r.status == "complete" for r in study.records())
 
 
+@pytest.mark.slow  # 160 NOMAD trials; by default ASHA with NOMAD above covers a pruned NOMAD search
 def test_nomad_with_pruning_still_reaches_the_optimum():
     # NOMAD sees a pruned trial's last reported value: an over-estimate of where its curve ends,
     # since curves fall. That must not keep it from the known optimum (0, 0).
@@ -125,5 +128,5 @@ def test_learning_curve_ends_at_its_known_value():
     seen = []
     value = toys.learning_curve({"x": 1, "y": 2}, lambda s, v: seen.append((s, v)) or False)
     assert value == pytest.approx(6.25) and len(seen) == STEPS and seen[-1] == (STEPS, value)
-    assert all(a[1] > b[1] for a, b in zip(seen, seen[1:]))
+    assert all(a[1] > b[1] for a, b in itertools.pairwise(seen))
     assert math.isclose(toys.learning_curve({"x": 0, "y": 0, "steps": 2}), 2.0)

@@ -6,9 +6,6 @@ import pytest
 
 from lorahpo.toys import lora_surface
 
-pytest.importorskip("matplotlib", reason="the benchmark plots with matplotlib")
-
-
 
 @pytest.fixture(scope="module")
 def bench(load_benchmark):
@@ -51,9 +48,13 @@ def test_searches_are_cached_replayed_and_summarized(bench, tmp_path):
 
     summary = {row["optimizer"]: row for row in again["summary"]}
     x0 = runs[0]["values"][0]
-    for row in summary.values():
-        final = row["curve"][-1][1]
-        assert final <= x0 and row["gain_over_x0"][1] == pytest.approx(x0 - final)
+    for optimizer, row in summary.items():
+        mine = [r["values"] for r in runs if r["optimizer"] == optimizer]
+        # Over two seeds, the median is the mean of the two runs' best values.
+        median_best = sum(min(v for v in values if v is not None) for values in mine) / 2
+        assert row["curve"][-1][1] == pytest.approx(median_best)
+        assert row["gain_over_x0"][1] == pytest.approx(x0 - median_best)
+        assert row["failed"] == sum(v is None for values in mine for v in values)
     table = (tmp_path / "r.md").read_text()
     assert "| nomad |" in table and "| random |" in table
     assert (tmp_path / "r.png").stat().st_size > 10_000

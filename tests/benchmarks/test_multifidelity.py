@@ -7,8 +7,6 @@ import pytest
 
 from lorahpo.toys import lora_surface
 
-pytest.importorskip("matplotlib", reason="the benchmark plots with matplotlib")
-
 STEPS, TOKENS_PER_STEP = 24, 100
 
 
@@ -51,7 +49,8 @@ def test_arms_share_a_token_budget_and_replay_exactly(bench, tmp_path):
             assert len(run["trials"]) > 6
     summary = result["summary"]
     assert set(summary) == {"nomad-full", "nomad-asha", "tpe-asha"}
-    assert all(f is not None and f <= 1.0 for f in summary["nomad-full"]["fraction_to_target"])
+    fractions = summary["nomad-full"]["fraction_to_target"]  # one per seed
+    assert len(fractions) == 2 and all(f is not None and f <= 1.0 for f in fractions)
     assert 0 < summary["nomad-full"]["median_fraction_to_target"] <= 1.0
     for arm, row in summary.items():  # the best so far, by tokens spent: it can only fall
         at = row["best_at"]

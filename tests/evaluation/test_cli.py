@@ -9,7 +9,6 @@ import sys
 import pytest
 
 from lorahpo.cli import main
-from lorahpo.errors import UserError
 from lorahpo.evaluation.cli import add_arguments
 
 from .conftest import lora_study
@@ -62,14 +61,17 @@ def test_without_lm_eval_a_run_is_one_line_exit_2_and_stores_nothing(tmp_path, m
     assert list(tmp_path.iterdir()) == []
 
 
-def test_bad_values_are_one_line_errors(tmp_path):
-    for argv in (["--top", "-1"], ["--limit", "0"], ["--tasks", ","]):
-        args = parse(["evaluate", str(tmp_path), *argv])
-        with pytest.raises(UserError):
-            args.func(args)
-
-
-def test_an_empty_task_list_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys):
-    assert main(["evaluate", str(tmp_path), "--tasks", ","]) == 2
-    assert capsys.readouterr() == ("", "lorahpo: error: --tasks: no task given\n")
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--top", "-1"], "--top must be >= 0, --limit and --batch-size >= 1"),
+        (["--limit", "0"], "--top must be >= 0, --limit and --batch-size >= 1"),
+        (["--batch-size", "0"], "--top must be >= 0, --limit and --batch-size >= 1"),
+        (["--tasks", ","], "--tasks: no task given"),
+    ],
+)
+def test_bad_values_are_one_line_errors(tmp_path, capsys, argv, message):
+    assert main(["evaluate", str(tmp_path), *argv]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"lorahpo: error: {message}\n"
     assert list(tmp_path.iterdir()) == []

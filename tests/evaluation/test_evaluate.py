@@ -111,7 +111,9 @@ def test_a_gguf_model_reaches_lm_eval_with_its_gguf_file(tmp_path, tiny_model, t
     lm = harness.load_model(ModelConfig(name=str(gguf)), tiny_model.adapters[0], device="cpu", batch_size=2)
     manager = harness.task_manager([OFFLINE[0].prepare()], with_lm_eval_tasks=False)
     scores = harness.run_task(lm, OFFLINE[0], manager, limit=1)
-    assert scores.n == 4 and set(scores.subtasks) and scores.score is not None
+    assert scores.n == 4 and 0.0 <= scores.score <= 1.0  # one row of each of the 4 subtasks
+    assert set(scores.subtasks) == {"causal_judgement", "dyck_languages", "logical_deduction_three_objects",
+                                    "object_counting"}
 
 
 def test_a_failing_pair_is_one_error_and_keeps_what_was_stored(study_dir, monkeypatch):

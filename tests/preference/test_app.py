@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from starlette.testclient import TestClient
 
@@ -27,6 +29,12 @@ def pair_of(html: str) -> str:
     return html.split('name="pair" value="')[1].split('"')[0]
 
 
+def table_rows(html: str, table_id: str) -> list[list[str]]:
+    """The cell texts of each body row of the table with id ``table_id``."""
+    body = html.split(f'<table id="{table_id}">')[1].split("<tbody>")[1].split("</tbody>")[0]
+    return [re.findall(r"<td[^>]*>(.*?)</td>", row, re.DOTALL) for row in body.split("</tr>") if "<td" in row]
+
+
 def test_vote_page_hides_identities_and_escapes_answers(client, study):
     pages = []
     html = sign_in(client)
@@ -49,10 +57,15 @@ def test_a_vote_is_stored_and_shown_on_the_results_page(client, study):
     assert (stored.rater, stored.choice) == ("alice", "A")
 
     results = client.get("/results").text
-    assert "1 vote by 1 rater" in results and stored.left in results and "100.0%" in results
+    assert "1 vote by 1 rater" in results
+    # Model, wins, ties, losses, votes, win rate: A (left) won the only vote.
+    rates = {row[0]: row[1:6] for row in table_rows(results, "win-rates")}
+    assert rates == {stored.left: ["1", "0", "0", "1", "100.0%"], stored.right: ["0", "0", "1", "1", "0.0%"]}
     csv = client.get("/results.csv")
     assert csv.headers["content-type"].startswith("text/csv")
-    assert csv.text.splitlines()[1].endswith(f",{stored.left},{stored.right},A,{stored.left}")
+    header, row = csv.text.splitlines()
+    assert header.endswith(",left_model,right_model,choice,winner")
+    assert row.endswith(f",{stored.left},{stored.right},A,{stored.left}")
 
 
 @pytest.mark.parametrize("token", [None, "", "forged-token", "é-not-ascii"])

@@ -14,7 +14,6 @@ from lorahpo.cli import main
 from lorahpo.errors import UserError
 from lorahpo.finetune.config import ModelConfig
 from lorahpo.preference.cli import add_arguments
-from lorahpo.preference.stats import percent, summarise
 from lorahpo.preference.store import VoteStore
 
 from .conftest import votes_db
@@ -52,14 +51,17 @@ def test_results_prints_the_summary_and_writes_csv(study, tmp_path, capsys):
     for rater, choice in [("alice", "A"), ("bob", "A"), ("carol", "tie")]:
         pair = store.add_pair(rater, "q1", "zeta-best", "zeta-worst")
         store.record_vote(pair.id, rater, choice)
-    summary = summarise(store.votes())
 
     assert run("preference", "results", str(study), "--csv", str(tmp_path / "votes.csv")) == 0
     out = capsys.readouterr().out
     assert "3 votes by 3 raters" in out
-    best = next(r for r in summary.win_rates if r.model == "zeta-best")
-    assert percent(best.rate) in out and f"{percent(best.low)} – {percent(best.high)}" in out
-    assert f"{summary.ranking[0].strength:.3f}" in out
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in out.splitlines() if line.startswith("│")]
+    # zeta-best scores 1, 1 and 0.5 (a tie): win rate 2.5 / 3. Bootstrap means of 3 such votes run
+    # from 0.5 (all ties, chance 1/27 > 2.5%) to 1 (no tie, chance 8/27 > 2.5%).
+    assert ["zeta-best", "2", "1", "0", "3", "83.3%", "50.0% – 100.0%"] in rows
+    assert ["zeta-worst", "0", "1", "2", "3", "16.7%", "0.0% – 50.0%"] in rows
+    # Two models: Bradley-Terry strengths are the win rates.
+    assert ["1", "zeta-best", "0.833"] in rows and ["2", "zeta-worst", "0.167"] in rows
     assert len((tmp_path / "votes.csv").read_text().splitlines()) == 4
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from lorahpo import config as cfg
 from lorahpo.evaluation.store import EvaluationStore, TaskResult, model_key
-from lorahpo.study import Study
+from lorahpo.study import Study, TrialRecord
 
 FAILURE_REASON = "RuntimeError: <b>CUDA</b> out of memory & more"
 
@@ -31,6 +31,12 @@ def run_toy(folder: Path, optimizer: str = "nomad", budget: int = 8) -> Study:
     study = Study.open(folder, toy_config(optimizer, budget))
     study.run()
     return study
+
+
+def lowest_loss(directory: Path) -> TrialRecord:
+    """The complete trial of the lowest loss, read from the study's records, not from a report."""
+    complete = [r for r in Study.load(directory).records() if r.status == "complete"]
+    return min(complete, key=lambda r: (r.value, r.number))
 
 
 def add_failed_trial(study: Study) -> int:
@@ -84,3 +90,9 @@ def synthetic(tmp_path_factory) -> Synthetic:
     }
     fake_results(folder, scores)
     return Synthetic(folder, scores, failed)
+
+
+@pytest.fixture(scope="package")
+def plain(tmp_path_factory) -> Study:
+    """A random search of the same toy, without downstream results: the second study to compare."""
+    return run_toy(tmp_path_factory.mktemp("plain") / "toy-random", optimizer="random", budget=6)

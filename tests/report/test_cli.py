@@ -11,8 +11,6 @@ from lorahpo.config import ConfigError
 from lorahpo.errors import UserError
 from lorahpo.report.cli import add_arguments
 
-from .conftest import run_toy
-
 
 def run(argv):
     parser = argparse.ArgumentParser(prog="lorahpo")
@@ -28,15 +26,14 @@ def test_report_writes_into_the_study_folder_by_default(synthetic, capsys):
     assert f"report: {folder / 'report.html'}" in capsys.readouterr().out
 
 
-def test_compare_writes_where_asked_and_warns_about_different_blackboxes(synthetic, tmp_path, capsys):
+def test_compare_writes_where_asked_and_warns_about_different_blackboxes(synthetic, plain, tmp_path, capsys):
     import yaml
 
-    other = run_toy(tmp_path / "other", optimizer="tpe", budget=4)
-    assert run(["compare", str(synthetic.directory), str(other.directory), "--out", str(tmp_path / "c")]) == 0
+    assert run(["compare", str(synthetic.directory), str(plain.directory), "--out", str(tmp_path / "c")]) == 0
     assert (tmp_path / "c" / "compare.html").is_file() and (tmp_path / "c" / "compare.md").is_file()
     assert "warning" not in capsys.readouterr().out
 
-    conf = yaml.safe_load((other.directory / "config.yaml").read_text())
+    conf = yaml.safe_load((plain.directory / "config.yaml").read_text())
     conf["space"] = {"preset": "default"}
     different = tmp_path / "different"
     different.mkdir()

@@ -7,9 +7,9 @@ from html.parser import HTMLParser
 
 from lorahpo.evaluation.store import model_key
 from lorahpo.report.data import compare_report, study_report
-from lorahpo.report.render import fmt_loss, fmt_rho, fmt_score, write_compare, write_report
+from lorahpo.report.render import write_compare, write_report
 
-from .conftest import FAILURE_REASON, run_toy
+from .conftest import FAILURE_REASON, lowest_loss
 
 FIGURES = ["best_so_far", "parallel_coordinates", "loss_vs_hyperparameters", "downstream_vs_loss"]
 
@@ -93,10 +93,10 @@ def test_top_trials_table_puts_metrics_and_downstream_next_to_the_baselines(synt
     assert rows["base"]["validation_loss"] == "" and rows["base"]["bbh-bigbench"] == "0.210"
     for trial in [report.x0, *best]:
         row = rows[model_key(trial.number)]
-        assert row["validation_loss"] == fmt_loss(trial.value)
+        assert row["validation_loss"] == f"{trial.value:.4f}"
         assert row["rank"] == str(trial.params["rank"])
         for task, score in synthetic.scores[model_key(trial.number)].items():
-            assert row[task] == fmt_score(score)
+            assert row[task] == f"{score:.3f}"
     assert rows[model_key(best[2].number)]["humaneval-offline"] == ""  # not evaluated there
 
 
@@ -109,7 +109,7 @@ def test_correlations_failures_config_and_timing_are_shown(synthetic, tmp_path):
     assert corr["bbh-bigbench"]["Spearman ρ (loss, score)"] == "-0.80"
     assert corr["bbh-bigbench"]["trials"] == "4" and corr["bbh-bigbench"]["base model"] == "0.210"
     assert corr["bbh-bigbench"]["rows per model"] == "2"
-    assert corr["humaneval-offline"]["Spearman ρ (loss, score)"] == fmt_rho(report.correlations[1].rho)
+    assert corr["humaneval-offline"]["Spearman ρ (loss, score)"] == "+0.50"  # worked out in test_data.py
 
     header, *failures = page.tables["failures"]
     assert [row[:3] for row in failures] == [[str(synthetic.failed), "failed", FAILURE_REASON]]
@@ -127,41 +127,37 @@ def test_the_markdown_summary_names_the_best_and_links_the_plots(synthetic, tmp_
     paths = write_report(report, tmp_path / "out")
     md = paths["markdown"].read_text()
     assert md.startswith("# lorahpo report: toy-nomad")
-    assert f"Best validation_loss: {fmt_loss(report.best.value)} (trial {report.best.number}" in md
+    best = lowest_loss(synthetic.directory)
+    assert f"Best validation_loss: {best.value:.4f} (trial {best.number}" in md
     for name in FIGURES:
         assert f"({name}.png)" in md
     assert "| base | base |" in md and "| -0.80 |" in md
 
 
-def test_a_study_without_downstream_results_says_how_to_get_them(tmp_path):
-    run_toy(tmp_path / "plain", budget=4)
-    paths = write_report(study_report(tmp_path / "plain"), tmp_path / "out")
+def test_a_study_without_downstream_results_says_how_to_get_them(plain, tmp_path):
+    paths = write_report(study_report(plain.directory), tmp_path / "out")
     page = Page(paths["html"].read_text())
     assert "fig-downstream_vs_loss" not in page.images and "correlations" not in page.tables
     assert "lorahpo evaluate" in paths["html"].read_text()
     assert not (tmp_path / "out" / "downstream_vs_loss.png").exists()
 
 
-def test_compare_puts_all_curves_on_one_plot_and_tabulates_the_studies(synthetic, tmp_path):
-    other = run_toy(tmp_path / "toy-random", optimizer="random", budget=6)
-    compare = compare_report([synthetic.directory, other.directory])
+def test_compare_puts_all_curves_on_one_plot_and_tabulates_the_studies(synthetic, plain, tmp_path):
+    compare = compare_report([synthetic.directory, plain.directory])
     paths = write_compare(compare, tmp_path / "cmp")
     page = Page(paths["html"].read_text())
     assert list(page.images) == ["fig-compare_best_so_far"] and png_of(page.images["fig-compare_best_so_far"])
     header, *rows = page.tables["studies"]
     table = {row[0]: dict(zip(header, row, strict=True)) for row in rows}
     assert list(table) == ["toy", "toy-random"]
-    for summary in compare.studies:
-        row = table[summary.label]
-        assert row["best validation_loss"] == fmt_loss(summary.report.best.value)
-        assert row["best trial"] == str(summary.report.best.number)
+    for label, directory in [("toy", synthetic.directory), ("toy-random", plain.directory)]:
+        best = lowest_loss(directory)
+        assert table[label]["best validation_loss"] == f"{best.value:.4f}"
+        assert table[label]["best trial"] == str(best.number)
     assert table["toy"]["optimizer"] == "nomad" and table["toy-random"]["optimizer"] == "random"
     assert table["toy"]["evaluations"] == "9/9" and table["toy"]["failures"] == "1"
-    best_key = model_key(compare.studies[0].report.best.number)
-    assert table["toy"]["bbh-bigbench"] == fmt_score(synthetic_score(synthetic, best_key))
+    best_key = model_key(lowest_loss(synthetic.directory).number)
+    assert table["toy"]["bbh-bigbench"] == f"{synthetic.scores[best_key]['bbh-bigbench']:.3f}"
     assert table["toy-random"]["bbh-bigbench"] == ""
     assert "![best so far per study](compare_best_so_far.png)" in paths["markdown"].read_text()
 
-
-def synthetic_score(synthetic, key):
-    return synthetic.scores[key]["bbh-bigbench"]
