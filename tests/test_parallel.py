@@ -148,6 +148,29 @@ def test_a_lost_trial_is_retried_when_configured(tmp_path, ray_address):
     assert [r.status for r in study.records()] == ["complete"] * 3
 
 
+def test_early_stopping_on_ray_stops_trials_on_their_node(tmp_path, ray_address):
+    steps = 8  # of toys.timed_learning_curve, 0.5 s each
+    conf = ray_config(tmp_path, "random", ray_address, budget=8, parallel=2, pruner="median",
+                      pruner_options={"n_startup_trials": 2},
+                      objective={"python": "lorahpo.toys:timed_learning_curve"})
+    conf.ray.runtime_env["env_vars"]["LORAHPO_TOY_SLEEP_S"] = str(0.5 * steps)
+    study = Study.open(tmp_path / "s", conf)
+    assert study.run().finished == 8
+    trials = {t.number: t for t in study.optuna_study.get_trials(deepcopy=False)}
+    records = study.records()
+    pruned = [r for r in records if r.status == "pruned"]
+    complete = [r for r in records if r.status == "complete"]
+    assert pruned and complete, [(r.number, r.status, r.reason) for r in records]
+    for r in complete:  # every report came from the node
+        assert sorted(trials[r.number].intermediate_values) == list(range(1, steps + 1))
+    for r in pruned:  # recorded with its last value, and its task ended early
+        t = trials[r.number]
+        assert 1 <= t.last_step < steps and t.value == t.intermediate_values[t.last_step]
+        assert r.reason == "stopped early by the pruner"
+        assert r.duration_s < min(c.duration_s for c in complete)
+        assert (r.directory / "stdout.log").exists()  # the folder came back from the node
+
+
 @pytest.mark.parametrize("optimizer", ["nomad", "tpe"])
 def test_driver_killed_with_sigkill_resumes_from_the_store(tmp_path, optimizer):
     conf = study_yaml(tmp_path / "s.yaml", optimizer=optimizer, budget=6, parallel=2)

@@ -88,8 +88,6 @@ class StudyConfig(_Strict):
             self.make_sampler()
         except (ValueError, TypeError) as e:
             raise ValueError(f"optimizer: {e}") from None
-        if self.executor == "ray" and self.pruner != "none":
-            raise ValueError("pruner: early stopping runs on the local executor only (trials on Ray report no intermediate values)")
         if self.objective.secondary and self.pruner != "none":
             raise ValueError("pruner: early stopping needs a single objective (Optuna prunes single-objective studies only)")
         from lorahpo.pruners import make_pruner

@@ -14,19 +14,15 @@ import os
 import subprocess
 import sys
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lorahpo.finetune.config import LoraTrialConfig
-from lorahpo.result import TrialResult
+from lorahpo.result import Reporter, TrialResult
 
 _TAIL_LINES = 8
-
-#: ``report(step, value)``: an intermediate value of the objective; True asks the trial to stop.
-Reporter = Callable[[int, float], bool]
 
 
 class ObjectiveSpec(BaseModel):

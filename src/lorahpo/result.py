@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 Status = Literal["complete", "failed", "timeout", "pruned"]
 STATUSES: tuple[str, ...] = ("complete", "failed", "timeout", "pruned")
+
+#: An intermediate value of the objective: ``(step, value)``.
+Report = tuple[int, float]
+#: ``report(step, value)``: an intermediate value of the objective while a trial runs; True asks
+#: the trial to stop.
+Reporter = Callable[[int, float], bool]
 
 
 @dataclass
@@ -32,7 +39,7 @@ class TrialResult:
     status: Status = "complete"
     metrics: dict[str, float] = field(default_factory=dict)
     reason: str | None = None
-    intermediate: list[tuple[int, float]] = field(default_factory=list)
+    intermediate: list[Report] = field(default_factory=list)
     duration_s: float = 0.0
 
     def __post_init__(self) -> None:

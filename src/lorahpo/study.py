@@ -26,8 +26,8 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from lorahpo import config as cfg
 from lorahpo.executors import Executor, TrialTask, make_executor
-from lorahpo.pruners import IntermediateReader, make_pruner
-from lorahpo.result import TrialResult
+from lorahpo.pruners import make_pruner
+from lorahpo.result import Report, TrialResult
 from lorahpo.samplers.nomad import INTERRUPTED_ATTR, NomadSampler
 from lorahpo.samplers.registry import OPTIMIZERS
 
@@ -241,7 +241,6 @@ class Study:
         sampler = attach_sampler(study, conf)
         study.pruner = make_pruner(conf.pruner, conf.pruner_options)
         pruning = conf.pruner != "none"
-        readers: dict[int, IntermediateReader] = {}
         executor = make_executor(conf)
         running: dict[Future[TrialResult], Trial] = {}
         start, new, stopped, alive_at = time.monotonic(), 0, "budget", 0.0
@@ -270,7 +269,6 @@ class Study:
                         pruning=pruning,
                     )
                     running[executor.submit(task)] = trial
-                    readers[trial.number] = IntermediateReader(task.trial_dir)
                     new += 1
                     notify("start", self._record(study._storage.get_trial(trial._trial_id)))
                 if not running:
@@ -283,11 +281,11 @@ class Study:
                 done, _ = wait(list(running), timeout=0.05 if pruning else 1.0, return_when=FIRST_COMPLETED)
                 for fut, trial in running.items():
                     if fut not in done:
-                        self._watch(trial, readers[trial.number], executor)
+                        self._watch(trial, executor)
                 for fut in done:
                     trial = running.pop(fut)
                     result = fut.result()
-                    result.intermediate += readers.pop(trial.number).new()  # reported just before the end
+                    _report(trial, executor.reports(trial.number))  # reported just before the end
                     try:
                         record = self._tell(trial, result)
                     except optuna.exceptions.UpdateFinishedTrialError:
@@ -359,17 +357,12 @@ class Study:
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass  # finished meanwhile, or another process was first
 
-    def _watch(self, trial: Trial, reader: IntermediateReader, executor: Executor) -> None:
-        """Record a running trial's new intermediate values; stop it if the pruner says so."""
-        reports = reader.new()
-        if not reports:
-            return
-        for step, value in reports:
-            trial.report(value, step)
-        if trial.should_prune():
-            executor.prune(trial.number)
-        else:
-            reader.let_continue(reports[-1][0])
+    def _watch(self, trial: Trial, executor: Executor) -> None:
+        """Record a running trial's new intermediate values; tell the executor whether it goes on."""
+        reports = executor.reports(trial.number)
+        if reports:
+            _report(trial, reports)
+            executor.decide(trial.number, go_on=not trial.should_prune())
 
     def _tell(self, trial: Trial, result: TrialResult) -> TrialRecord:
         study = self.optuna_study
@@ -382,10 +375,6 @@ class Study:
         trial.set_user_attr("duration_s", result.duration_s)
         if result.reason:
             trial.set_user_attr("reason", result.reason)
-        reported = study._storage.get_trial(trial._trial_id).intermediate_values
-        for step, value in result.intermediate:
-            if step not in reported:
-                trial.report(value, step)
         if values is not None:
             for name, value in self.config.constraint_values(result.metrics).items():
                 trial.set_constraint(name, value)  # where every sampler reads it
@@ -404,6 +393,12 @@ class Study:
             adapter = record.directory / "adapter"
             if record.number not in keep and record.status != "running" and adapter.is_dir():
                 shutil.rmtree(adapter)
+
+
+def _report(trial: Trial, reports: list[Report]) -> None:
+    """Record intermediate values of a running trial in the store."""
+    for step, value in reports:
+        trial.report(value, step)
 
 
 def _dominates(a: list[float], b: list[float]) -> bool:
