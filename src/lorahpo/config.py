@@ -14,10 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from lorahpo.finetune.config import TUNABLE
 from lorahpo.objectives import ObjectiveSpec
+from lorahpo.result import VIOLATED
 from lorahpo.space import SpaceSpec
-
-#: The value of a constraint whose metric was not measured (finite: NOMAD reads no infinities).
-VIOLATED = 1e30
 
 #: Fields that may change between runs of one study without making it a different study.
 RUN_FIELDS = ("budget", "parallel", "gpus_per_trial", "trial_timeout", "executor", "ray", "keep_adapters")

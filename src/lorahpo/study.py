@@ -27,8 +27,20 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from lorahpo import config as cfg
 from lorahpo.executors import Executor, TrialTask, make_executor
 from lorahpo.pruners import make_pruner
-from lorahpo.result import Report, TrialResult
-from lorahpo.samplers.nomad import INTERRUPTED_ATTR, NomadSampler
+from lorahpo.result import (
+    DURATION_ATTR,
+    INTERRUPTED_ATTR,
+    METRICS_ATTR,
+    REASON_ATTR,
+    STATUS_ATTR,
+    UNFINISHED,
+    Report,
+    TrialRecord,
+    TrialResult,
+    TrialStatus,
+    settle,
+)
+from lorahpo.samplers.nomad import NomadSampler
 from lorahpo.samplers.registry import OPTIMIZERS
 
 CONFIG_FILE = "config.yaml"
@@ -37,40 +49,11 @@ CONFIG_FILE = "config.yaml"
 HEARTBEAT_S = 5
 GRACE_S = 30
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
-_STATE_STATUS = {TrialState.COMPLETE: "complete", TrialState.FAIL: "failed", TrialState.PRUNED: "pruned"}
-
-
-@dataclass
-class TrialRecord:
-    """One evaluation as the store holds it, in human units."""
-
-    number: int
-    status: str  # complete, failed, timeout, pruned, running, interrupted
-    params: dict[str, Any]
-    value: float | None  # of the main objective
-    reason: str | None
-    metrics: dict[str, float]
-    start: dt.datetime | None
-    end: dt.datetime | None
-    directory: Path
-
-    @property
-    def duration_s(self) -> float | None:
-        return (self.end - self.start).total_seconds() if self.start and self.end else None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "number": self.number,
-            "status": self.status,
-            "params": self.params,
-            "value": self.value,
-            "reason": self.reason,
-            "metrics": self.metrics,
-            "start": self.start.isoformat() if self.start else None,
-            "end": self.end.isoformat() if self.end else None,
-            "duration_s": self.duration_s,
-            "directory": str(self.directory),
-        }
+_STATE_STATUS: dict[TrialState, TrialStatus] = {
+    TrialState.COMPLETE: "complete",
+    TrialState.FAIL: "failed",
+    TrialState.PRUNED: "pruned",
+}
 
 
 @dataclass
@@ -202,7 +185,7 @@ class Study:
         return self._census(set())[0]
 
     def _record(self, t: FrozenTrial) -> TrialRecord:
-        status = t.user_attrs.get("status") or _STATE_STATUS.get(t.state, "running")
+        status: TrialStatus = t.user_attrs.get(STATUS_ATTR) or _STATE_STATUS.get(t.state, "running")
         if t.system_attrs.get(INTERRUPTED_ATTR):
             status = "interrupted"
         return TrialRecord(
@@ -210,8 +193,8 @@ class Study:
             status=status,
             params=dict(t.params),
             value=t.values[0] if t.state == TrialState.COMPLETE else None,
-            reason=t.user_attrs.get("reason"),
-            metrics=dict(t.user_attrs.get("metrics", {})),
+            reason=t.user_attrs.get(REASON_ATTR),
+            metrics=dict(t.user_attrs.get(METRICS_ATTR, {})),
             start=t.datetime_start,
             end=t.datetime_complete,
             directory=self.trial_dir(t.number),
@@ -296,8 +279,7 @@ class Study:
         except KeyboardInterrupt:
             executor.shutdown(kill=True)
             for trial in running.values():
-                study._storage.set_trial_system_attr(trial._trial_id, INTERRUPTED_ATTR, True)
-                study.tell(trial, state=TrialState.FAIL)
+                self._tell_interrupted(trial)
             stopped = "interrupted"
         finally:
             executor.shutdown()
@@ -317,7 +299,7 @@ class Study:
     def _census(self, own: set[int]) -> tuple[int, int]:
         """Finished evaluations in the store, and trials running in other processes."""
         records = self.records()
-        finished = sum(r.status not in ("running", "interrupted") for r in records)
+        finished = sum(r.status not in UNFINISHED for r in records)
         return finished, sum(r.status == "running" and r.number not in own for r in records)
 
     def _surplus(self, trial: Trial) -> bool:
@@ -330,10 +312,7 @@ class Study:
         before = [r for r in self.records() if r.number < trial.number and r.status != "interrupted"]
         if len(before) < self.config.budget:
             return False
-        study = self.optuna_study
-        study._storage.set_trial_system_attr(trial._trial_id, INTERRUPTED_ATTR, True)
-        trial.set_user_attr("reason", "not run: other processes had already taken the budget")
-        study.tell(trial, state=TrialState.FAIL)
+        self._tell_interrupted(trial, "not run: other processes had already taken the budget")
         return True
 
     def _keep_alive(self, trials: Any) -> None:
@@ -346,6 +325,14 @@ class Study:
     def _interrupt_stale(self) -> None:
         study = self.optuna_study
         self._interrupt(study._storage._get_stale_trial_ids(study._study_id))
+
+    def _tell_interrupted(self, trial: Trial, reason: str | None = None) -> None:
+        """Record a trial of this process that will not finish as interrupted (evaluated again)."""
+        study = self.optuna_study
+        study._storage.set_trial_system_attr(trial._trial_id, INTERRUPTED_ATTR, True)
+        if reason:
+            trial.set_user_attr(REASON_ATTR, reason)
+        study.tell(trial, state=TrialState.FAIL)
 
     def _interrupt(self, trial_ids: list[int]) -> None:
         """Record running trials that can never finish (their process is gone) as interrupted."""
@@ -365,16 +352,14 @@ class Study:
             executor.decide(trial.number, go_on=not trial.should_prune())
 
     def _tell(self, trial: Trial, result: TrialResult) -> TrialRecord:
+        """Record a trial's final status, reason, metrics and values: the one place that decides them."""
         study = self.optuna_study
-        names = self.config.objective.metric_names
-        values = result.objective(names) if result.status == "complete" else None
-        if result.status == "complete" and values is None:
-            result = TrialResult.failure(f"objectives {names} missing or not finite", metrics=result.metrics)
-        trial.set_user_attr("status", result.status)
-        trial.set_user_attr("metrics", result.metrics)
-        trial.set_user_attr("duration_s", result.duration_s)
+        result, values = settle(result, self.config.objective.metric_names)
+        trial.set_user_attr(STATUS_ATTR, result.status)
+        trial.set_user_attr(METRICS_ATTR, result.metrics)
+        trial.set_user_attr(DURATION_ATTR, result.duration_s)
         if result.reason:
-            trial.set_user_attr("reason", result.reason)
+            trial.set_user_attr(REASON_ATTR, result.reason)
         if values is not None:
             for name, value in self.config.constraint_values(result.metrics).items():
                 trial.set_constraint(name, value)  # where every sampler reads it
