@@ -207,7 +207,7 @@ def test_driver_killed_with_sigkill_resumes_from_the_store(tmp_path, optimizer):
 
 
 def test_a_killed_worker_leaves_its_trials_to_the_others(tmp_path, monkeypatch):
-    from lorahpo import study as study_module
+    from lorahpo import store
 
     conf = study_yaml(tmp_path / "s.yaml", storage=f"sqlite:///{tmp_path / 'shared.db'}", budget=6, parallel=2)
     env = {**os.environ, "LORAHPO_TOY_SLEEP_S": "3"}
@@ -220,8 +220,8 @@ def test_a_killed_worker_leaves_its_trials_to_the_others(tmp_path, monkeypatch):
     worker.send_signal(signal.SIGKILL)
     worker.wait(timeout=30)
     # The survivor takes trials unmarked for 2 s as dead (30 s outside this test).
-    monkeypatch.setattr(study_module, "GRACE_S", 2)
-    monkeypatch.setattr(study_module, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(store, "GRACE_S", 2)
+    monkeypatch.setattr(store, "HEARTBEAT_S", 1)
     monkeypatch.setenv("LORAHPO_TOY_SLEEP_S", "0.2")
     survivor = Study.open(tmp_path / "w1", cfg.load(conf))
     summary = survivor.run()

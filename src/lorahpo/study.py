@@ -12,7 +12,6 @@ import datetime as dt
 import json
 import shutil
 import time
-import warnings
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
@@ -42,13 +41,9 @@ from lorahpo.result import (
 )
 from lorahpo.samplers.nomad import NomadSampler
 from lorahpo.samplers.registry import OPTIMIZERS
+from lorahpo.store import TrialStore
 
 CONFIG_FILE = "config.yaml"
-#: With a shared store, each process marks its running trials alive this often (seconds);
-#: a trial not marked for ``GRACE_S`` belongs to a process that died, and is interrupted.
-HEARTBEAT_S = 5
-GRACE_S = 30
-FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 _STATE_STATUS: dict[TrialState, TrialStatus] = {
     TrialState.COMPLETE: "complete",
     TrialState.FAIL: "failed",
@@ -76,7 +71,7 @@ class Study:
     def __init__(self, directory: str | Path, config: cfg.StudyConfig) -> None:
         self.directory = Path(directory)
         self.config = config
-        self._optuna: optuna.Study | None = None
+        self._store: TrialStore | None = None
 
     # ------------------------------------------------------------------ opening
 
@@ -128,30 +123,15 @@ class Study:
         return self.config.storage is not None
 
     @property
-    def optuna_study(self) -> optuna.Study:
-        if self._optuna is None:
-            storage = self._open_storage()
-            self._optuna = optuna.create_study(
-                study_name=self.config.name,
-                storage=storage,
-                directions=self.config.objective.directions,
-                load_if_exists=True,
-            )
-        return self._optuna
+    def store(self) -> TrialStore:
+        if self._store is None:
+            conf = self.config
+            self._store = TrialStore.open(self.storage_url, conf.name, conf.objective.directions, self.shared)
+        return self._store
 
-    def _open_storage(self) -> optuna.storages.RDBStorage:
-        heartbeat = {"heartbeat_interval": HEARTBEAT_S, "grace_period": GRACE_S} if self.shared else {}
-        engine = {"connect_args": {"timeout": 60}} if self.storage_url.startswith("sqlite") else {}
-        for attempt in range(5):
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats
-                    return optuna.storages.RDBStorage(self.storage_url, engine_kwargs=engine, **heartbeat)
-            except Exception:  # workers starting together race to create the tables: the loser retries
-                if attempt == 4 or not self.shared:
-                    raise
-                time.sleep(0.5 + attempt)
-        raise AssertionError("unreachable")
+    @property
+    def optuna_study(self) -> optuna.Study:
+        return self.store.study
 
     # ------------------------------------------------------------------ reading
 
@@ -211,38 +191,30 @@ class Study:
 
         With a shared store, other processes may run trials of the same study at once: the
         budget counts their running trials too, and only trials whose process stopped marking
-        them alive (for ``GRACE_S`` seconds) are taken as interrupted.
+        them alive are taken as interrupted (:mod:`lorahpo.store`).
         """
         notify = on_event or (lambda kind, payload: None)
         conf = self.config
-        study = self.optuna_study
-        if self.shared:
-            self._interrupt_stale()
-        else:  # trials left running by a killed process of this folder can never finish
-            self._interrupt([t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))])
+        store = self.store
+        study = store.study
+        store.interrupt_lost()
         dists = conf.space.distributions()
         sampler = attach_sampler(study, conf)
         study.pruner = make_pruner(conf.pruner, conf.pruner_options)
         pruning = conf.pruner != "none"
         executor = make_executor(conf)
         running: dict[Future[TrialResult], Trial] = {}
-        start, new, stopped, alive_at = time.monotonic(), 0, "budget", 0.0
+        start, new, stopped = time.monotonic(), 0, "budget"
         try:
             while True:
-                if self.shared and time.monotonic() - alive_at > HEARTBEAT_S / 2:
-                    self._keep_alive(running.values())
-                    alive_at = time.monotonic()
+                store.keep_alive(running.values())
                 finished, elsewhere = self._census({t.number for t in running.values()})
                 while len(running) < conf.parallel and finished + elsewhere + len(running) < conf.budget:
                     if isinstance(sampler, NomadSampler) and not sampler.ready(study):
                         break  # NOMAD waits for running trials, or has nothing left
-                    with warnings.catch_warnings():
-                        warnings.filterwarnings("ignore", message="Heartbeat of storage")
-                        trial = study.ask(dists)
-                    if self.shared:
-                        study._storage.record_heartbeat(trial._trial_id)
-                        if self._surplus(trial):
-                            break
+                    trial = store.ask(dists)
+                    if store.surplus(trial, conf.budget):
+                        break
                     task = TrialTask(
                         trial.number,
                         dict(trial.params),
@@ -253,7 +225,7 @@ class Study:
                     )
                     running[executor.submit(task)] = trial
                     new += 1
-                    notify("start", self._record(study._storage.get_trial(trial._trial_id)))
+                    notify("start", self._record(store.snapshot(trial)))
                 if not running:
                     if elsewhere:  # trials of other processes may yet be lost and leave budget
                         time.sleep(1.0)
@@ -279,7 +251,7 @@ class Study:
         except KeyboardInterrupt:
             executor.shutdown(kill=True)
             for trial in running.values():
-                self._tell_interrupted(trial)
+                store.tell_interrupted(trial)
             stopped = "interrupted"
         finally:
             executor.shutdown()
@@ -301,48 +273,6 @@ class Study:
         records = self.records()
         finished = sum(r.status not in UNFINISHED for r in records)
         return finished, sum(r.status == "running" and r.number not in own for r in records)
-
-    def _surplus(self, trial: Trial) -> bool:
-        """With a shared store: drop ``trial`` if, counted by number, it falls past the budget.
-
-        Processes asking at the same moment can together ask more trials than the budget
-        leaves; the store numbers trials in order, so the first ``budget`` trials (interrupted
-        ones aside) run and the rest are recorded as interrupted, never run.
-        """
-        before = [r for r in self.records() if r.number < trial.number and r.status != "interrupted"]
-        if len(before) < self.config.budget:
-            return False
-        self._tell_interrupted(trial, "not run: other processes had already taken the budget")
-        return True
-
-    def _keep_alive(self, trials: Any) -> None:
-        """Mark this process's running trials alive; interrupt trials of processes that died."""
-        storage = self.optuna_study._storage
-        for trial in trials:
-            storage.record_heartbeat(trial._trial_id)
-        self._interrupt_stale()
-
-    def _interrupt_stale(self) -> None:
-        study = self.optuna_study
-        self._interrupt(study._storage._get_stale_trial_ids(study._study_id))
-
-    def _tell_interrupted(self, trial: Trial, reason: str | None = None) -> None:
-        """Record a trial of this process that will not finish as interrupted (evaluated again)."""
-        study = self.optuna_study
-        study._storage.set_trial_system_attr(trial._trial_id, INTERRUPTED_ATTR, True)
-        if reason:
-            trial.set_user_attr(REASON_ATTR, reason)
-        study.tell(trial, state=TrialState.FAIL)
-
-    def _interrupt(self, trial_ids: list[int]) -> None:
-        """Record running trials that can never finish (their process is gone) as interrupted."""
-        storage = self.optuna_study._storage
-        for trial_id in trial_ids:
-            try:
-                storage.set_trial_system_attr(trial_id, INTERRUPTED_ATTR, True)
-                storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                pass  # finished meanwhile, or another process was first
 
     def _watch(self, trial: Trial, executor: Executor) -> None:
         """Record a running trial's new intermediate values; tell the executor whether it goes on."""
@@ -366,7 +296,7 @@ class Study:
             study.tell(trial, values)
         else:
             study.tell(trial, state=TrialState.PRUNED if result.status == "pruned" else TrialState.FAIL)
-        return self._record(study._storage.get_trial(trial._trial_id))
+        return self._record(self.store.snapshot(trial))
 
     def _prune_adapters(self) -> None:
         """Keep adapters of the ``keep_adapters`` best trials and of the start point only."""
