@@ -52,7 +52,8 @@ class TrialResult:
             crash, non-finite value, out of memory, divergence), ``timeout`` or ``pruned``.
         metrics: Named numbers measured by the blackbox; the objective is one of them.
         reason: Why the trial did not complete (exception type and message, last stderr lines).
-        intermediate: ``(step, value)`` pairs of the objective measured during the run.
+        intermediate: ``(step, value)`` pairs of the objective measured during the run (kept in
+            ``result.json``; the study takes them as they come, through its executor).
         duration_s: Wall time of the evaluation in seconds.
     """
 

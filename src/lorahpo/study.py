@@ -124,6 +124,7 @@ class Study:
 
     @property
     def store(self) -> TrialStore:
+        """The study's Optuna store, opened on first use."""
         if self._store is None:
             conf = self.config
             self._store = TrialStore.open(self.storage_url, conf.name, conf.objective.directions, self.shared)
