@@ -10,6 +10,7 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from lorahpo import config as cfg
 from lorahpo import toys
 from lorahpo.cli import main as cli_main
+from lorahpo.result import VIOLATED
 from lorahpo.samplers import make_sampler
 from lorahpo.study import Study
 
@@ -144,7 +145,7 @@ def test_bad_multi_objective_configs_are_one_line_errors(kw, message):
 def test_constraints_are_upper_bounds_and_a_missing_metric_violates_them():
     conf = study_config(constraints={"peak_memory_mb": 4000.0, "runtime_s": 60.0})
     values = conf.constraint_values({"peak_memory_mb": 3000.0})
-    assert values["peak_memory_mb"] == -1000.0 and values["runtime_s"] >= cfg.VIOLATED - 60
+    assert values["peak_memory_mb"] == -1000.0 and values["runtime_s"] >= VIOLATED - 60
     assert not conf.feasible({"peak_memory_mb": 3000.0})
     assert conf.feasible({"peak_memory_mb": 4000.0, "runtime_s": 12.0})
 
@@ -155,7 +156,7 @@ def test_nomad_sees_an_unset_constraint_as_violated():
     sampler = NomadSampler({"i": IntDistribution(0, 3)}, x0={"i": 2}, constraints=["mem"])
     study = optuna.create_study(sampler=sampler)
     trial = optuna.trial.create_trial(value=1.0, params={"i": 1}, distributions={"i": IntDistribution(0, 3)})
-    assert sampler._nomad_value(study, trial, trial.state, trial.values) == (1.0, 1e30)
+    assert sampler._nomad_value(study, trial, trial.state, trial.values) == (1.0, VIOLATED)
     trial.set_constraint("mem", -3.0)
     assert sampler._nomad_value(study, trial, trial.state, trial.values) == (1.0, -3.0)
     assert "BB_OUTPUT_TYPE OBJ PB" in sampler.nomad_problem()[3]
@@ -163,7 +164,7 @@ def test_nomad_sees_an_unset_constraint_as_violated():
 
 def test_the_progress_line_never_calls_an_infeasible_trial_best(tmp_path, capsys):
     from lorahpo.progress import Progress
-    from lorahpo.study import TrialRecord
+    from lorahpo.result import TrialRecord
 
     def record(number, value, size):
         return TrialRecord(number, "complete", {}, value, None, {"value": value, "size": size}, None, None, tmp_path)

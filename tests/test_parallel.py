@@ -149,6 +149,29 @@ def test_a_lost_trial_is_retried_when_configured(tmp_path, ray_address):
     assert [r.status for r in study.records()] == ["complete"] * 3
 
 
+def test_early_stopping_on_ray_stops_trials_on_their_node(tmp_path, ray_address):
+    steps = 8  # of toys.timed_learning_curve, 0.5 s each
+    conf = ray_config(tmp_path, "random", ray_address, budget=8, parallel=2, pruner="median",
+                      pruner_options={"n_startup_trials": 2},
+                      objective={"python": "lorahpo.toys:timed_learning_curve"})
+    conf.ray.runtime_env["env_vars"]["LORAHPO_TOY_SLEEP_S"] = str(0.5 * steps)
+    study = Study.open(tmp_path / "s", conf)
+    assert study.run().finished == 8
+    trials = {t.number: t for t in study.optuna_study.get_trials(deepcopy=False)}
+    records = study.records()
+    pruned = [r for r in records if r.status == "pruned"]
+    complete = [r for r in records if r.status == "complete"]
+    assert pruned and complete, [(r.number, r.status, r.reason) for r in records]
+    for r in complete:  # every report came from the node
+        assert sorted(trials[r.number].intermediate_values) == list(range(1, steps + 1))
+    for r in pruned:  # recorded with its last value, and its task ended early
+        t = trials[r.number]
+        assert 1 <= t.last_step < steps and t.value == t.intermediate_values[t.last_step]
+        assert r.reason == "stopped early by the pruner"
+        assert r.duration_s < min(c.duration_s for c in complete)
+        assert (r.directory / "stdout.log").exists()  # the folder came back from the node
+
+
 # Over 20 s each; NOMAD, whose state is replayed on resume, runs by default.
 @pytest.mark.parametrize("optimizer", ["nomad", pytest.param("tpe", marks=pytest.mark.slow)])
 def test_driver_killed_with_sigkill_resumes_from_the_store(tmp_path, optimizer):
@@ -186,7 +209,7 @@ def test_driver_killed_with_sigkill_resumes_from_the_store(tmp_path, optimizer):
 
 
 def test_a_killed_worker_leaves_its_trials_to_the_others(tmp_path, monkeypatch):
-    from lorahpo import study as study_module
+    from lorahpo import store
 
     conf = study_yaml(tmp_path / "s.yaml", storage=f"sqlite:///{tmp_path / 'shared.db'}", budget=6, parallel=2)
     env = {**os.environ, "LORAHPO_TOY_SLEEP_S": "3"}
@@ -199,8 +222,8 @@ def test_a_killed_worker_leaves_its_trials_to_the_others(tmp_path, monkeypatch):
     worker.send_signal(signal.SIGKILL)
     worker.wait(timeout=30)
     # The survivor takes trials unmarked for 2 s as dead (30 s outside this test).
-    monkeypatch.setattr(study_module, "GRACE_S", 2)
-    monkeypatch.setattr(study_module, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(store, "GRACE_S", 2)
+    monkeypatch.setattr(store, "HEARTBEAT_S", 1)
     monkeypatch.setenv("LORAHPO_TOY_SLEEP_S", "0.2")
     survivor = Study.open(tmp_path / "w1", cfg.load(conf))
     summary = survivor.run()

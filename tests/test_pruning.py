@@ -2,13 +2,16 @@
 
 import itertools
 import math
+import threading
+import time
 
 import optuna
 import pytest
 
 from lorahpo import config as cfg
 from lorahpo import toys
-from lorahpo.pruners import IntermediateReader, make_pruner, reporter
+from lorahpo.executors.intermediate import IntermediateReader, reporter
+from lorahpo.pruners import make_pruner
 from lorahpo.samplers.nomad import NomadSampler
 from lorahpo.study import Study
 
@@ -109,6 +112,22 @@ def test_reports_travel_through_the_trial_folder(tmp_path):
     with (tmp_path / "intermediate.jsonl").open("a") as f:
         f.write('lue": 1.5}\n')
     assert reader.new() == [(3, 1.5)]
+
+
+def test_a_waiting_trial_goes_on_once_let_continue(tmp_path):
+    reader = IntermediateReader(tmp_path)
+    report = reporter(tmp_path, wait=True)
+    thread = threading.Thread(target=report, args=(1, 3.5))
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not (reports := reader.new()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert reports == [(1, 3.5)]
+    thread.join(0.3)
+    assert thread.is_alive()  # waits for the verdict
+    reader.let_continue()
+    thread.join(10)
+    assert not thread.is_alive()
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from lorahpo import config as cfg
+from lorahpo.result import TrialResult, settle
 from lorahpo.study import Study
 
 
@@ -58,6 +59,22 @@ def test_failures_are_recorded_and_the_study_finishes(tmp_path, objectives_modul
     assert failed and ok
     assert all(r.status == "failed" and reason in r.reason for r in failed)
     assert all(r.status == "complete" and math.isfinite(r.value) for r in ok)
+
+
+@pytest.mark.parametrize(
+    "metrics, reason",
+    [
+        ({"loss": float("nan"), "size": 1.0}, "objective 'loss' is not a finite number (got nan)"),
+        ({"loss": 1.0, "size": True}, "objective 'size' is not a finite number (got True)"),
+        ({"loss": 1.0}, "objective 'size' is not a finite number (got 'nothing')"),
+    ],
+)
+def test_a_complete_result_without_finite_objectives_is_settled_as_failed(metrics, reason):
+    settled, values = settle(TrialResult(metrics=metrics, duration_s=2.0), ["loss", "size"])
+    assert (settled.status, settled.reason, settled.metrics, settled.duration_s, values) == ("failed", reason, metrics, 2.0, None)
+    assert settle(TrialResult(metrics={"loss": 1, "size": 2.5}), ["loss", "size"])[1] == [1.0, 2.5]
+    pruned = TrialResult("pruned", {"loss": 3.0})
+    assert settle(pruned, ["loss"]) == (pruned, None)
 
 
 def test_timeout_kills_the_trial_and_is_recorded(tmp_path, objectives_module):

@@ -16,10 +16,8 @@ from lorahpo.errors import UserError
 from lorahpo.extras import require
 from lorahpo.finetune.config import TUNABLE
 from lorahpo.objectives import ObjectiveSpec
+from lorahpo.result import VIOLATED
 from lorahpo.space import SpaceSpec
-
-#: The value of a constraint whose metric was not measured (finite: NOMAD reads no infinities).
-VIOLATED = 1e30
 
 #: Fields that may change between runs of one study without making it a different study.
 RUN_FIELDS = ("budget", "parallel", "gpus_per_trial", "trial_timeout", "executor", "ray", "keep_adapters")
@@ -90,8 +88,6 @@ class StudyConfig(_Strict):
             self.make_sampler()
         except (ValueError, TypeError) as e:
             raise ValueError(f"optimizer: {e}") from None
-        if self.executor == "ray" and self.pruner != "none":
-            raise ValueError("pruner: early stopping runs on the local executor only (trials on Ray report no intermediate values)")
         if self.objective.secondary and self.pruner != "none":
             raise ValueError("pruner: early stopping needs a single objective (Optuna prunes single-objective studies only)")
         from lorahpo.pruners import make_pruner

@@ -1,8 +1,8 @@
 """The blackboxes a study can search: a Python function, a shell command, or LoRA fine-tuning.
 
 :func:`evaluate` runs one of them on one set of hyperparameters, inside the trial's worker
-process, and always returns a :class:`TrialResult`: an exception, a non-finite value or a
-non-zero exit is a failed trial with its reason, never a crash of the study.
+process, and always returns a :class:`TrialResult`: an exception or a non-zero exit is a failed
+trial with its reason, never a crash of the study (the study fails a non-finite objective).
 """
 
 from __future__ import annotations
@@ -14,19 +14,15 @@ import os
 import subprocess
 import sys
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lorahpo.finetune.config import LoraTrialConfig
-from lorahpo.result import TrialResult
+from lorahpo.result import Reporter, TrialResult
 
 _TAIL_LINES = 8
-
-#: ``report(step, value)``: an intermediate value of the objective; True asks the trial to stop.
-Reporter = Callable[[int, float], bool]
 
 
 class ObjectiveSpec(BaseModel):
@@ -87,27 +83,17 @@ def evaluate(
     """
     try:
         if objective.kind == "python":
-            result = _python(objective.python or "", params, objective.metric_name, report)
-        elif objective.kind == "command":
-            result = _command(objective.command or "", params, trial_dir, objective.metric_name)
-        else:
-            from lorahpo.finetune.config import apply_hyperparameters
-            from lorahpo.finetune.train import run_trial
+            return _python(objective.python or "", params, objective.metric_name, report)
+        if objective.kind == "command":
+            return _command(objective.command or "", params, trial_dir, objective.metric_name)
+        from lorahpo.finetune.config import apply_hyperparameters
+        from lorahpo.finetune.train import run_trial
 
-            assert objective.lora is not None
-            result = run_trial(apply_hyperparameters(objective.lora, params), trial_dir, reporter=report)
+        assert objective.lora is not None
+        return run_trial(apply_hyperparameters(objective.lora, params), trial_dir, reporter=report)
     except Exception as e:  # a failure is a result
         traceback.print_exc()
         return TrialResult.failure(f"{type(e).__name__}: {e}")
-    missing = [m for m in objective.metric_names if result.objective([m]) is None]
-    if result.status == "complete" and missing:
-        got = result.metrics.get(missing[0], "nothing")
-        return TrialResult.failure(
-            f"objective {missing[0]!r} is not a finite number (got {got!r})",
-            metrics=result.metrics,
-            intermediate=result.intermediate,
-        )
-    return result
 
 
 def _python(target: str, params: dict[str, Any], metric: str, report: Reporter | None) -> TrialResult:

@@ -12,7 +12,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from lorahpo.study import TrialRecord
+from lorahpo.result import TrialRecord
 
 
 def fmt_params(params: dict[str, Any]) -> str:

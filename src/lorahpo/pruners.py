@@ -1,29 +1,19 @@
-"""Early stopping: Optuna pruners by name, and the file protocol a trial reports through.
+"""Early stopping: Optuna pruners by name.
 
 A trial reports ``(step, value)`` of its objective while it runs (a LoRA trial: the validation
-loss every ``training.eval_every`` steps, or each epoch). The worker appends each report to
-``intermediate.jsonl`` in the trial folder; the study process reads it, records the value in
-the store (``trial.report``) and asks the study's pruner. A trial to stop is killed at once, so
-its GPU is free for the next one; it is recorded as ``pruned`` with its last reported value.
-With a pruner, the worker waits after each report until the study process has decided, so the
-decision never lags behind the trial.
+loss every ``training.eval_every`` steps, or each epoch). The reports reach the study through
+its executor (``Executor.reports``); the study records them in the store (``trial.report``),
+asks its pruner, and gives the executor its verdict (``Executor.decide``). A trial to stop is
+ended at once, so its GPU is free for the next one; it is recorded as ``pruned`` with its last
+reported value.
 """
 
 from __future__ import annotations
 
-import json
-import time
-from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lorahpo.files import write_atomic
-
-if TYPE_CHECKING:  # a trial's process reports values and needs no Optuna (0.2 s to import)
+if TYPE_CHECKING:  # Optuna takes 0.2 s to import: only when a pruner is made
     import optuna
-
-INTERMEDIATE_FILE = "intermediate.jsonl"
-VERDICT_FILE = "continue"  # holds the last step the study process let the trial go on from
 
 PRUNERS = ("none", "median", "asha", "hyperband")
 
@@ -51,52 +41,3 @@ def make_pruner(name: str, options: dict[str, Any] | None = None) -> optuna.prun
         return classes[name](**(options or {}))
     except TypeError as e:
         raise ValueError(f"{name}: {e}") from None
-
-
-def reporter(trial_dir: Path, wait: bool) -> Callable[[int, float], bool]:
-    """The callback a trial reports through (see the module docstring); it never asks to stop.
-
-    With ``wait``, each report blocks until the study process lets the trial go on (or kills it).
-    """
-    path = trial_dir / INTERMEDIATE_FILE
-    verdict = trial_dir / VERDICT_FILE
-
-    def report(step: int, value: float) -> bool:
-        with path.open("a") as f:
-            f.write(json.dumps({"step": int(step), "value": float(value)}) + "\n")
-        while wait and _allowed_step(verdict) < step:
-            time.sleep(0.02)
-        return False
-
-    return report
-
-
-def _allowed_step(path: Path) -> int:
-    try:
-        return int(path.read_text())
-    except (OSError, ValueError):
-        return -1
-
-
-class IntermediateReader:
-    """Reads the reports a running trial has appended since the last call."""
-
-    def __init__(self, trial_dir: Path) -> None:
-        self.trial_dir = trial_dir
-        self._offset = 0
-
-    def new(self) -> list[tuple[int, float]]:
-        path = self.trial_dir / INTERMEDIATE_FILE
-        try:
-            with path.open("rb") as f:
-                f.seek(self._offset)
-                data = f.read()
-        except FileNotFoundError:
-            return []
-        complete = data[: data.rfind(b"\n") + 1]  # a line being written is read next time
-        self._offset += len(complete)
-        reports = [json.loads(line) for line in complete.decode().splitlines() if line.strip()]
-        return [(r["step"], r["value"]) for r in reports]
-
-    def let_continue(self, step: int) -> None:
-        write_atomic(self.trial_dir / VERDICT_FILE, str(step))

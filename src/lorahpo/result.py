@@ -1,21 +1,48 @@
-"""What one evaluation of a blackbox returns.
+"""What one evaluation of a blackbox returns, and how the study records a trial.
 
 A failure is a result, not an exception: every executor and every blackbox turns whatever
-happened into a :class:`TrialResult` with a status and a reason, and the study records it.
+happened into a :class:`TrialResult` with a status and a reason. The study settles it
+(:func:`settle`) and records it in its store, with the names below; :class:`TrialRecord` is a
+trial as the store holds it. This module is the one vocabulary of trial states.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from lorahpo.files import write_atomic
 
+#: How an evaluation ended.
 Status = Literal["complete", "failed", "timeout", "pruned"]
-STATUSES: tuple[str, ...] = ("complete", "failed", "timeout", "pruned")
+STATUSES: tuple[str, ...] = get_args(Status)
+#: A trial's state in the store: how its evaluation ended, or that it is still running, or that
+#: it never ended because its process was stopped or died (``interrupted``: evaluated again).
+TrialStatus = Literal["complete", "failed", "timeout", "pruned", "running", "interrupted"]
+#: Trial states that are not (yet) an evaluation: they do not count towards the budget.
+UNFINISHED: tuple[str, ...] = ("running", "interrupted")
+
+#: User attributes the study stores with each trial.
+STATUS_ATTR = "status"
+REASON_ATTR = "reason"
+METRICS_ATTR = "metrics"
+DURATION_ATTR = "duration_s"
+#: System attribute of an interrupted trial (optimizers never learn from one).
+INTERRUPTED_ATTR = "lorahpo:interrupted"
+
+#: The value of a constraint whose metric was not measured (finite: NOMAD reads no infinities).
+VIOLATED = 1e30
+
+#: An intermediate value of the objective: ``(step, value)``.
+Report = tuple[int, float]
+#: ``report(step, value)``: an intermediate value of the objective while a trial runs; True asks
+#: the trial to stop.
+Reporter = Callable[[int, float], bool]
 
 
 @dataclass
@@ -27,14 +54,15 @@ class TrialResult:
             crash, non-finite value, out of memory, divergence), ``timeout`` or ``pruned``.
         metrics: Named numbers measured by the blackbox; the objective is one of them.
         reason: Why the trial did not complete (exception type and message, last stderr lines).
-        intermediate: ``(step, value)`` pairs of the objective measured during the run.
+        intermediate: ``(step, value)`` pairs of the objective measured during the run (kept in
+            ``result.json``; the study takes them as they come, through its executor).
         duration_s: Wall time of the evaluation in seconds.
     """
 
     status: Status = "complete"
     metrics: dict[str, float] = field(default_factory=dict)
     reason: str | None = None
-    intermediate: list[tuple[int, float]] = field(default_factory=list)
+    intermediate: list[Report] = field(default_factory=list)
     duration_s: float = 0.0
 
     def __post_init__(self) -> None:
@@ -45,16 +73,6 @@ class TrialResult:
     @classmethod
     def failure(cls, reason: str, *, status: Status = "failed", **kw: Any) -> TrialResult:
         return cls(status=status, reason=reason, **kw)
-
-    def objective(self, names: list[str]) -> list[float] | None:
-        """The values of the named objectives, or None when any is missing or not finite."""
-        values = []
-        for name in names:
-            v = self.metrics.get(name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-                return None
-            values.append(float(v))
-        return values
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,6 +88,57 @@ class TrialResult:
     @classmethod
     def load(cls, path: Path) -> TrialResult:
         return cls.from_dict(json.loads(path.read_text()))
+
+
+def settle(result: TrialResult, objectives: list[str]) -> tuple[TrialResult, list[float] | None]:
+    """The result the study records for a trial, and its objective values (None unless complete).
+
+    A complete result whose objectives are not all finite numbers is recorded as a failure
+    naming the first such objective: no optimizer is ever told a NaN.
+    """
+    if result.status != "complete":
+        return result, None
+    values = []
+    for name in objectives:
+        value = result.metrics.get(name, "nothing")
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            reason = f"objective {name!r} is not a finite number (got {value!r})"
+            return TrialResult.failure(reason, metrics=result.metrics, duration_s=result.duration_s), None
+        values.append(float(value))
+    return result, values
+
+
+@dataclass
+class TrialRecord:
+    """One trial as the store holds it, in human units."""
+
+    number: int
+    status: TrialStatus
+    params: dict[str, Any]
+    value: float | None  # of the main objective
+    reason: str | None
+    metrics: dict[str, float]
+    start: dt.datetime | None
+    end: dt.datetime | None
+    directory: Path
+
+    @property
+    def duration_s(self) -> float | None:
+        return (self.end - self.start).total_seconds() if self.start and self.end else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "number": self.number,
+            "status": self.status,
+            "params": self.params,
+            "value": self.value,
+            "reason": self.reason,
+            "metrics": self.metrics,
+            "start": self.start.isoformat() if self.start else None,
+            "end": self.end.isoformat() if self.end else None,
+            "duration_s": self.duration_s,
+            "directory": str(self.directory),
+        }
 
 
 def _jsonable(x: Any) -> Any:

@@ -12,7 +12,6 @@ import datetime as dt
 import json
 import shutil
 import time
-import warnings
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
@@ -27,51 +26,30 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from lorahpo import config as cfg
 from lorahpo.executors import Executor, TrialTask, make_executor
 from lorahpo.files import write_atomic
-from lorahpo.pruners import IntermediateReader, make_pruner
-from lorahpo.result import TrialResult
-from lorahpo.samplers.nomad import INTERRUPTED_ATTR, NomadSampler
+from lorahpo.pruners import make_pruner
+from lorahpo.result import (
+    DURATION_ATTR,
+    INTERRUPTED_ATTR,
+    METRICS_ATTR,
+    REASON_ATTR,
+    STATUS_ATTR,
+    UNFINISHED,
+    Report,
+    TrialRecord,
+    TrialResult,
+    TrialStatus,
+    settle,
+)
+from lorahpo.samplers.nomad import NomadSampler
 from lorahpo.samplers.registry import OPTIMIZERS
+from lorahpo.store import TrialStore
 
 CONFIG_FILE = "config.yaml"
-#: With a shared store, each process marks its running trials alive this often (seconds);
-#: a trial not marked for ``GRACE_S`` belongs to a process that died, and is interrupted.
-HEARTBEAT_S = 5
-GRACE_S = 30
-FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
-_STATE_STATUS = {TrialState.COMPLETE: "complete", TrialState.FAIL: "failed", TrialState.PRUNED: "pruned"}
-
-
-@dataclass
-class TrialRecord:
-    """One evaluation as the store holds it, in human units."""
-
-    number: int
-    status: str  # complete, failed, timeout, pruned, running, interrupted
-    params: dict[str, Any]
-    value: float | None  # of the main objective
-    reason: str | None
-    metrics: dict[str, float]
-    start: dt.datetime | None
-    end: dt.datetime | None
-    directory: Path
-
-    @property
-    def duration_s(self) -> float | None:
-        return (self.end - self.start).total_seconds() if self.start and self.end else None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "number": self.number,
-            "status": self.status,
-            "params": self.params,
-            "value": self.value,
-            "reason": self.reason,
-            "metrics": self.metrics,
-            "start": self.start.isoformat() if self.start else None,
-            "end": self.end.isoformat() if self.end else None,
-            "duration_s": self.duration_s,
-            "directory": str(self.directory),
-        }
+_STATE_STATUS: dict[TrialState, TrialStatus] = {
+    TrialState.COMPLETE: "complete",
+    TrialState.FAIL: "failed",
+    TrialState.PRUNED: "pruned",
+}
 
 
 @dataclass
@@ -94,7 +72,7 @@ class Study:
     def __init__(self, directory: str | Path, config: cfg.StudyConfig) -> None:
         self.directory = Path(directory)
         self.config = config
-        self._optuna: optuna.Study | None = None
+        self._store: TrialStore | None = None
 
     # ------------------------------------------------------------------ opening
 
@@ -144,30 +122,16 @@ class Study:
         return self.config.storage is not None
 
     @property
-    def optuna_study(self) -> optuna.Study:
-        if self._optuna is None:
-            storage = self._open_storage()
-            self._optuna = optuna.create_study(
-                study_name=self.config.name,
-                storage=storage,
-                directions=self.config.objective.directions,
-                load_if_exists=True,
-            )
-        return self._optuna
+    def store(self) -> TrialStore:
+        """The study's Optuna store, opened on first use."""
+        if self._store is None:
+            conf = self.config
+            self._store = TrialStore.open(self.storage_url, conf.name, conf.objective.directions, self.shared)
+        return self._store
 
-    def _open_storage(self) -> optuna.storages.RDBStorage:
-        heartbeat = {"heartbeat_interval": HEARTBEAT_S, "grace_period": GRACE_S} if self.shared else {}
-        engine = {"connect_args": {"timeout": 60}} if self.storage_url.startswith("sqlite") else {}
-        for attempt in range(5):
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats
-                    return optuna.storages.RDBStorage(self.storage_url, engine_kwargs=engine, **heartbeat)
-            except Exception:  # workers starting together race to create the tables: the loser retries
-                if attempt == 4 or not self.shared:
-                    raise
-                time.sleep(0.5 + attempt)
-        raise AssertionError("unreachable")
+    @property
+    def optuna_study(self) -> optuna.Study:
+        return self.store.study
 
     # ------------------------------------------------------------------ reading
 
@@ -201,7 +165,7 @@ class Study:
         return self._census(set())[0]
 
     def _record(self, t: FrozenTrial) -> TrialRecord:
-        status = t.user_attrs.get("status") or _STATE_STATUS.get(t.state, "running")
+        status: TrialStatus = t.user_attrs.get(STATUS_ATTR) or _STATE_STATUS.get(t.state, "running")
         if t.system_attrs.get(INTERRUPTED_ATTR):
             status = "interrupted"
         return TrialRecord(
@@ -209,8 +173,8 @@ class Study:
             status=status,
             params=dict(t.params),
             value=t.values[0] if t.state == TrialState.COMPLETE else None,
-            reason=t.user_attrs.get("reason"),
-            metrics=dict(t.user_attrs.get("metrics", {})),
+            reason=t.user_attrs.get(REASON_ATTR),
+            metrics=dict(t.user_attrs.get(METRICS_ATTR, {})),
             start=t.datetime_start,
             end=t.datetime_complete,
             directory=self.trial_dir(t.number),
@@ -227,39 +191,30 @@ class Study:
 
         With a shared store, other processes may run trials of the same study at once: the
         budget counts their running trials too, and only trials whose process stopped marking
-        them alive (for ``GRACE_S`` seconds) are taken as interrupted.
+        them alive are taken as interrupted (:mod:`lorahpo.store`).
         """
         notify = on_event or (lambda kind, payload: None)
         conf = self.config
-        study = self.optuna_study
-        if self.shared:
-            self._interrupt_stale()
-        else:  # trials left running by a killed process of this folder can never finish
-            self._interrupt([t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))])
+        store = self.store
+        study = store.study
+        store.interrupt_lost()
         dists = conf.space.distributions()
         sampler = attach_sampler(study, conf)
         study.pruner = make_pruner(conf.pruner, conf.pruner_options)
         pruning = conf.pruner != "none"
-        readers: dict[int, IntermediateReader] = {}
         executor = make_executor(conf)
         running: dict[Future[TrialResult], Trial] = {}
-        start, new, stopped, alive_at = time.monotonic(), 0, "budget", 0.0
+        start, new, stopped = time.monotonic(), 0, "budget"
         try:
             while True:
-                if self.shared and time.monotonic() - alive_at > HEARTBEAT_S / 2:
-                    self._keep_alive(running.values())
-                    alive_at = time.monotonic()
+                store.keep_alive(running.values())
                 finished, elsewhere = self._census({t.number for t in running.values()})
                 while len(running) < conf.parallel and finished + elsewhere + len(running) < conf.budget:
                     if isinstance(sampler, NomadSampler) and not sampler.ready(study):
                         break  # NOMAD waits for running trials, or has nothing left
-                    with warnings.catch_warnings():
-                        warnings.filterwarnings("ignore", message="Heartbeat of storage")
-                        trial = study.ask(dists)
-                    if self.shared:
-                        study._storage.record_heartbeat(trial._trial_id)
-                        if self._surplus(trial):
-                            break
+                    trial = store.ask(dists)
+                    if store.surplus(trial, conf.budget):
+                        break
                     task = TrialTask(
                         trial.number,
                         dict(trial.params),
@@ -269,9 +224,8 @@ class Study:
                         pruning=pruning,
                     )
                     running[executor.submit(task)] = trial
-                    readers[trial.number] = IntermediateReader(task.trial_dir)
                     new += 1
-                    notify("start", self._record(study._storage.get_trial(trial._trial_id)))
+                    notify("start", self._record(store.snapshot(trial)))
                 if not running:
                     if elsewhere:  # trials of other processes may yet be lost and leave budget
                         time.sleep(1.0)
@@ -282,11 +236,11 @@ class Study:
                 done, _ = wait(list(running), timeout=0.05 if pruning else 1.0, return_when=FIRST_COMPLETED)
                 for fut, trial in running.items():
                     if fut not in done:
-                        self._watch(trial, readers[trial.number], executor)
+                        self._watch(trial, executor)
                 for fut in done:
                     trial = running.pop(fut)
                     result = fut.result()
-                    result.intermediate += readers.pop(trial.number).new()  # reported just before the end
+                    _report(trial, executor.reports(trial.number))  # reported just before the end
                     try:
                         record = self._tell(trial, result)
                     except optuna.exceptions.UpdateFinishedTrialError:
@@ -297,8 +251,7 @@ class Study:
         except KeyboardInterrupt:
             executor.shutdown(kill=True)
             for trial in running.values():
-                study._storage.set_trial_system_attr(trial._trial_id, INTERRUPTED_ATTR, True)
-                study.tell(trial, state=TrialState.FAIL)
+                store.tell_interrupted(trial)
             stopped = "interrupted"
         finally:
             executor.shutdown()
@@ -318,80 +271,32 @@ class Study:
     def _census(self, own: set[int]) -> tuple[int, int]:
         """Finished evaluations in the store, and trials running in other processes."""
         records = self.records()
-        finished = sum(r.status not in ("running", "interrupted") for r in records)
+        finished = sum(r.status not in UNFINISHED for r in records)
         return finished, sum(r.status == "running" and r.number not in own for r in records)
 
-    def _surplus(self, trial: Trial) -> bool:
-        """With a shared store: drop ``trial`` if, counted by number, it falls past the budget.
-
-        Processes asking at the same moment can together ask more trials than the budget
-        leaves; the store numbers trials in order, so the first ``budget`` trials (interrupted
-        ones aside) run and the rest are recorded as interrupted, never run.
-        """
-        before = [r for r in self.records() if r.number < trial.number and r.status != "interrupted"]
-        if len(before) < self.config.budget:
-            return False
-        study = self.optuna_study
-        study._storage.set_trial_system_attr(trial._trial_id, INTERRUPTED_ATTR, True)
-        trial.set_user_attr("reason", "not run: other processes had already taken the budget")
-        study.tell(trial, state=TrialState.FAIL)
-        return True
-
-    def _keep_alive(self, trials: Any) -> None:
-        """Mark this process's running trials alive; interrupt trials of processes that died."""
-        storage = self.optuna_study._storage
-        for trial in trials:
-            storage.record_heartbeat(trial._trial_id)
-        self._interrupt_stale()
-
-    def _interrupt_stale(self) -> None:
-        study = self.optuna_study
-        self._interrupt(study._storage._get_stale_trial_ids(study._study_id))
-
-    def _interrupt(self, trial_ids: list[int]) -> None:
-        """Record running trials that can never finish (their process is gone) as interrupted."""
-        storage = self.optuna_study._storage
-        for trial_id in trial_ids:
-            try:
-                storage.set_trial_system_attr(trial_id, INTERRUPTED_ATTR, True)
-                storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                pass  # finished meanwhile, or another process was first
-
-    def _watch(self, trial: Trial, reader: IntermediateReader, executor: Executor) -> None:
-        """Record a running trial's new intermediate values; stop it if the pruner says so."""
-        reports = reader.new()
-        if not reports:
-            return
-        for step, value in reports:
-            trial.report(value, step)
-        if trial.should_prune():
-            executor.prune(trial.number)
-        else:
-            reader.let_continue(reports[-1][0])
+    def _watch(self, trial: Trial, executor: Executor) -> None:
+        """Record a running trial's new intermediate values; tell the executor whether it goes on."""
+        reports = executor.reports(trial.number)
+        if reports:
+            _report(trial, reports)
+            executor.decide(trial.number, go_on=not trial.should_prune())
 
     def _tell(self, trial: Trial, result: TrialResult) -> TrialRecord:
+        """Record a trial's final status, reason, metrics and values: the one place that decides them."""
         study = self.optuna_study
-        names = self.config.objective.metric_names
-        values = result.objective(names) if result.status == "complete" else None
-        if result.status == "complete" and values is None:
-            result = TrialResult.failure(f"objectives {names} missing or not finite", metrics=result.metrics)
-        trial.set_user_attr("status", result.status)
-        trial.set_user_attr("metrics", result.metrics)
-        trial.set_user_attr("duration_s", result.duration_s)
+        result, values = settle(result, self.config.objective.metric_names)
+        trial.set_user_attr(STATUS_ATTR, result.status)
+        trial.set_user_attr(METRICS_ATTR, result.metrics)
+        trial.set_user_attr(DURATION_ATTR, result.duration_s)
         if result.reason:
-            trial.set_user_attr("reason", result.reason)
-        reported = study._storage.get_trial(trial._trial_id).intermediate_values
-        for step, value in result.intermediate:
-            if step not in reported:
-                trial.report(value, step)
+            trial.set_user_attr(REASON_ATTR, result.reason)
         if values is not None:
             for name, value in self.config.constraint_values(result.metrics).items():
                 trial.set_constraint(name, value)  # where every sampler reads it
             study.tell(trial, values)
         else:
             study.tell(trial, state=TrialState.PRUNED if result.status == "pruned" else TrialState.FAIL)
-        return self._record(study._storage.get_trial(trial._trial_id))
+        return self._record(self.store.snapshot(trial))
 
     def _prune_adapters(self) -> None:
         """Keep adapters of the ``keep_adapters`` best trials and of the start point only."""
@@ -403,6 +308,12 @@ class Study:
             adapter = record.directory / "adapter"
             if record.number not in keep and record.status != "running" and adapter.is_dir():
                 shutil.rmtree(adapter)
+
+
+def _report(trial: Trial, reports: list[Report]) -> None:
+    """Record intermediate values of a running trial in the store."""
+    for step, value in reports:
+        trial.report(value, step)
 
 
 def _dominates(a: list[float], b: list[float]) -> bool:

@@ -67,6 +67,19 @@ def learning_curve(params: dict[str, Any], report: Callable[[int, float], bool] 
     return final + 2.0 / steps
 
 
+def timed_learning_curve(params: dict[str, Any], report: Callable[[int, float], bool] | None = None) -> float:
+    """:func:`learning_curve` taking ``$LORAHPO_TOY_SLEEP_S`` seconds (default 1) spread over its
+    steps: a trial stopped early ends early, measurably."""
+    steps = int(params.get("steps", 8))
+    pause = float(os.environ.get("LORAHPO_TOY_SLEEP_S", "1")) / steps
+
+    def slow_report(step: int, value: float) -> bool:
+        time.sleep(pause)
+        return report is not None and report(step, value)
+
+    return learning_curve(params, slow_report)
+
+
 def forgetting(params: dict[str, Any]) -> dict[str, float]:
     """:func:`lora_surface` with a downstream score that falls as the adapter changes the model more.
 

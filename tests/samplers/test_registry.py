@@ -7,7 +7,7 @@ from optuna.samplers import QMCSampler
 
 from lorahpo import NomadSampler
 from lorahpo.samplers import make_sampler
-from lorahpo.samplers.nomad import INTERRUPTED_ATTR
+from lorahpo.result import INTERRUPTED_ATTR
 from lorahpo.samplers.registry import grid_values
 from lorahpo.samplers.seeded import TrialSeededSampler
 

@@ -10,18 +10,26 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Protocol
 
 from lorahpo.executors.local import LocalExecutor, TrialTask
-from lorahpo.result import TrialResult
+from lorahpo.result import Report, TrialResult
 
 if TYPE_CHECKING:
     from lorahpo.config import StudyConfig
 
 
 class Executor(Protocol):
-    """Runs trials somewhere: ``submit`` starts one, ``prune`` stops one, ``shutdown`` ends all."""
+    """Runs trials somewhere and carries their intermediate values to the study.
+
+    ``submit`` starts a trial. While it runs, ``reports`` returns its new ``(step, value)``
+    reports and ``decide`` gives the study's verdict on them: go on, or stop now (the trial then
+    returns as ``pruned``). Once its future is done, one more ``reports`` call returns its last
+    reports. ``shutdown`` waits for all trials, or ends them.
+    """
 
     def submit(self, task: TrialTask) -> Future[TrialResult]: ...
 
-    def prune(self, number: int) -> None: ...
+    def reports(self, number: int) -> list[Report]: ...
+
+    def decide(self, number: int, go_on: bool) -> None: ...
 
     def shutdown(self, kill: bool = False) -> None: ...
 

@@ -2,7 +2,8 @@
 
 A subprocess per trial frees all (GPU) memory when the trial ends and keeps a crash, a segfault
 or an out-of-memory kill from taking the study down. With GPUs, each running trial gets its own
-(``CUDA_VISIBLE_DEVICES``).
+(``CUDA_VISIBLE_DEVICES``). A trial's intermediate values come through its folder
+(:mod:`lorahpo.executors.intermediate`); a trial the study stops is killed.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lorahpo.executors.intermediate import IntermediateReader
 from lorahpo.objectives import tail
-from lorahpo.result import TrialResult
+from lorahpo.result import Report, TrialResult
 
 #: The pid of the process that started a trial, given to the trial: one whose study process
 #: died while it was still starting up must notice too (``worker._die_with_parent``).
@@ -80,13 +82,42 @@ class LocalExecutor:
             for i in range(slots):
                 self._gpus.put(groups[i % len(groups)])
         self._procs: dict[int, subprocess.Popen[bytes]] = {}  # by trial number
+        self._readers: dict[int, IntermediateReader] = {}  # of trials whose last reports are not yet taken
+        self._ended: set[int] = set()
         self._pruned: set[int] = set()
         self._lock = threading.Lock()
         self._closing = False
 
     def submit(self, task: TrialTask) -> Future[TrialResult]:
         task.write()
+        with self._lock:
+            self._readers[task.number] = IntermediateReader(task.trial_dir)
         return self._pool.submit(self._run, task)
+
+    def reports(self, number: int) -> list[Report]:
+        """Trial ``number``'s ``(step, value)`` reports since the last call (once it ended: its last)."""
+        with self._lock:
+            reader = self._readers.get(number)
+            ended = number in self._ended  # looked at before reading: no report written after is missed
+        if reader is None:
+            return []
+        reports = reader.new()
+        if ended:
+            with self._lock:
+                self._readers.pop(number, None)
+                self._ended.discard(number)
+        return reports
+
+    def decide(self, number: int, go_on: bool) -> None:
+        """Let trial ``number`` go on past the reports taken, or stop it now (it returns as ``pruned``)."""
+        with self._lock:
+            reader = self._readers.get(number)
+            proc = self._procs.get(number)
+            if go_on and reader is not None:
+                reader.let_continue()
+            elif not go_on and proc is not None:
+                self._pruned.add(number)
+                _kill_group(proc)
 
     def shutdown(self, kill: bool = False) -> None:
         """Wait for running trials, or with ``kill`` end them at once."""
@@ -96,14 +127,6 @@ class LocalExecutor:
                 for proc in self._procs.values():
                     _kill_group(proc)
         self._pool.shutdown(wait=True, cancel_futures=kill)
-
-    def prune(self, number: int) -> None:
-        """Stop trial ``number`` now (its process group is killed); it returns as ``pruned``."""
-        with self._lock:
-            proc = self._procs.get(number)
-            if proc is not None:
-                self._pruned.add(number)
-                _kill_group(proc)
 
     def _run(self, task: TrialTask) -> TrialResult:
         env = {**os.environ, PARENT_ENV: str(os.getpid())}
@@ -139,6 +162,8 @@ class LocalExecutor:
                 return TrialResult("pruned", reason="stopped early by the pruner", duration_s=time.monotonic() - start)
             return self._collect(task, proc.returncode, time.monotonic() - start)
         finally:
+            with self._lock:
+                self._ended.add(task.number)
             if gpu is not None and self._gpus is not None:
                 self._gpus.put(gpu)
 

@@ -13,9 +13,9 @@ import threading
 import time
 from pathlib import Path
 
+from lorahpo.executors.intermediate import reporter
 from lorahpo.executors.local import PARENT_ENV
 from lorahpo.objectives import ObjectiveSpec, evaluate
-from lorahpo.pruners import reporter
 
 
 def _die_with_parent() -> None:

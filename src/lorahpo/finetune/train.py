@@ -52,14 +52,11 @@ from lorahpo.finetune.data import IGNORE_INDEX, DataError, Example, build_splits
 from lorahpo.finetune.device import Precision, describe, resolve_device, resolve_precision
 from lorahpo.files import write_atomic
 from lorahpo.finetune.models import ModelError, load_model_and_tokenizer
-from lorahpo.result import TrialResult
+from lorahpo.result import Reporter, TrialResult
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-
-#: Called with ``(step, validation_loss)`` after each intermediate evaluation; True stops the trial.
-Reporter = Callable[[int, float], bool]
 
 #: Architectures whose language-model head is a plain linear layer on the decoder's output
 #: (no logit scaling or soft-capping), so logits may be computed at response positions only.
@@ -100,7 +97,7 @@ def run_trial(config: LoraTrialConfig, trial_dir: Path | None = None, reporter: 
 
     Args:
         config: The trial's model, data, LoRA and training settings.
-        trial_dir: Folder for ``metrics.json``, ``train_log.jsonl`` and ``adapter/`` (PEFT
+        trial_dir: Folder for ``train_log.jsonl`` and ``adapter/`` (PEFT
             format) when ``config.save_adapter``; nothing is written when None.
         reporter: Called with ``(step, validation_loss)`` after every intermediate evaluation
             (each epoch, or every ``training.eval_every`` steps); returning True stops the
@@ -155,8 +152,6 @@ def run_trial(config: LoraTrialConfig, trial_dir: Path | None = None, reporter: 
             torch.cuda.empty_cache()
     result.duration_s = time.perf_counter() - start
     _say(f"trial {result.status}" + (f": {result.reason}" if result.reason else ""))
-    if trial_dir is not None:
-        result.save(trial_dir / "metrics.json")
     return result
 
 

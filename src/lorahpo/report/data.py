@@ -14,9 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lorahpo.evaluation.store import BASE, EvaluationStore, model_key, trial_of
-
-#: Trial states that are not (yet) an evaluation: they do not count towards the budget.
-UNFINISHED = ("running", "interrupted")
+from lorahpo.result import UNFINISHED, TrialRecord
 
 
 @dataclass(frozen=True)
@@ -39,19 +37,6 @@ class ParamInfo:
 
 
 @dataclass(frozen=True)
-class TrialRow:
-    """One trial of a study, in human units."""
-
-    number: int
-    status: str
-    params: dict[str, Any]
-    value: float | None
-    reason: str | None
-    duration_s: float | None
-    metrics: dict[str, float]
-
-
-@dataclass(frozen=True)
 class ModelRow:
     """A model with downstream results: ``base``, or a trial (its roles say why it was evaluated).
 
@@ -65,7 +50,7 @@ class ModelRow:
 
     key: str
     roles: tuple[str, ...]
-    trial: TrialRow | None
+    trial: TrialRecord | None
     scores: dict[str, float | None]
     rows: dict[str, int]
 
@@ -108,28 +93,28 @@ class StudyReport:
     direction: str
     metric: str
     params: list[ParamInfo]
-    trials: list[TrialRow]
+    trials: list[TrialRecord]
     curve: list[tuple[int, int, float | None, float | None]]
-    top: list[TrialRow]
-    x0: TrialRow | None
+    top: list[TrialRecord]
+    x0: TrialRecord | None
     models: list[ModelRow]
     tasks: dict[str, str]
     limits: dict[str, int | None]
     correlations: list[Correlation]
-    failures: list[TrialRow]
+    failures: list[TrialRecord]
     timing: dict[str, Any]
     config_yaml: str
     status_counts: dict[str, int] = field(default_factory=dict)
     objectives: list[tuple[str, str]] = field(default_factory=list)  # (metric, direction), main first
-    pareto: list[TrialRow] = field(default_factory=list)  # with several objectives: the feasible front
+    pareto: list[TrialRecord] = field(default_factory=list)  # with several objectives: the feasible front
     infeasible: list[int] = field(default_factory=list)  # completed trials over a constraint
 
     @property
-    def best(self) -> TrialRow | None:
+    def best(self) -> TrialRecord | None:
         return self.top[0] if self.top else None
 
     @property
-    def finished(self) -> list[TrialRow]:
+    def finished(self) -> list[TrialRecord]:
         return [t for t in self.trials if t.status not in UNFINISHED]
 
 
@@ -182,12 +167,10 @@ def study_report(directory: str | Path, top: int = 10) -> StudyReport:
 
     study = Study.load(directory)
     conf = study.config
-    records = study.records()
-    trials = [_row(r) for r in records]
+    trials = study.records()
     by_number = {t.number: t for t in trials}
-    best = [by_number[r.number] for r in study.best(top)]
-    x0_record = study.x0_record()
-    x0 = by_number.get(x0_record.number) if x0_record is not None else None
+    best = study.best(top)
+    x0 = study.x0_record()
     finished = [t for t in trials if t.status not in UNFINISHED]
     values = [t.value if t.status == "complete" else None for t in finished]
     bests = best_so_far(values, conf.objective.direction)
@@ -219,12 +202,12 @@ def study_report(directory: str | Path, top: int = 10) -> StudyReport:
         limits=limits,
         correlations=_correlations(models, tasks),
         failures=[t for t in finished if t.status != "complete"],
-        timing=_timing(records, trials),
+        timing=_timing(trials),
         config_yaml=conf.to_yaml(),
         status_counts=counts,
         objectives=list(zip(conf.objective.metric_names, conf.objective.directions, strict=True)),
-        pareto=[by_number[r.number] for r in study.best(len(records))] if conf.objective.secondary else [],
-        infeasible=[r.number for r in records if r.status == "complete" and not conf.feasible(r.metrics)],
+        pareto=study.best(len(trials)) if conf.objective.secondary else [],
+        infeasible=[t.number for t in trials if t.status == "complete" and not conf.feasible(t.metrics)],
     )
 
 
@@ -239,20 +222,8 @@ def param_infos(space: dict[str, Any]) -> list[ParamInfo]:
     return infos
 
 
-def _row(record: Any) -> TrialRow:
-    return TrialRow(
-        number=record.number,
-        status=record.status,
-        params=dict(record.params),
-        value=record.value,
-        reason=record.reason,
-        duration_s=record.duration_s,
-        metrics=dict(record.metrics),
-    )
-
-
 def _models(
-    results: list[Any], trials: dict[int, TrialRow], top: list[TrialRow], x0: TrialRow | None
+    results: list[Any], trials: dict[int, TrialRecord], top: list[TrialRecord], x0: TrialRecord | None
 ) -> list[ModelRow]:
     """One row per model with results: base first, then x0, then by rank, then other trials."""
     scores: dict[str, dict[str, float | None]] = {}
@@ -297,9 +268,9 @@ def _correlations(models: list[ModelRow], tasks: dict[str, str]) -> list[Correla
     return out
 
 
-def _timing(records: list[Any], trials: list[TrialRow]) -> dict[str, Any]:
-    starts = [r.start for r in records if r.start is not None]
-    ends = [r.end for r in records if r.end is not None]
+def _timing(trials: list[TrialRecord]) -> dict[str, Any]:
+    starts = [t.start for t in trials if t.start is not None]
+    ends = [t.end for t in trials if t.end is not None]
     durations = [t.duration_s for t in trials if t.duration_s is not None]
     return {
         "first_start": min(starts).isoformat(timespec="seconds") if starts else None,

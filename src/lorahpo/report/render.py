@@ -13,7 +13,8 @@ from typing import Any
 
 from lorahpo.files import write_atomic
 from lorahpo.report import plots
-from lorahpo.report.data import CompareReport, StudyReport, TrialRow
+from lorahpo.report.data import CompareReport, StudyReport
+from lorahpo.result import TrialRecord
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1180px;margin:2em auto;padding:0 1em;
@@ -111,7 +112,7 @@ def top_table(report: StudyReport) -> tuple[list[str], list[tuple[str, list[str]
     with downstream results; a trial that is both x0 and among the best is one row.
     """
     roles: dict[int, list[str]] = {}
-    trials: dict[int, TrialRow] = {}
+    trials: dict[int, TrialRecord] = {}
     for trial, role in [(report.x0, "x0"), *[(t, f"top-{i}") for i, t in enumerate(report.top, 1)]]:
         if trial is not None:
             roles.setdefault(trial.number, []).append(role)

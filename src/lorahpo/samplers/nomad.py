@@ -39,15 +39,13 @@ from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from lorahpo import space
+from lorahpo.result import INTERRUPTED_ATTR, VIOLATED
 
 #: Trial system attribute holding the trial's point in NOMAD's coordinates.
 POINT_ATTR = "nomad:x"
-#: Trial system attribute set on trials that were interrupted (never replayed to NOMAD).
-INTERRUPTED_ATTR = "lorahpo:interrupted"
 
 Point = tuple[float, ...]
 Outputs = tuple[float, ...]  # what NOMAD's blackbox returns: objectives, then constraints
-_VIOLATED = 1e30  # a constraint that could not be measured (NOMAD reads no infinities)
 
 
 class NomadSampler(BaseSampler):
@@ -242,8 +240,8 @@ class NomadSampler(BaseSampler):
         # A pruned trial has its last reported value (Optuna records it): NOMAD sees that.
         objectives = [-v if d == StudyDirection.MAXIMIZE else v for v, d in zip(values, study.directions)]
         given = trial.constraints
-        constraints = [given.get(name, _VIOLATED) for name in self._constraints]
-        outputs = (*objectives, *(c if math.isfinite(c) else _VIOLATED for c in constraints))
+        constraints = [given.get(name, VIOLATED) for name in self._constraints]
+        outputs = (*objectives, *(c if math.isfinite(c) else VIOLATED for c in constraints))
         return outputs if all(math.isfinite(v) for v in objectives) else None
 
     def _ensure_engine(self, study: Study) -> _Engine:

@@ -26,8 +26,7 @@ from optuna.samplers import BaseSampler
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
-from lorahpo.samplers.nomad import INTERRUPTED_ATTR
-
+from lorahpo.result import INTERRUPTED_ATTR
 
 #: System attribute of a trial: its index (see the module's docstring).
 INDEX_ATTR = "lorahpo:seed_index"
