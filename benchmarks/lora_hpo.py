@@ -45,6 +45,7 @@ from _machine import machine
 
 from lorahpo import config as cfg
 from lorahpo.samplers.nomad import NomadSampler
+from lorahpo.space import same_point
 from lorahpo.study import attach_sampler
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -126,6 +127,20 @@ class Cache:
             self._read_new()
         return self.points.get(key)
 
+    def find(self, params: dict[str, Any], key_of: Callable[[dict[str, Any]], str]) -> dict[str, Any] | None:
+        """The measurement of the point ``params``, whose key is ``key_of(params)``.
+
+        A sampler may propose a measured point in other last bits on another CPU (TPE's
+        vectorised math): a measurement whose params are the same point by
+        ``lorahpo.space.same_point`` (reals within a relative 1e-9, the rest exactly), and
+        whose key is its own params' key (the same blackbox), is the point's measurement too.
+        """
+        point = self.get(key_of(params))
+        if point is None:
+            point = next((p for p in self.points.values()
+                          if same_point(p["params"], params) and key_of(p["params"]) == p["key"]), None)
+        return point
+
     def _read_new(self) -> None:
         if not self.path.exists():
             return
@@ -188,19 +203,18 @@ def run_search(
                 break  # NOMAD has nothing left to propose
             trial = study.ask(dists)
             optimizer_s += time.perf_counter() - tic
-            tc = trial_config(conf, trial.params)
-            key = config_key(tc)
-            point = cache.get(key)
+            point = cache.find(trial.params, lambda params: config_key(trial_config(conf, params)))
             fresh = point is None
             if point is None:
                 if blackbox is None:
                     raise LookupError(f"{conf.optimizer} seed {conf.seed}: point {number} {trial.params} was never measured")
-                cache.add({"key": key, "params": trial.params, **blackbox(tc), "measured_at": machine()})
-                point = cache.get(key)  # the first measurement, should another process have made one too
+                tc = trial_config(conf, trial.params)
+                cache.add({"key": config_key(tc), "params": trial.params, **blackbox(tc), "measured_at": machine()})
+                point = cache.get(config_key(tc))  # the first measurement, should another process have made one too
                 assert point is not None
                 measured += 1
             eval_s += point["duration_s"]
-            keys.append(key)
+            keys.append(point["key"])
             tic = time.perf_counter()
             if point["status"] == "complete":
                 study.tell(trial, point["value"])

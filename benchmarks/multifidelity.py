@@ -120,7 +120,6 @@ def run_arm(arm: str, seed: int, preset: str, budget_tokens: float, cache: Cache
                 break
             trial = study.ask(dists)
             tc = trial_config(conf, trial.params)
-            key = config_key(tc)
             reported: dict[int, float] = {}  # step -> tokens
 
             def prune(step: int, value: float, tokens: float) -> bool:
@@ -130,7 +129,8 @@ def run_arm(arm: str, seed: int, preset: str, budget_tokens: float, cache: Cache
                 trial.report(value, step)
                 return pruner is not None and trial.should_prune()
 
-            point = cache.get(key)
+            point = cache.find(trial.params, lambda params: config_key(trial_config(conf, params)))
+            key = config_key(tc) if point is None else point["key"]
             status, used = None, 0.0
             if point is not None:  # replay the cached curve; a finished trial cannot stop at its last step
                 last = point["curve"][-1][0] if point["curve"] else None
