@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _machine import machine
 
 from lorahpo import config as cfg
-from lorahpo.samplers.nomad import NomadSampler
+from lorahpo.samplers import protocol
 from lorahpo.space import same_point
 from lorahpo.study import attach_sampler
 
@@ -199,7 +199,7 @@ def run_search(
     try:
         for number in range(conf.budget):
             tic = time.perf_counter()
-            if isinstance(sampler, NomadSampler) and not sampler.ready(study):
+            if not protocol.ready(sampler, study):
                 break  # NOMAD has nothing left to propose
             trial = study.ask(dists)
             optimizer_s += time.perf_counter() - tic
@@ -225,8 +225,7 @@ def run_search(
             say(f"{conf.optimizer} seed {conf.seed} [{number + 1}/{conf.budget}] {_fmt(values[-1])} "
                 f"best {_fmt(_best(values))} ({'measured' if fresh else 'cached'}, {point['duration_s']:.0f} s)")
     finally:
-        if isinstance(sampler, NomadSampler):
-            sampler.close()
+        protocol.close(sampler)
     return {
         "optimizer": conf.optimizer,
         "seed": conf.seed,

@@ -45,7 +45,7 @@ from _machine import machine
 from lora_hpo import Cache, config_key, study_config, trial_config, trial_folder
 
 from lorahpo.pruners import make_pruner
-from lorahpo.samplers.nomad import NomadSampler
+from lorahpo.samplers import protocol
 from lorahpo.study import attach_sampler
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -116,7 +116,7 @@ def run_arm(arm: str, seed: int, preset: str, budget_tokens: float, cache: Cache
     best: float | None = None
     try:
         while spent < budget_tokens - 1e-9:
-            if isinstance(sampler, NomadSampler) and not sampler.ready(study):
+            if not protocol.ready(sampler, study):
                 break
             trial = study.ask(dists)
             tc = trial_config(conf, trial.params)
@@ -160,8 +160,7 @@ def run_arm(arm: str, seed: int, preset: str, budget_tokens: float, cache: Cache
             say(f"{arm} seed {seed} [{len(trials)}] {status} {point['value'] if status == 'complete' else ''} "
                 f"tokens {spent / budget_tokens:.0%} of budget, best {best}")
     finally:
-        if isinstance(sampler, NomadSampler):
-            sampler.close()
+        protocol.close(sampler)
     return {"arm": arm, "seed": seed, "trace": trace, "trials": trials, "best": best, "tokens": spent}
 
 

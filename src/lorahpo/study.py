@@ -28,7 +28,8 @@ from lorahpo import config as cfg
 from lorahpo.executors import Executor, TrialTask, make_executor
 from lorahpo.pruners import IntermediateReader, make_pruner
 from lorahpo.result import TrialResult
-from lorahpo.samplers.nomad import INTERRUPTED_ATTR, NomadSampler
+from lorahpo.samplers import protocol
+from lorahpo.samplers.nomad import INTERRUPTED_ATTR
 from lorahpo.samplers.registry import OPTIMIZERS
 
 CONFIG_FILE = "config.yaml"
@@ -252,8 +253,8 @@ class Study:
                     alive_at = time.monotonic()
                 finished, elsewhere = self._census({t.number for t in running.values()})
                 while len(running) < conf.parallel and finished + elsewhere + len(running) < conf.budget:
-                    if isinstance(sampler, NomadSampler) and not sampler.ready(study):
-                        break  # NOMAD waits for running trials, or has nothing left
+                    if not protocol.ready(sampler, study):
+                        break  # the sampler waits for running trials, or has nothing left
                     with warnings.catch_warnings():
                         warnings.filterwarnings("ignore", message="Heartbeat of storage")
                         trial = study.ask(dists)
@@ -303,8 +304,7 @@ class Study:
             stopped = "interrupted"
         finally:
             executor.shutdown()
-            if isinstance(sampler, NomadSampler):
-                sampler.close()
+            protocol.close(sampler)
         best = self.best(1)
         return RunSummary(
             finished=self.finished_count(),
