@@ -63,14 +63,15 @@ def reporter(trial_dir: Path, wait: bool) -> Callable[[int, float], bool]:
     def report(step: int, value: float) -> bool:
         with path.open("a") as f:
             f.write(json.dumps({"step": int(step), "value": float(value)}) + "\n")
-        while wait and _allowed_step(verdict) < step:
+        while wait and allowed_step(verdict) < step:
             time.sleep(0.02)
         return False
 
     return report
 
 
-def _allowed_step(path: Path) -> int:
+def allowed_step(path: Path) -> int:
+    """The last step the study process let a trial go on from (its verdict file), or -1."""
     try:
         return int(path.read_text())
     except (OSError, ValueError):

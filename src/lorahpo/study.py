@@ -81,7 +81,7 @@ class RunSummary:
     finished: int
     budget: int
     new_trials: int
-    stopped: str  # budget, exhausted, interrupted
+    stopped: str  # budget, exhausted, interrupted, stop_when
     wall_s: float
     best: TrialRecord | None = None
     x0: TrialRecord | None = None
@@ -220,12 +220,22 @@ class Study:
 
     # ------------------------------------------------------------------ running
 
-    def run(self, on_event: Callable[[str, Any], None] | None = None) -> RunSummary:
+    def run(
+        self,
+        on_event: Callable[[str, Any], None] | None = None,
+        *,
+        executor: Executor | None = None,
+        stop_when: Callable[[], bool] | None = None,
+    ) -> RunSummary:
         """Run trials until the store holds ``budget`` finished evaluations.
 
         ``on_event(kind, payload)`` reports progress: ``("start", TrialRecord)`` and
         ``("finish", TrialRecord)``. Ctrl-C (KeyboardInterrupt) ends running trials, marks them
         interrupted and returns; the next run resumes.
+
+        Trials run on ``executor`` (default: the one the config names; a benchmark gives a
+        :class:`~lorahpo.executors.replay.ReplayExecutor`), shut down when the run ends. Once ``stop_when()`` is true, no
+        trial is asked any more (a benchmark's budget in other units than trials).
 
         With a shared store, other processes may run trials of the same study at once: the
         budget counts their running trials too, and only trials whose process stopped marking
@@ -243,7 +253,7 @@ class Study:
         study.pruner = make_pruner(conf.pruner, conf.pruner_options)
         pruning = conf.pruner != "none"
         readers: dict[int, IntermediateReader] = {}
-        executor = make_executor(conf)
+        executor = executor or make_executor(conf)
         running: dict[Future[TrialResult], Trial] = {}
         start, new, stopped, alive_at = time.monotonic(), 0, "budget", 0.0
         try:
@@ -252,7 +262,8 @@ class Study:
                     self._keep_alive(running.values())
                     alive_at = time.monotonic()
                 finished, elsewhere = self._census({t.number for t in running.values()})
-                while len(running) < conf.parallel and finished + elsewhere + len(running) < conf.budget:
+                asking = stop_when is None or not stop_when()
+                while asking and len(running) < conf.parallel and finished + elsewhere + len(running) < conf.budget:
                     if not protocol.ready(sampler, study):
                         break  # the sampler waits for running trials, or has nothing left
                     with warnings.catch_warnings():
@@ -278,7 +289,9 @@ class Study:
                     if elsewhere:  # trials of other processes may yet be lost and leave budget
                         time.sleep(1.0)
                         continue
-                    if finished < conf.budget:
+                    if not asking:
+                        stopped = "stop_when"
+                    elif finished < conf.budget:
                         stopped = "exhausted"
                     break
                 done, _ = wait(list(running), timeout=0.05 if pruning else 1.0, return_when=FIRST_COMPLETED)
