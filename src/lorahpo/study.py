@@ -234,8 +234,9 @@ class Study:
         interrupted and returns; the next run resumes.
 
         Trials run on ``executor`` (default: the one the config names; a benchmark gives a
-        :class:`~lorahpo.executors.replay.ReplayExecutor`), shut down when the run ends. Once ``stop_when()`` is true, no
-        trial is asked any more (a benchmark's budget in other units than trials).
+        :class:`~lorahpo.executors.replay.ReplayExecutor`), shut down when the run ends. Once
+        ``stop_when()`` is true, no trial is asked any more (a benchmark's budget in other units
+        than trials); the summary's ``stopped`` is then ``stop_when``.
 
         With a shared store, other processes may run trials of the same study at once: the
         budget counts their running trials too, and only trials whose process stopped marking
