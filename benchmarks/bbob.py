@@ -65,7 +65,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _machine import machine  # noqa: E402
 
 from lorahpo import space  # noqa: E402
-from lorahpo.samplers import make_sampler  # noqa: E402
+from lorahpo.samplers import make_sampler, protocol  # noqa: E402
 from lorahpo.samplers.nomad import POINT_ATTR, NomadSampler  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -186,7 +186,11 @@ def make_optimizer(name: str, objective: Objective, seed: int) -> BaseSampler:
 
 
 def run_study(sampler: BaseSampler, objective: Objective, budget: int) -> Run:
-    """``budget`` trials of an Optuna study, asked and told one at a time."""
+    """``budget`` trials of an Optuna study, asked and told one at a time.
+
+    The sampler is not asked whether it is ``ready``: one with nothing left to propose (NOMAD
+    exhausted) gets random points, so every optimizer is measured at every budget.
+    """
     study = optuna.create_study(sampler=sampler)
     names = list(objective.distributions)
     run = Run()
@@ -199,12 +203,12 @@ def run_study(sampler: BaseSampler, objective: Objective, budget: int) -> Run:
             study.tell(trial, value)
             run.values.append(value)
         run.seconds = time.perf_counter() - start
-    if isinstance(sampler, NomadSampler):
-        sampler.close()
-        # Trials without a NOMAD point were sampled at random: NOMAD had exhausted the space.
-        trials = study.get_trials(deepcopy=False)
-        run.points = [tuple(t.system_attrs[POINT_ATTR]) for t in trials if POINT_ATTR in t.system_attrs]
-        run.errors = sum(NOMAD_ERROR in str(w.message) for w in caught)
+    protocol.close(sampler)
+    # Trials without a NOMAD point were sampled at random (NOMAD had exhausted the space), or
+    # by another optimizer: those have no points and no NOMAD errors.
+    trials = study.get_trials(deepcopy=False)
+    run.points = [tuple(t.system_attrs[POINT_ATTR]) for t in trials if POINT_ATTR in t.system_attrs]
+    run.errors = sum(NOMAD_ERROR in str(w.message) for w in caught)
     return run
 
 

@@ -6,8 +6,9 @@
 
 Each optimizer searches lorahpo's ``default`` space (rank, dropout, alpha, learning rate) over
 the built-in blackbox (``run_trial``: smollm2-135m, bigbench-instruct) at a benchmark-size
-preset, in an Optuna study built as ``lorahpo tune`` builds it (``attach_sampler``: every
-optimizer starts from the space's x0, NOMAD as its X0, TPE and random as their first trial).
+preset, in a lorahpo study run as ``lorahpo tune`` runs it (``Study.run`` in a temporary folder:
+every optimizer starts from the space's x0, NOMAD as its X0, TPE and random as their first
+trial), its trials answered by a ``ReplayExecutor``.
 
 Every evaluated configuration is appended, with its measured result, to a cache
 (``results/lora_hpo_cache.jsonl``, committed) keyed by a hash of the complete trial config. A
@@ -18,19 +19,21 @@ value is read from the cache, a rerun replays each search exactly; ``--replay`` 
 and fails on a point that was never measured.
 
 A run's wall time is the sum of its evaluations' measured durations (cached or not) plus the
-optimizer's own time in this process. Results: ``results/lora_hpo.json`` (every run's values
-and the summary), ``results/lora_hpo.md`` (table) and ``results/lora_hpo.png`` (best validation
-loss against evaluation number: median and interquartile range over seeds).
+study's own time in this process (``optimizer_s``: sampler, store and loop); the table shows the
+evaluation time alone, which a replay reproduces on any machine. Results:
+``results/lora_hpo.json`` (every run's values and the summary), ``results/lora_hpo.md`` (table)
+and ``results/lora_hpo.png`` (best validation loss against evaluation number: median and
+interquartile range over seeds).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -38,14 +41,20 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _machine import machine
 
 from lorahpo import config as cfg
-from lorahpo.samplers.nomad import NomadSampler
-from lorahpo.study import attach_sampler
+from lorahpo.executors.replay import (
+    Blackbox,
+    Measurement,
+    Measurements,
+    ReplayExecutor,
+    Stop,
+    config_key,
+)
+from lorahpo.study import Study, TrialRecord
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -70,16 +79,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 _TRIALS: Any = None  # the temporary parent of trial folders
 
-#: Measures one trial config (a LoraTrialConfig as JSON): returns status, value and extra fields.
-Blackbox = Callable[[dict[str, Any]], dict[str, Any]]
 
-
-def study_config(blackbox: dict[str, Any], optimizer: str, seed: int, budget: int) -> cfg.StudyConfig:
-    """The study ``lorahpo tune`` would run on ``blackbox`` (a preset) in the default space."""
+def study_config(blackbox: dict[str, Any], optimizer: str, seed: int, budget: int, **settings: Any) -> cfg.StudyConfig:
+    """The study ``lorahpo tune`` would run on ``blackbox`` (a preset) in the default space;
+    ``settings`` are further study settings (e.g. ``pruner``)."""
     objective = {"lora": {**blackbox, "save_adapter": False}}
     return cfg.parse(
         {"name": "benchmark", "optimizer": optimizer, "seed": seed, "budget": budget,
-         "space": {"preset": "default"}, "objective": objective},
+         "space": {"preset": "default"}, "objective": objective, **settings},
         "benchmark",
     )
 
@@ -87,8 +94,6 @@ def study_config(blackbox: dict[str, Any], optimizer: str, seed: int, budget: in
 def trial_folder(trial: dict[str, Any]) -> Path:
     """A folder for one trial; all are siblings under one temporary folder, as in a study, so
     the untrained adapter's validation loss is measured once and shared."""
-    import tempfile
-
     global _TRIALS
     if _TRIALS is None:
         _TRIALS = tempfile.TemporaryDirectory(prefix="lorahpo-bench-")
@@ -102,54 +107,11 @@ def trial_config(conf: cfg.StudyConfig, params: dict[str, Any]) -> dict[str, Any
     return apply_hyperparameters(conf.objective.lora, params).model_dump(mode="json")
 
 
-def config_key(trial: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(trial, sort_keys=True).encode()).hexdigest()[:20]
+def lora_blackbox(trial: dict[str, Any], stop: Stop) -> Measurement:
+    """Train and validate one trial config in this process (the blackbox ``lorahpo tune`` runs).
 
-
-class Cache:
-    """Measured points, one JSON object per line, appended as they are measured.
-
-    Several processes may share the file (e.g. one per core, each on other seeds): a point
-    missing here is looked for again among the lines others appended since.
+    It reports no intermediate values: ``stop`` is never asked.
     """
-
-    def __init__(self, path: Path, prefer: Callable[[dict[str, Any], dict[str, Any]], bool] | None = None) -> None:
-        self.path = path
-        self.points: dict[str, dict[str, Any]] = {}
-        # prefer(new, old): whether a later line for a key replaces the one kept (default: never).
-        self._prefer = prefer or (lambda new, old: False)
-        self._offset = 0
-        self._read_new()
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        if key not in self.points:
-            self._read_new()
-        return self.points.get(key)
-
-    def _read_new(self) -> None:
-        if not self.path.exists():
-            return
-        with self.path.open("rb") as f:
-            f.seek(self._offset)
-            data = f.read()
-        complete = data[: data.rfind(b"\n") + 1]
-        self._offset += len(complete)
-        for line in complete.decode().splitlines():
-            if line.strip():
-                point = json.loads(line)
-                old = self.points.get(point["key"])
-                if old is None or self._prefer(point, old):  # else the first measurement stands
-                    self.points[point["key"]] = point
-
-    def add(self, point: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as f:  # one write of one line: appends from several processes do not mix
-            f.write(json.dumps(point, sort_keys=True) + "\n")
-        self._read_new()
-
-
-def lora_blackbox(trial: dict[str, Any]) -> dict[str, Any]:
-    """Train and validate one trial config in this process (the blackbox ``lorahpo tune`` runs)."""
     from lorahpo.finetune.config import LoraTrialConfig
     from lorahpo.finetune.train import run_trial
 
@@ -165,65 +127,68 @@ def lora_blackbox(trial: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def stamped(blackbox: Blackbox) -> Blackbox:
+    """``blackbox``, its measurements stamped with when and on what machine they were made."""
+    return lambda trial, stop: {**blackbox(trial, stop), "measured_at": machine()}
+
+
+def replay_study(conf: cfg.StudyConfig, executor: ReplayExecutor, say: Callable[[TrialRecord], None],
+                 stop_when: Callable[[], bool] | None = None) -> list[TrialRecord]:
+    """Run the study of ``conf`` on ``executor`` in a temporary folder, as ``lorahpo tune``
+    runs it; ``say`` sees each finished trial. Returns every trial, in order.
+
+    Raises:
+        LookupError: A point was not measured and ``executor`` has no blackbox (replay only).
+    """
+    with tempfile.TemporaryDirectory(prefix="lorahpo-replay-") as folder:
+        study = Study.open(folder, conf)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna's experimental-feature warnings, at every run
+            try:
+                study.run(lambda kind, record: say(record) if kind == "finish" else None,
+                          executor=executor, stop_when=stop_when)
+            except LookupError as e:
+                raise LookupError(f"{conf.optimizer} seed {conf.seed}: {e}") from None
+        return study.records()
+
+
 def run_search(
-    conf: cfg.StudyConfig, cache: Cache, blackbox: Blackbox | None, say: Callable[[str], None] = print
+    conf: cfg.StudyConfig, cache: Measurements, blackbox: Blackbox | None, say: Callable[[str], None] = print
 ) -> dict[str, Any]:
     """One seeded search of ``conf.budget`` evaluations; unmeasured points go to ``blackbox``.
 
     Raises:
         LookupError: A point is not in the cache and ``blackbox`` is None (replay only).
     """
-    study = optuna.create_study(direction="minimize")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        sampler = attach_sampler(study, conf)
-    dists = conf.space.distributions()
-    values: list[float | None] = []
-    keys: list[str] = []
-    eval_s, optimizer_s, measured = 0.0, 0.0, 0
-    try:
-        for number in range(conf.budget):
-            tic = time.perf_counter()
-            if isinstance(sampler, NomadSampler) and not sampler.ready(study):
-                break  # NOMAD has nothing left to propose
-            trial = study.ask(dists)
-            optimizer_s += time.perf_counter() - tic
-            tc = trial_config(conf, trial.params)
-            key = config_key(tc)
-            point = cache.get(key)
-            fresh = point is None
-            if point is None:
-                if blackbox is None:
-                    raise LookupError(f"{conf.optimizer} seed {conf.seed}: point {number} {trial.params} was never measured")
-                cache.add({"key": key, "params": trial.params, **blackbox(tc), "measured_at": machine()})
-                point = cache.get(key)  # the first measurement, should another process have made one too
-                assert point is not None
-                measured += 1
-            eval_s += point["duration_s"]
-            keys.append(key)
-            tic = time.perf_counter()
-            if point["status"] == "complete":
-                study.tell(trial, point["value"])
-            else:
-                study.tell(trial, state=TrialState.FAIL)
-            optimizer_s += time.perf_counter() - tic
-            values.append(point["value"] if point["status"] == "complete" else None)
-            say(f"{conf.optimizer} seed {conf.seed} [{number + 1}/{conf.budget}] {_fmt(values[-1])} "
-                f"best {_fmt(_best(values))} ({'measured' if fresh else 'cached'}, {point['duration_s']:.0f} s)")
-    finally:
-        if isinstance(sampler, NomadSampler):
-            sampler.close()
+    executor = ReplayExecutor(cache, lambda params: trial_config(conf, params), blackbox and stamped(blackbox))
+    shown: list[float | None] = []
+
+    def show(record: TrialRecord) -> None:
+        answer = executor.answers[record.number]
+        shown.append(record.value)
+        say(f"{conf.optimizer} seed {conf.seed} [{len(shown)}/{conf.budget}] {_fmt(record.value)} "
+            f"best {_fmt(_best(shown))} ({'measured' if answer.measured else 'cached'}, "
+            f"{answer.measurement['duration_s']:.0f} s)")
+
+    tic = time.perf_counter()
+    records = replay_study(conf, executor, show)
+    answers = [executor.answers[r.number] for r in records]
+    values = [r.value for r in records]
+    eval_s = sum(a.measurement["duration_s"] for a in answers)
+    # The study's own time: the run's, less the measurements made in it.
+    optimizer_s = time.perf_counter() - tic - sum(a.measurement["duration_s"] for a in answers if a.measured)
+    best = _argbest(values)
     return {
         "optimizer": conf.optimizer,
         "seed": conf.seed,
         "values": values,
         "best_so_far": best_so_far(values),
-        "keys": keys,
-        "best_params": cache.get(keys[_argbest(values)])["params"] if _argbest(values) is not None else None,
+        "keys": [a.measurement["key"] for a in answers],
+        "best_params": answers[best].measurement["params"] if best is not None else None,
         "eval_s": eval_s,
         "optimizer_s": optimizer_s,
         "wall_s": eval_s + optimizer_s,
-        "new_measurements": measured,
+        "new_measurements": sum(a.measured for a in answers),
     }
 
 
@@ -292,7 +257,7 @@ def markdown(result: dict[str, Any]) -> str:
         (f"Best validation loss after n evaluations: median [quartiles] over seeds "
         f"{', '.join(map(str, result['config']['seeds']))}. Lower is better."),
         "",
-        "| optimizer | " + " | ".join(f"n={n}" for n in marks) + " | gain over x0 | failed | wall time per run |",
+        "| optimizer | " + " | ".join(f"n={n}" for n in marks) + " | gain over x0 | failed | evaluation time per run |",
         "|---" * (len(marks) + 4) + "|",
     ]
     for row in result["summary"]:
@@ -300,10 +265,11 @@ def markdown(result: dict[str, Any]) -> str:
         for n in marks:
             q = row["curve"][n - 1]
             cells.append("-" if q is None else f"{q[1]:.4f} [{q[0]:.4f}, {q[2]:.4f}]")
+        eval_s = statistics.median(r["eval_s"] for r in result["runs"] if r["optimizer"] == row["optimizer"])
         g = row["gain_over_x0"]
         gain = "-" if g is None else f"{g[1]:.4f} [{g[0]:.4f}, {g[2]:.4f}]"
         lines.append(
-            f"| {row['optimizer']} | " + " | ".join(cells) + f" | {gain} | {row['failed']}/{row['evaluations']} | {row['wall_s'] / 60:.1f} min |"
+            f"| {row['optimizer']} | " + " | ".join(cells) + f" | {gain} | {row['failed']}/{row['evaluations']} | {eval_s / 60:.1f} min |"
         )
     lines += ["", f"Starting point (x0) validation loss: {result['summary'][0]['x0']:.4f}." if result["summary"] else ""]
     cache = result["cache"]
@@ -340,7 +306,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def cache_facts(cache: Cache, keys: set[str]) -> dict[str, Any]:
+def cache_facts(cache: Measurements, keys: set[str]) -> dict[str, Any]:
     used = [cache.points[k] for k in keys]
     return {
         "points": len(used),
@@ -367,7 +333,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None, blackbox: Blackbox | None = lora_blackbox) -> dict[str, Any]:
     args = parse_args(argv)
     suffix = "" if args.preset == "cpu" else f"-{args.preset}"
-    cache = Cache(args.cache or RESULTS / f"lora_hpo_cache{suffix}.jsonl")
+    cache = Measurements(args.cache or RESULTS / f"lora_hpo_cache{suffix}.jsonl")
     out = args.out or RESULTS / f"lora_hpo{suffix}.json"
     if args.threads:
         import torch

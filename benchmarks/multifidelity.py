@@ -9,7 +9,9 @@ budget of training tokens: what ``--full-budget`` full trials cost (every full t
 the same examples in the same order, so on the same number of tokens). ``nomad-full`` runs
 that many full trials; ``nomad-asha`` and ``tpe-asha`` run trials under Optuna's
 ``SuccessiveHalvingPruner`` (as ``pruner: asha`` does) until the budget is spent, and a
-stopped trial costs only the tokens it trained on.
+stopped trial costs only the tokens it trained on. Every run is a ``Study.run`` in a temporary
+folder, its trials answered by a ``ReplayExecutor``, which reports each cached curve to the
+study's pruner value by value; the token budget is the run's ``stop_when``.
 
 Training is deterministic, so a trial stopped at step s has exactly the first s steps of the
 same trial run to the end. Each configuration is trained as far as a pruner let it go, and its
@@ -33,7 +35,6 @@ import json
 import statistics
 import sys
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,11 +43,17 @@ import optuna
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _machine import machine
-from lora_hpo import Cache, config_key, study_config, trial_config, trial_folder
+from lora_hpo import replay_study, stamped, study_config, trial_config, trial_folder
 
-from lorahpo.pruners import make_pruner
-from lorahpo.samplers.nomad import NomadSampler
-from lorahpo.study import attach_sampler
+from lorahpo.executors.replay import (
+    Blackbox,
+    Measurement,
+    Measurements,
+    ReplayExecutor,
+    Stop,
+    config_key,
+)
+from lorahpo.study import TrialRecord
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -65,15 +72,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-#: Stop rule of a trial being measured: ``stop(step, loss, tokens)``, True to stop it there.
-Stop = Callable[[int, float, float], bool]
-#: Trains one trial config until ``stop`` says so or to the end: status (complete, failed or
-#: stopped), value, duration_s and ``curve`` [[step, loss, tokens so far], ...].
-Blackbox = Callable[[dict[str, Any], Stop], dict[str, Any]]
-
-
-def lora_curve_blackbox(trial: dict[str, Any], stop: Stop) -> dict[str, Any]:
-    """Train one config in this process, asking ``stop`` at each validation."""
+def lora_curve_blackbox(trial: dict[str, Any], stop: Stop) -> Measurement:
+    """Train one config in this process, asking ``stop(step, loss, tokens so far)`` at each
+    validation: status (complete, failed or stopped), value, duration_s and ``curve``
+    ``[[step, loss, tokens so far], ...]``."""
     from lorahpo.finetune.config import LoraTrialConfig
     from lorahpo.finetune.train import run_trial
 
@@ -97,71 +99,35 @@ def lora_curve_blackbox(trial: dict[str, Any], stop: Stop) -> dict[str, Any]:
     }
 
 
-def _longer(new: dict[str, Any], old: dict[str, Any]) -> bool:
-    """A finished measurement beats a stopped one, a longer curve a shorter one."""
-    return (new["status"] != "stopped", len(new["curve"])) > (old["status"] != "stopped", len(old["curve"]))
-
-
-def run_arm(arm: str, seed: int, preset: str, budget_tokens: float, cache: Cache, blackbox: Blackbox | None,
+def run_arm(arm: str, seed: int, preset: str, budget_tokens: float, cache: Measurements, blackbox: Blackbox | None,
             say: Callable[[str], None] = print) -> dict[str, Any]:
     """One seeded search until ``budget_tokens`` training tokens are spent."""
     optimizer, pruner = ARMS[arm]
-    conf = study_config(PRESETS[preset], optimizer, seed, budget=10_000)  # the token budget stops it
-    study = optuna.create_study(direction="minimize", pruner=make_pruner(pruner or "none", ASHA if pruner else {}))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        sampler = attach_sampler(study, conf)
-    dists = conf.space.distributions()
+    pruning = {"pruner": pruner, "pruner_options": ASHA} if pruner else {}
+    conf = study_config(PRESETS[preset], optimizer, seed, budget=10_000, **pruning)  # the token budget stops it
+    executor = ReplayExecutor(cache, lambda params: trial_config(conf, params), blackbox and stamped(blackbox))
+
+    def tokens(number: int) -> float:
+        """The training tokens trial ``number`` cost: up to where it ended or was stopped."""
+        answer = executor.answers[number]
+        return answer.measurement["curve"][answer.reached - 1][2] if answer.reached else 0.0
+
+    def show(record: TrialRecord) -> None:
+        spent = sum(tokens(n) for n in executor.answers)
+        say(f"{arm} seed {seed} [{len(executor.answers)}] {record.status} {'' if record.value is None else record.value} "
+            f"tokens {spent / budget_tokens:.0%} of budget")
+
+    records = replay_study(conf, executor, show,
+                           stop_when=lambda: sum(tokens(n) for n in executor.answers) >= budget_tokens - 1e-9)
     spent, trace, trials = 0.0, [], []  # trace: (tokens spent, best complete value so far)
     best: float | None = None
-    try:
-        while spent < budget_tokens - 1e-9:
-            if isinstance(sampler, NomadSampler) and not sampler.ready(study):
-                break
-            trial = study.ask(dists)
-            tc = trial_config(conf, trial.params)
-            key = config_key(tc)
-            reported: dict[int, float] = {}  # step -> tokens
-
-            def prune(step: int, value: float, tokens: float) -> bool:
-                if step in reported:
-                    return False  # replayed from the cache already
-                reported[step] = tokens
-                trial.report(value, step)
-                return pruner is not None and trial.should_prune()
-
-            point = cache.get(key)
-            status, used = None, 0.0
-            if point is not None:  # replay the cached curve; a finished trial cannot stop at its last step
-                last = point["curve"][-1][0] if point["curve"] else None
-                for step, value, tokens in point["curve"]:
-                    if prune(step, value, tokens) and (point["status"] == "stopped" or step != last):
-                        status, used = "pruned", tokens
-                        break
-            if status is None and (point is None or point["status"] == "stopped"):
-                if blackbox is None:
-                    raise LookupError(f"{arm} seed {seed}: {trial.params} was not measured far enough")
-                cache.add({"key": key, "params": trial.params, **blackbox(tc, prune), "measured_at": machine()})
-                point = cache.get(key)
-                if point["status"] == "stopped":
-                    status, used = "pruned", point["curve"][-1][2]
-            if status is None:
-                status, used = point["status"], (point["curve"][-1][2] if point["curve"] else 0.0)
-            if status == "complete":
-                study.tell(trial, point["value"])
-                best = point["value"] if best is None else min(best, point["value"])
-            elif status == "pruned":
-                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            else:
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            spent += used
-            trace.append((spent, best))
-            trials.append({"key": key, "status": status, "tokens": used})
-            say(f"{arm} seed {seed} [{len(trials)}] {status} {point['value'] if status == 'complete' else ''} "
-                f"tokens {spent / budget_tokens:.0%} of budget, best {best}")
-    finally:
-        if isinstance(sampler, NomadSampler):
-            sampler.close()
+    for record in records:
+        if record.status == "complete":
+            best = record.value if best is None else min(best, record.value)
+        spent += tokens(record.number)
+        trace.append((spent, best))
+        trials.append({"key": executor.answers[record.number].measurement["key"], "status": record.status,
+                       "tokens": tokens(record.number)})
     return {"arm": arm, "seed": seed, "trace": trace, "trials": trials, "best": best, "tokens": spent}
 
 
@@ -294,7 +260,7 @@ def main(argv: Sequence[str] | None = None, blackbox: Blackbox | None = lora_cur
         import torch
 
         torch.set_num_threads(args.threads)
-    cache = Cache(args.cache, prefer=_longer)
+    cache = Measurements(args.cache)
     # Every full trial trains on the same examples in the same order: measure one for its cost.
     conf = study_config(PRESETS[args.preset], "nomad", 0, budget=1)
     x0_params = conf.space.x0() or {}
@@ -303,7 +269,7 @@ def main(argv: Sequence[str] | None = None, blackbox: Blackbox | None = lora_cur
     if point is None:
         if args.replay or blackbox is None:
             raise LookupError("the starting point was never measured")
-        cache.add({"key": config_key(x0), "params": x0_params, **blackbox(x0, lambda *_: False), "measured_at": machine()})
+        cache.add({"key": config_key(x0), "params": x0_params, **stamped(blackbox)(x0, lambda *_: False)})
         point = cache.get(config_key(x0))
     budget_tokens = args.full_budget * point["curve"][-1][2]
     start = time.perf_counter()

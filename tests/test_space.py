@@ -92,3 +92,14 @@ def test_center_is_the_default_start():
     assert space.center(IntDistribution(0, 9)) == 4
     assert space.center(FloatDistribution(1e-6, 1e-2, log=True)) == pytest.approx(math.log10(1e-4))
     assert space.center(CategoricalDistribution([1, 2, 3, 4])) == 2
+
+
+def test_same_point_takes_reals_within_the_tolerance_and_the_rest_exactly():
+    lr = 0.0004950654691183206
+    point = {"rank": 8, "dropout": 0.1, "learning_rate": lr, "schedule": "cosine"}
+    assert space.same_point(point, {**point, "learning_rate": math.nextafter(lr, 0.0)})  # one ulp off
+    assert not space.same_point(point, {**point, "learning_rate": lr * (1 + 1e-6)})
+    assert not space.same_point(point, {**point, "rank": 9})
+    assert not space.same_point(point, {**point, "schedule": "linear"})
+    assert not space.same_point(point, {k: v for k, v in point.items() if k != "rank"})
+    assert not space.same_point({"x": 0.0}, {"x": 5e-324})  # relative: zero matches only zero

@@ -12,6 +12,7 @@ The NOMAD encoding of Optuna distributions lives here and only here: :func:`noma
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -22,6 +23,11 @@ from optuna.distributions import (
     IntDistribution,
 )
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+#: Two real values of a parameter closer than this, relative to the larger, are the same value.
+#: Samplers that vectorise their math (TPE) propose values that differ in the last bits
+#: between CPUs; a point measured on one machine must still be found on another.
+REL_TOL = 1e-9
 
 
 class ParamSpec(BaseModel):
@@ -199,9 +205,25 @@ def _steps(dist: FloatDistribution) -> int:
     return round((dist.high - dist.low) / dist.step)
 
 
+def same_point(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two parameter dicts are the same point.
+
+    Floats agree within :data:`REL_TOL` relative (0.0 matches only 0.0; a float choice is one of
+    its list's values, so for choices this is exact); ints, strings and other values exactly.
+    """
+    if a.keys() != b.keys():
+        return False
+    for name, x in a.items():
+        y = b[name]
+        real = type(x) is float and type(y) is float
+        if not (math.isclose(x, y, rel_tol=REL_TOL, abs_tol=0.0) if real else x == y):
+            return False
+    return True
+
+
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-        return math.isclose(a, b, rel_tol=1e-9, abs_tol=0.0) or a == b
+        return math.isclose(a, b, rel_tol=REL_TOL, abs_tol=0.0) or a == b
     return a == b
 
 

@@ -40,7 +40,7 @@ from lorahpo.result import (
     TrialStatus,
     settle,
 )
-from lorahpo.samplers.nomad import NomadSampler
+from lorahpo.samplers import protocol
 from lorahpo.samplers.registry import OPTIMIZERS
 from lorahpo.store import TrialStore
 
@@ -59,7 +59,7 @@ class RunSummary:
     finished: int
     budget: int
     new_trials: int
-    stopped: str  # budget, exhausted, interrupted
+    stopped: str  # budget, exhausted, interrupted, stop_when
     wall_s: float
     best: TrialRecord | None = None
     x0: TrialRecord | None = None
@@ -182,12 +182,23 @@ class Study:
 
     # ------------------------------------------------------------------ running
 
-    def run(self, on_event: Callable[[str, Any], None] | None = None) -> RunSummary:
+    def run(
+        self,
+        on_event: Callable[[str, Any], None] | None = None,
+        *,
+        executor: Executor | None = None,
+        stop_when: Callable[[], bool] | None = None,
+    ) -> RunSummary:
         """Run trials until the store holds ``budget`` finished evaluations.
 
         ``on_event(kind, payload)`` reports progress: ``("start", TrialRecord)`` and
         ``("finish", TrialRecord)``. Ctrl-C (KeyboardInterrupt) ends running trials, marks them
         interrupted and returns; the next run resumes.
+
+        Trials run on ``executor`` (default: the one the config names; a benchmark gives a
+        :class:`~lorahpo.executors.replay.ReplayExecutor`), shut down when the run ends. Once
+        ``stop_when()`` is true, no trial is asked any more (a benchmark's budget in other units
+        than trials); the summary's ``stopped`` is then ``stop_when``.
 
         With a shared store, other processes may run trials of the same study at once: the
         budget counts their running trials too, and only trials whose process stopped marking
@@ -202,16 +213,17 @@ class Study:
         sampler = attach_sampler(study, conf)
         study.pruner = make_pruner(conf.pruner, conf.pruner_options)
         pruning = conf.pruner != "none"
-        executor = make_executor(conf)
+        executor = executor or make_executor(conf)
         running: dict[Future[TrialResult], Trial] = {}
         start, new, stopped = time.monotonic(), 0, "budget"
         try:
             while True:
                 store.keep_alive(running.values())
                 finished, elsewhere = self._census({t.number for t in running.values()})
-                while len(running) < conf.parallel and finished + elsewhere + len(running) < conf.budget:
-                    if isinstance(sampler, NomadSampler) and not sampler.ready(study):
-                        break  # NOMAD waits for running trials, or has nothing left
+                asking = stop_when is None or not stop_when()
+                while asking and len(running) < conf.parallel and finished + elsewhere + len(running) < conf.budget:
+                    if not protocol.ready(sampler, study):
+                        break  # the sampler waits for running trials, or has nothing left
                     trial = store.ask(dists)
                     if store.surplus(trial, conf.budget):
                         break
@@ -230,7 +242,9 @@ class Study:
                     if elsewhere:  # trials of other processes may yet be lost and leave budget
                         time.sleep(1.0)
                         continue
-                    if finished < conf.budget:
+                    if not asking:
+                        stopped = "stop_when"
+                    elif finished < conf.budget:
                         stopped = "exhausted"
                     break
                 done, _ = wait(list(running), timeout=0.05 if pruning else 1.0, return_when=FIRST_COMPLETED)
@@ -255,8 +269,7 @@ class Study:
             stopped = "interrupted"
         finally:
             executor.shutdown()
-            if isinstance(sampler, NomadSampler):
-                sampler.close()
+            protocol.close(sampler)
         best = self.best(1)
         return RunSummary(
             finished=self.finished_count(),

@@ -13,7 +13,7 @@ def bench(load_benchmark):
 
 
 def synthetic(calls):
-    def blackbox(trial):
+    def blackbox(trial, stop):
         calls.append(trial)
         params = {**trial["lora"], "learning_rate": trial["training"]["learning_rate"]}
         if params["learning_rate"] > 5e-3:
@@ -63,3 +63,4 @@ def test_searches_are_cached_replayed_and_summarized(bench, tmp_path):
 def test_replay_refuses_an_unmeasured_point(bench, tmp_path):
     with pytest.raises(LookupError, match="never measured"):
         bench.main(["--seeds", "0", "--budget", "2", "--cache", str(tmp_path / "c.jsonl"), "--out", str(tmp_path / "r.json"), "--replay"], blackbox=None)
+

@@ -75,9 +75,14 @@ def test_arms_share_a_token_budget_and_replay_exactly(bench, tmp_path):
 
     again = bench.main([*args, "--replay"], blackbox=None)
     assert [r["trace"] for r in again["runs"]] == [r["trace"] for r in result["runs"]]
-    # Without pruning, a stopped configuration has to be trained further: replay alone refuses.
-    with pytest.raises(LookupError, match="not measured far enough"):
+    # A configuration never measured: replay alone refuses, naming it.
+    with pytest.raises(LookupError, match=r"nomad seed 5: point 1 \{.*\} was never measured"):
         bench.main([*args, "--arms", "nomad-full", "tpe-asha", "--seeds", "5", "--replay"], blackbox=None)
+    # Without pruning, a configuration ASHA stopped has to be trained further: replay alone refuses.
+    alone = ["--full-budget", "6", "--cache", str(tmp_path / "alone.jsonl"), "--out", str(tmp_path / "alone.json")]
+    bench.main([*alone, "--arms", "nomad-asha", "--seeds", "0"], blackbox=curves([]))
+    with pytest.raises(LookupError, match="nomad seed 0: point 1 .* was not measured far enough"):
+        bench.main([*alone, "--arms", "nomad-full", "--seeds", "0", "--replay"], blackbox=None)
     assert "| nomad-asha |" in (tmp_path / "r.md").read_text() and "| arm | 10% | 20% |" in (tmp_path / "r.md").read_text()
     assert (tmp_path / "r.png").stat().st_size > 10_000
 

@@ -179,6 +179,25 @@ def test_new_sampler_replays_the_store_and_continues_exactly():
     assert study_sequence(resumed) == study_sequence(full)
 
 
+def test_a_study_resumed_on_another_cpu_knows_its_points_one_ulp_off():
+    """NOMAD's arithmetic may differ in the last bits between CPUs: stored points still count."""
+    full = optuna.create_study(sampler=NomadSampler(MIXED, x0=X0, seed=5))
+    full.optimize(objective, n_trials=40)
+
+    first = optuna.create_study(sampler=NomadSampler(MIXED, x0=X0, seed=5))
+    first.optimize(objective, n_trials=23)
+    first.sampler.close()
+    elsewhere = optuna.create_study()  # the same trials, every nonzero real one ulp off
+    for t in first.trials:
+        point = [x and math.nextafter(x, math.inf) for x in t.system_attrs[POINT_ATTR]]
+        elsewhere.add_trial(optuna.trial.create_trial(params=t.params, distributions=t.distributions, value=t.value,
+                                                      system_attrs={POINT_ATTR: point}))
+    assert study_sequence(elsewhere) != study_sequence(first)
+    elsewhere.sampler = NomadSampler(MIXED, x0=X0, seed=5)
+    elsewhere.optimize(objective, n_trials=17)
+    assert study_sequence(elsewhere)[23:] == study_sequence(full)[23:]
+
+
 def test_restart_policy_when_nomad_converges_early():
     # A small integer space (28 points): NOMAD converges, is restarted from the best point with
     # the next seed, and once restarts find no new point, the space is exhausted.

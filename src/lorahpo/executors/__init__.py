@@ -2,6 +2,8 @@
 
 ``local``: subprocesses on this machine (:class:`LocalExecutor`); ``ray``: Ray tasks on a
 cluster (:class:`~lorahpo.executors.ray_executor.RayExecutor`, imported only when used).
+Benchmarks give ``Study.run`` a :class:`~lorahpo.executors.replay.ReplayExecutor`, which
+answers trials from measurements made before.
 """
 
 from __future__ import annotations

@@ -34,14 +34,14 @@ def reporter(trial_dir: Path, wait: bool) -> Reporter:
     def report(step: int, value: float) -> bool:
         with path.open("a") as f:
             f.write(json.dumps({"step": int(step), "value": float(value)}) + "\n")
-        while wait and _allowed_step(verdict) < step:
+        while wait and allowed_step(verdict) < step:
             time.sleep(_POLL_S)
         return False
 
     return report
 
 
-def _allowed_step(path: Path) -> int:
+def allowed_step(path: Path) -> int:
     try:
         return int(path.read_text())
     except (OSError, ValueError):

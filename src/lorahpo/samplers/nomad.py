@@ -8,7 +8,9 @@ sends its points to :meth:`NomadSampler.sample_relative` and waits for the value
 Resume is exact because NOMAD is deterministic for a given seed and sequence of results, and
 never evaluates a point twice: a new sampler on an existing study restarts NOMAD, answers every
 point the study already holds from the store, and hands out the first point it does not hold:
-the one an uninterrupted run would have proposed next.
+the one an uninterrupted run would have proposed next. A point the store holds is recognised by
+:func:`lorahpo.space.same_point` (reals within a relative 1e-9), so a study resumed on another
+CPU, where NOMAD's arithmetic may differ in the last bits, does not evaluate its points again.
 
 Restart policy: when NOMAD stops on its own (mesh converged, no more points) before the study's
 budget is spent, it is restarted from the best point found so far with the next seed
@@ -266,6 +268,7 @@ class _Engine:
     def __init__(self, sampler: NomadSampler, known: dict[Point, Outputs | None]) -> None:
         self._sampler = sampler
         self._known = known  # every evaluated point, with its value (None = failed)
+        self._stored = [(sampler.decode(p), p) for p in known]  # the store's points, as params
         self._queue: deque[Point] = deque()  # proposed by NOMAD, not handed out yet
         self._block: list[Point] = []  # the block NOMAD waits on
         self._lock = threading.RLock()
@@ -339,6 +342,8 @@ class _Engine:
         msg = json.loads(line)
         if "block" in msg:
             self._block = [tuple(p) for p in msg["block"]]
+            for p in self._block:
+                self._recall(p)
             fresh = [p for p in self._block if p not in self._known]
             fresh.sort(key=lambda p: p != self._x0)  # x0 first: the study's first trial is its start
             self._new_in_run += len(fresh)
@@ -357,6 +362,15 @@ class _Engine:
         if x0 is None or not self._sampler._startable(x0):
             x0 = self._random_point()
         self._send({"run": [x0, self._lower, self._upper, self._sampler._params(self._sampler._seed + self._run)]})
+
+    def _recall(self, point: Point) -> None:
+        """Know ``point`` when the store holds the same point (``space.same_point``) in other bits."""
+        if point in self._known or not self._stored:
+            return
+        params = self._sampler.decode(point)
+        stored = next((p for seen, p in self._stored if space.same_point(params, seen)), None)
+        if stored is not None:
+            self._known[point] = self._known[stored]
 
     def _answer_if_complete(self) -> None:
         if self._block and all(p in self._known for p in self._block):
