@@ -2,7 +2,8 @@
 
 :func:`study_report` reads one study (its store, config and downstream results) into a
 :class:`StudyReport`; :func:`compare_report` reads several into a :class:`CompareReport`. The
-helpers :func:`best_so_far`, :func:`spearman` and :func:`axis_position` are pure functions.
+helpers :func:`best_so_far` and :func:`axis_position` are pure functions; Spearman's rho is in
+:mod:`.stats`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lorahpo.evaluation.store import BASE, EvaluationStore, model_key, trial_of
+from lorahpo.report.stats import spearman
 
 #: Trial states that are not (yet) an evaluation: they do not count towards the budget.
 UNFINISHED = ("running", "interrupted")
@@ -143,20 +145,6 @@ def best_so_far(values: list[float | None], direction: str = "minimize") -> list
             best = value if best is None else better(best, value)
         out.append(best)
     return out
-
-
-def spearman(xs: list[float], ys: list[float]) -> float | None:
-    """Spearman's rank correlation (ties get their average rank); None below 3 points or without variation."""
-    if len(xs) != len(ys) or len(xs) < 3:
-        return None
-    rx, ry = _ranks(xs), _ranks(ys)
-    mx, my = statistics.fmean(rx), statistics.fmean(ry)
-    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
-    vx = sum((a - mx) ** 2 for a in rx)
-    vy = sum((b - my) ** 2 for b in ry)
-    if vx == 0 or vy == 0:
-        return None
-    return cov / math.sqrt(vx * vy)
 
 
 def axis_position(param: ParamInfo, value: Any) -> float | None:
@@ -309,20 +297,6 @@ def _timing(records: list[Any], trials: list[TrialRow]) -> dict[str, Any]:
         "trial_s_mean": statistics.fmean(durations) if durations else None,
         "trial_s_max": max(durations) if durations else None,
     }
-
-
-def _ranks(values: list[float]) -> list[float]:
-    order = sorted(range(len(values)), key=values.__getitem__)
-    ranks = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
 
 
 # --------------------------------------------------------------------------- comparison
