@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lorahpo.evaluation.store import BASE, EvaluationStore, model_key, trial_of
+from lorahpo.report.in_trial import EvaluatorSummary, evaluator_summaries
 from lorahpo.report.stats import spearman
 
 #: Trial states that are not (yet) an evaluation: they do not count towards the budget.
@@ -125,6 +126,7 @@ class StudyReport:
     objectives: list[tuple[str, str]] = field(default_factory=list)  # (metric, direction), main first
     pareto: list[TrialRow] = field(default_factory=list)  # with several objectives: the feasible front
     infeasible: list[int] = field(default_factory=list)  # completed trials over a constraint
+    evaluators: list[EvaluatorSummary] = field(default_factory=list)  # in-trial downstream metrics
 
     @property
     def best(self) -> TrialRow | None:
@@ -213,6 +215,7 @@ def study_report(directory: str | Path, top: int = 10) -> StudyReport:
         objectives=list(zip(conf.objective.metric_names, conf.objective.directions, strict=True)),
         pareto=[by_number[r.number] for r in study.best(len(records))] if conf.objective.secondary else [],
         infeasible=[r.number for r in records if r.status == "complete" and not conf.feasible(r.metrics)],
+        evaluators=evaluator_summaries(conf.evaluators, trials, conf.constraints),
     )
 
 
@@ -328,13 +331,14 @@ class CompareReport:
     metric: str
     direction: str
     warnings: list[str]
+    evaluators: list[str] = field(default_factory=list)  # in-trial evaluators of any of the studies
 
 
 def compare_report(directories: list[str | Path]) -> CompareReport:
     """Read several study folders for :func:`lorahpo.report.render.write_compare`."""
     reports = [study_report(d, top=1) for d in directories]
     labels = _labels([Path(d) for d in directories])
-    studies, tasks = [], []
+    studies, tasks, evaluators = [], [], []
     for label, rep in zip(labels, reports, strict=True):
         best = rep.best
         reached = None
@@ -345,6 +349,7 @@ def compare_report(directories: list[str | Path]) -> CompareReport:
             model = next((m for m in rep.models if m.key == model_key(best.number)), None)
             scores = dict(model.scores) if model else {}
         tasks += [t for t in scores if t not in tasks]
+        evaluators += [e.name for e in rep.evaluators if e.name not in evaluators]
         studies.append(StudySummary(label, rep, reached, scores))
     warnings = []
     metrics = {r.metric for r in reports}
@@ -353,7 +358,7 @@ def compare_report(directories: list[str | Path]) -> CompareReport:
     identities = {_blackbox(r) for r in reports}
     if len(identities) > 1:
         warnings.append("the studies do not share one blackbox (objective or search space differ)")
-    return CompareReport(studies, tasks, reports[0].metric, reports[0].direction, warnings)
+    return CompareReport(studies, tasks, reports[0].metric, reports[0].direction, warnings, evaluators)
 
 
 def _labels(paths: list[Path]) -> list[str]:
