@@ -189,3 +189,43 @@ def test_sigkill_then_resume_gives_the_uninterrupted_sequence(tmp_path, optimize
     assert "finished 12/12" in resumed.stdout
     assert _points(tmp_path / "cut") == expected
     assert _points(tmp_path / "cut")[: len(done_before)] == done_before  # nothing completed was lost
+
+
+def test_status_shows_each_evaluator_against_the_base_model_and_the_constraints(tmp_path, monkeypatch, capsys):
+    from studies import DROP_BOUND, INFEASIBLE, TRIALS, evaluated_study
+
+    evaluated_study(tmp_path / "s")
+    monkeypatch.setenv("COLUMNS", "300")  # one line per trial: no folded cells
+    assert main(["status", str(tmp_path / "s")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if "validation_loss" in line)
+    assert [c.strip() for c in header.strip("┃│ ").split("┃")][:6] == [
+        "#", "status", "validation_loss", "retention (vs base)", "in_domain (vs base)", f"retention_drop <= {DROP_BOUND:g}"]
+    rows = {int(cells[0]): cells for line in lines
+            if (cells := [c.strip() for c in line.strip("│ ").split("│")])[0].isdigit()}
+    # trial 1: retention 0.41 = base 0.45 - 0.04; in_domain 0.30 = base 0.10 + 0.20
+    assert rows[1][3:6] == ["0.41 (-0.04)", "0.3 (+0.2)", "0.04"]
+    assert rows[INFEASIBLE][5] == "0.07 (over)"
+    assert rows[len(TRIALS)][1:6] == ["failed", "", "", "", ""]
+    # --json keeps every metric of every trial
+    assert main(["status", str(tmp_path / "s"), "--json"]) == 0
+    dumped = json.loads(capsys.readouterr().out)
+    assert dumped[1]["metrics"]["retention_logprob_drop"] == 0.01 and dumped[1]["metrics"]["in_domain_se"] == 0.04
+
+
+def test_best_names_evaluators_base_values_drops_and_the_constraints_met(tmp_path, capsys):
+    from studies import BEST, evaluated_study
+
+    evaluated_study(tmp_path / "s")
+    assert main(["best", str(tmp_path / "s")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"trial {BEST}: validation_loss = 0.85  rank=8")
+    assert lines[1:4] == [
+        "    retention 0.42 ± 0.05 (base 0.45, drop +0.03)",
+        "    in_domain 0.36 ± 0.04 (base 0.1, drop -0.26)",
+        "    meets retention_drop = 0.03 <= 0.05",
+    ]
+    # What no line above shows is still there, raw.
+    assert json.loads(lines[4]) == {"initial_validation_loss": 1.5, "retention_logprob": -1.2,
+                                    "retention_logprob_drop": 0.01, "evaluation_s": 3.0}
+    assert len(lines) == 5

@@ -184,7 +184,8 @@ def _run_study(conf: Any, study_dir: Path, *, new: bool) -> int:
     print(f"study {study_dir} · {conf.optimizer} · budget {conf.budget} · parallel {conf.parallel}{where}", file=sys.stderr)
     signal.signal(signal.SIGTERM, _raise_interrupt)  # `kill` stops as cleanly as Ctrl-C
     best = study.best(1)
-    with Progress(conf.budget, study.finished_count(), best[0] if best else None, conf.objective.direction, conf.feasible) as bar:
+    with Progress(conf.budget, study.finished_count(), best[0] if best else None, conf.objective.direction,
+                  conf.feasible, conf.evaluators) as bar:
         summary = study.run(on_event=bar)
     metric = conf.objective.metric_name
     if summary.stopped == "interrupted":
@@ -197,7 +198,7 @@ def _run_study(conf: Any, study_dir: Path, *, new: bool) -> int:
     if summary.x0 is not None:
         x0_value = f"{summary.x0.value:.6g}" if summary.x0.value is not None else summary.x0.status
         print(f"start    {metric} = {x0_value}  (trial {summary.x0.number})  {fmt_params(summary.x0.params)}")
-    if conf.objective.lora is not None and conf.objective.lora.evaluate:
+    if conf.evaluators:
         print(_against_base(conf, summary))
     if summary.best is not None and (summary.best.directory / "adapter").exists():
         print(f"adapter  {summary.best.directory / 'adapter'}")
@@ -209,7 +210,7 @@ def _run_study(conf: Any, study_dir: Path, *, new: bool) -> int:
 
 def _against_base(conf: Any, summary: Any) -> str:
     """The base model, the start point and the best trial side by side on the headline metrics."""
-    names = ["validation_loss", *(spec.name for spec in conf.objective.lora.evaluate)]
+    names = ["validation_loss", *conf.evaluators]
     rows: list[tuple[str, dict[str, float]]] = []
     some = summary.best or summary.x0
     if some is not None:
@@ -252,10 +253,11 @@ def _prepare_lora(conf: Any) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from lorahpo.progress import fmt_params
+    from lorahpo.progress import fmt_evaluator, fmt_params
     from lorahpo.study import Study, dump_records
 
     study = Study.load(args.study_dir)
+    conf = study.config
     records = study.records()
     if args.json:
         print(dump_records(records))
@@ -263,14 +265,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{args.study_dir}: {study.finished_count()}/{study.config.budget} finished")
-    for col in ("#", "status", study.config.objective.metric_name, "duration", "hyperparameters", "reason"):
+    table = Table(title=f"{args.study_dir}: {study.finished_count()}/{conf.budget} finished")
+    # Evaluators and constraints come right after the objective: what a trial traded for it.
+    columns = ["#", "status", conf.objective.metric_name, *(f"{n} (vs base)" for n in conf.evaluators),
+               *(f"{m} <= {b:g}" for m, b in conf.constraints.items()), "duration", "hyperparameters", "reason"]
+    for col in columns:
         table.add_column(col, overflow="fold")
     for r in records:
         table.add_row(
             str(r.number),
             r.status,
             f"{r.value:.6g}" if r.value is not None else "",
+            *(fmt_evaluator(r.metrics, n) if r.metrics else "" for n in conf.evaluators),
+            *(_constraint_cell(r.metrics.get(m), b) for m, b in conf.constraints.items()),
             f"{r.duration_s:.1f} s" if r.duration_s is not None else "",
             fmt_params(r.params),
             r.reason or "",
@@ -279,12 +286,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _constraint_cell(value: float | None, bound: float) -> str:
+    """A constrained metric of one trial, marked when it is over the bound."""
+    if value is None:
+        return ""
+    return f"{value:.4g}" + (" (over)" if value > bound else "")
+
+
 def cmd_best(args: argparse.Namespace) -> int:
     from lorahpo.progress import fmt_params
     from lorahpo.study import Study, dump_records
 
     study = Study.load(args.study_dir)
-    front = len(study.config.objective.metric_names) > 1
+    conf = study.config
+    front = len(conf.objective.metric_names) > 1
     best = study.best(args.top or (len(study.records()) if front else 1))
     if args.json:
         print(dump_records(best))
@@ -292,18 +307,37 @@ def cmd_best(args: argparse.Namespace) -> int:
     if not best:
         print("no completed trial yet")
         return 1
-    names = study.config.objective.metric_names
+    names = conf.objective.metric_names
     if len(names) > 1:
         print(f"Pareto front of {', '.join(names)}: {len(best)} trial(s), by {names[0]}")
-    if study.config.constraints:
-        print("meeting " + ", ".join(f"{m} <= {b:g}" for m, b in study.config.constraints.items()))
     for r in best:
         values = ", ".join(f"{m} = {r.metrics[m]:.6g}" for m in names)
         print(f"trial {r.number}: {values}  {fmt_params(r.params)}")
-        extra = {k: v for k, v in r.metrics.items() if k not in names}
+        shown = set(names)
+        for name in conf.evaluators:
+            print("    " + _evaluator_line(r.metrics, name))
+            shown.update((name, f"{name}_se", f"{name}_base", f"{name}_drop"))
+        if conf.constraints:
+            # study.best() returns feasible trials only: each of them meets every constraint.
+            met = ", ".join(f"{m} = {r.metrics[m]:.4g} <= {b:g}" for m, b in conf.constraints.items())
+            print(f"    meets {met}")
+            shown.update(conf.constraints)
+        extra = {k: v for k, v in r.metrics.items() if k not in shown}
         if extra:
             print("    " + json.dumps(extra))
     return 0
+
+
+def _evaluator_line(metrics: dict[str, float], name: str) -> str:
+    """``retention 0.41 ± 0.049 (base 0.43, drop 0.02)``: the value, its standard error, the base model's value."""
+    if name not in metrics:
+        return f"{name} -"
+    text = f"{name} {metrics[name]:.4g}"
+    if f"{name}_se" in metrics:
+        text += f" ± {metrics[f'{name}_se']:.2g}"
+    if f"{name}_base" in metrics and f"{name}_drop" in metrics:
+        text += f" (base {metrics[f'{name}_base']:.4g}, drop {metrics[f'{name}_drop']:+.4g})"
+    return text
 
 
 def cmd_export(args: argparse.Namespace) -> int:

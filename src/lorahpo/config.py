@@ -125,6 +125,12 @@ class StudyConfig(_Strict):
             shared=self.storage is not None,
         )
 
+    @property
+    def evaluators(self) -> list[str]:
+        """Names of the downstream metrics each LoRA trial measures (``objective.lora.evaluate``)."""
+        lora = self.objective.lora
+        return [spec.name for spec in lora.evaluate] if lora is not None else []
+
     def constraint_values(self, metrics: dict[str, float]) -> dict[str, float]:
         """Each constraint as Optuna takes it: ``metric - bound``, met when <= 0 (a missing metric: violated)."""
         return {name: float(metrics.get(name, VIOLATED)) - bound for name, bound in self.constraints.items()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from rich.console import Console, Group
@@ -23,6 +23,23 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def fmt_evaluator(metrics: dict[str, float], name: str) -> str:
+    """An in-trial evaluator's value and its change from the base model: ``0.41 (-0.02)`` is 0.02 below it.
+
+    The change is ``-<name>_drop``: a sign that reads the right way round (scores are higher-is-better).
+    """
+    value = metrics.get(name)
+    if value is None:
+        return "-"
+    drop = metrics.get(f"{name}_drop")
+    return f"{value:.3g}" if drop is None else f"{value:.3g} ({-drop:+.3g})"
+
+
+def fmt_evaluators(metrics: dict[str, float], names: Sequence[str]) -> str:
+    """Every evaluator of a trial on one line: ``retention 0.41 (-0.02), in_domain 0.3 (+0.2)``."""
+    return ", ".join(f"{name} {fmt_evaluator(metrics, name)}" for name in names)
+
+
 class Progress:
     """Receives study events; draws a live panel on a terminal, plain lines elsewhere."""
 
@@ -33,6 +50,7 @@ class Progress:
         best: TrialRecord | None,
         direction: str,
         feasible: Callable[[dict[str, float]], bool] = lambda metrics: True,
+        evaluators: Sequence[str] = (),
     ) -> None:
         self.console = Console(stderr=True)
         self.budget = budget
@@ -41,6 +59,7 @@ class Progress:
         self.best = best
         self.direction = direction
         self.feasible = feasible  # whether a trial's metrics meet the study's constraints
+        self.evaluators = list(evaluators)  # in-trial downstream metrics, shown next to the best value
         self.running: dict[int, tuple[TrialRecord, float]] = {}
         self.durations: list[float] = []
         self._live: Live | None = None
@@ -87,7 +106,10 @@ class Progress:
     def _best_text(self) -> str:
         if self.best is None:
             return "-"
-        return f"{self.best.value:.6g} (trial {self.best.number})"
+        text = f"{self.best.value:.6g} (trial {self.best.number})"
+        if self.evaluators:
+            text += f" [{fmt_evaluators(self.best.metrics, self.evaluators)}]"
+        return text
 
     def _eta(self) -> str:
         if not self.durations:

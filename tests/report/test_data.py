@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
 from lorahpo.evaluation.store import model_key
@@ -12,9 +10,9 @@ from lorahpo.report.data import (
     axis_position,
     best_so_far,
     compare_report,
-    spearman,
     study_report,
 )
+from lorahpo.report.stats import spearman
 from lorahpo.study import Study
 
 from .conftest import FAILURE_REASON, lowest_loss
@@ -25,15 +23,6 @@ def test_best_so_far_skips_failures_and_follows_the_direction():
     assert best_so_far(values) == [None, 3.0, 3.0, 3.0, 2.5, 2.5]
     assert best_so_far(values, "maximize") == [None, 3.0, 4.0, 4.0, 4.0, 4.0]
     assert best_so_far([float("nan"), 1.0]) == [None, 1.0]
-
-
-def test_spearman_uses_ranks_and_averages_ties():
-    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
-    assert spearman([1, 2, 3, 4], [9, 1, 0, -5]) == pytest.approx(-1.0)
-    # ranks x: 1 2 3 4, y with a tie: 1 2.5 2.5 4 -> Pearson of the ranks
-    assert spearman([1, 2, 3, 4], [5, 7, 7, 9]) == pytest.approx(4.5 / math.sqrt(5 * 4.5))
-    assert spearman([1, 2], [2, 1]) is None  # too few points
-    assert spearman([1, 2, 3], [4, 4, 4]) is None  # no variation
 
 
 def test_axis_positions_follow_the_scale_of_each_parameter():

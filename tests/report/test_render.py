@@ -138,6 +138,7 @@ def test_a_study_without_downstream_results_says_how_to_get_them(plain, tmp_path
     paths = write_report(study_report(plain.directory), tmp_path / "out")
     page = Page(paths["html"].read_text())
     assert "fig-downstream_vs_loss" not in page.images and "correlations" not in page.tables
+    assert "fig-evaluators_vs_loss" not in page.images and "evaluators" not in page.tables
     assert "lorahpo evaluate" in paths["html"].read_text()
     assert not (tmp_path / "out" / "downstream_vs_loss.png").exists()
 

@@ -19,8 +19,8 @@ def add_arguments(subparsers: Any) -> None:
         "report",
         help="write a study's report (HTML, PNG plots, Markdown)",
         description="Write DIR/report/report.html (self-contained), report.md and the PNG plots: search progress, "
-        "top trials next to the baselines with downstream scores, loss against downstream scores, "
-        "hyperparameters, failures, configuration and timing.",
+        "top trials next to the baselines with downstream scores, loss against downstream scores and "
+        "against in-trial evaluators, hyperparameters, failures, configuration and timing.",
     )
     rep.add_argument("study_dir", metavar="DIR", type=Path, help="study folder")
     rep.add_argument("--out", type=Path, help="output folder (default DIR/report)")
@@ -31,7 +31,7 @@ def add_arguments(subparsers: Any) -> None:
         "compare",
         help="compare studies of the same blackbox (e.g. NOMAD against TPE)",
         description="Write compare.html, compare.md and a PNG plot: the best-so-far curves of all studies on one "
-        "plot, a table of final results and the downstream scores of each study's best trial.",
+        "plot, a table of final results and the in-trial evaluators and downstream scores of each study's best trial.",
     )
     cmp.add_argument("study_dirs", metavar="DIR", type=Path, nargs="+", help="study folders (two or more)")
     cmp.add_argument("--out", type=Path, default=Path("comparison"), help="output folder (default ./comparison)")

@@ -2,7 +2,8 @@
 
 :func:`study_report` reads one study (its store, config and downstream results) into a
 :class:`StudyReport`; :func:`compare_report` reads several into a :class:`CompareReport`. The
-helpers :func:`best_so_far`, :func:`spearman` and :func:`axis_position` are pure functions.
+helpers :func:`best_so_far` and :func:`axis_position` are pure functions; Spearman's rho is in
+:mod:`.stats`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 
 from lorahpo.evaluation.store import BASE, EvaluationStore, model_key, trial_of
 from lorahpo.result import UNFINISHED, TrialRecord
+from lorahpo.report.in_trial import EvaluatorSummary, evaluator_summaries
+from lorahpo.report.stats import spearman
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,7 @@ class StudyReport:
     objectives: list[tuple[str, str]] = field(default_factory=list)  # (metric, direction), main first
     pareto: list[TrialRecord] = field(default_factory=list)  # with several objectives: the feasible front
     infeasible: list[int] = field(default_factory=list)  # completed trials over a constraint
+    evaluators: list[EvaluatorSummary] = field(default_factory=list)  # in-trial downstream metrics
 
     @property
     def best(self) -> TrialRecord | None:
@@ -128,20 +132,6 @@ def best_so_far(values: list[float | None], direction: str = "minimize") -> list
             best = value if best is None else better(best, value)
         out.append(best)
     return out
-
-
-def spearman(xs: list[float], ys: list[float]) -> float | None:
-    """Spearman's rank correlation (ties get their average rank); None below 3 points or without variation."""
-    if len(xs) != len(ys) or len(xs) < 3:
-        return None
-    rx, ry = _ranks(xs), _ranks(ys)
-    mx, my = statistics.fmean(rx), statistics.fmean(ry)
-    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
-    vx = sum((a - mx) ** 2 for a in rx)
-    vy = sum((b - my) ** 2 for b in ry)
-    if vx == 0 or vy == 0:
-        return None
-    return cov / math.sqrt(vx * vy)
 
 
 def axis_position(param: ParamInfo, value: Any) -> float | None:
@@ -208,6 +198,7 @@ def study_report(directory: str | Path, top: int = 10) -> StudyReport:
         objectives=list(zip(conf.objective.metric_names, conf.objective.directions, strict=True)),
         pareto=study.best(len(trials)) if conf.objective.secondary else [],
         infeasible=[t.number for t in trials if t.status == "complete" and not conf.feasible(t.metrics)],
+        evaluators=evaluator_summaries(conf.evaluators, trials, conf.constraints),
     )
 
 
@@ -282,20 +273,6 @@ def _timing(trials: list[TrialRecord]) -> dict[str, Any]:
     }
 
 
-def _ranks(values: list[float]) -> list[float]:
-    order = sorted(range(len(values)), key=values.__getitem__)
-    ranks = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
-
-
 # --------------------------------------------------------------------------- comparison
 
 
@@ -325,13 +302,14 @@ class CompareReport:
     metric: str
     direction: str
     warnings: list[str]
+    evaluators: list[str] = field(default_factory=list)  # in-trial evaluators of any of the studies
 
 
 def compare_report(directories: list[str | Path]) -> CompareReport:
     """Read several study folders for :func:`lorahpo.report.render.write_compare`."""
     reports = [study_report(d, top=1) for d in directories]
     labels = _labels([Path(d) for d in directories])
-    studies, tasks = [], []
+    studies, tasks, evaluators = [], [], []
     for label, rep in zip(labels, reports, strict=True):
         best = rep.best
         reached = None
@@ -342,6 +320,7 @@ def compare_report(directories: list[str | Path]) -> CompareReport:
             model = next((m for m in rep.models if m.key == model_key(best.number)), None)
             scores = dict(model.scores) if model else {}
         tasks += [t for t in scores if t not in tasks]
+        evaluators += [e.name for e in rep.evaluators if e.name not in evaluators]
         studies.append(StudySummary(label, rep, reached, scores))
     warnings = []
     metrics = {r.metric for r in reports}
@@ -350,7 +329,7 @@ def compare_report(directories: list[str | Path]) -> CompareReport:
     identities = {_blackbox(r) for r in reports}
     if len(identities) > 1:
         warnings.append("the studies do not share one blackbox (objective or search space differ)")
-    return CompareReport(studies, tasks, reports[0].metric, reports[0].direction, warnings)
+    return CompareReport(studies, tasks, reports[0].metric, reports[0].direction, warnings, evaluators)
 
 
 def _labels(paths: list[Path]) -> list[str]:

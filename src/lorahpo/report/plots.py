@@ -252,6 +252,43 @@ def downstream_vs_loss(report: StudyReport) -> bytes | None:
     return _png(fig)
 
 
+def evaluators_vs_loss(report: StudyReport) -> bytes | None:
+    """Each in-trial evaluator against validation loss over complete trials: base model and constraint as lines."""
+    drawn = [e for e in report.evaluators if e.points]
+    if not drawn:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(drawn), figsize=(4.4 * len(drawn), 3.8), squeeze=False)
+    infeasible = set(report.infeasible)
+    best = report.best.number if report.best is not None else None
+    for ax, ev in zip(axes[0], drawn, strict=True):
+        inside = [(x, y) for n, x, y in ev.points if n not in infeasible and n != best]
+        ax.scatter([p[0] for p in inside], [p[1] for p in inside], s=24, color="#444444", alpha=0.75, label="trial")
+        over = [(x, y) for n, x, y in ev.points if n in infeasible]
+        if over:
+            ax.scatter([p[0] for p in over], [p[1] for p in over], marker="x", s=40, color=_FAILED,
+                       label="over a constraint")
+        top = [(x, y) for n, x, y in ev.points if n == best]
+        if top:
+            ax.scatter([top[0][0]], [top[0][1]], marker="*", s=140, color=_BEST, zorder=3, label="best")
+        if ev.base is not None:
+            ax.axhline(ev.base, color=_X0, ls="--", lw=1, label=f"base model {ev.base:.3f}")
+        if ev.bound is not None:
+            ax.axhline(ev.bound, color=_BEST, ls=":", lw=1.2, label=ev.constraint)
+        if ev.rho is None:
+            rho = f"n/a, {ev.missing_reason}"
+        else:
+            assert ev.ci is not None
+            rho = f"{ev.rho:+.2f}, 95% CI [{ev.ci[0]:+.2f}, {ev.ci[1]:+.2f}]"
+        ax.set_title(f"{ev.name}\nSpearman ρ = {rho} (n={len(ev.points)})", fontsize=10)
+        ax.set_xlabel("validation_loss")
+        ax.set_ylabel(ev.name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _png(fig)
+
+
 def compare_curves(compare: CompareReport) -> bytes | None:
     """The best-so-far curves of several studies on one plot."""
     curves = [(s.label, [(i, b) for i, _, _, b in s.report.curve if b is not None]) for s in compare.studies]

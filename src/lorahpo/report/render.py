@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from lorahpo.files import write_atomic
+from lorahpo.progress import fmt_evaluator
 from lorahpo.report import plots
 from lorahpo.report.data import CompareReport, StudyReport
+from lorahpo.report.stats import RESAMPLES
 from lorahpo.result import TrialRecord
 
 _CSS = """
@@ -46,6 +48,7 @@ def study_figures(report: StudyReport) -> Figures:
         "parallel_coordinates": plots.parallel_coordinates(report),
         "loss_vs_hyperparameters": plots.loss_vs_params(report),
         "downstream_vs_loss": plots.downstream_vs_loss(report),
+        "evaluators_vs_loss": plots.evaluators_vs_loss(report),
         "pareto_front": plots.pareto_front(report),
     }
 
@@ -150,6 +153,25 @@ def correlation_table(report: StudyReport) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def evaluator_table(report: StudyReport) -> tuple[list[str], list[list[str]]]:
+    """One row per in-trial evaluator: base model, best trial, constraint, rho of loss against it and its interval."""
+    best = report.best
+    header = ["evaluator", "trials (n)", "base model", f"best (trial {best.number})" if best else "best",
+              "constraint", "Spearman ρ (loss, value)", "95% CI"]
+    rows = []
+    for ev in report.evaluators:
+        ci = f"[{ev.ci[0]:+.2f}, {ev.ci[1]:+.2f}]" if ev.ci is not None else ""
+        rows.append([ev.name, str(len(ev.points)), fmt_score(ev.base), fmt_evaluator(best.metrics, ev.name) if best else "",
+                     ev.constraint or "", fmt_rho(ev.rho, ev.missing_reason), ci])
+    return header, rows
+
+
+#: How :func:`evaluator_table` computed its interval, said under it.
+EVALUATOR_NOTE = (f"ρ over the complete trials; 95% percentile bootstrap interval over {RESAMPLES} resamples of "
+                  "the trials (fixed seed). In brackets: the change from the base model. A negative ρ means "
+                  "a lower validation loss went with a higher value.")
+
+
 def failure_table(report: StudyReport) -> tuple[list[str], list[list[str]]]:
     params = [p.name for p in report.params]
     header = ["trial", "status", "reason", *params]
@@ -179,14 +201,17 @@ def _params_text(params: dict[str, Any]) -> str:
 
 def compare_table(compare: CompareReport) -> tuple[list[str], list[list[str]]]:
     header = ["study", "optimizer", "seed", "evaluations", "failures", f"best {compare.metric}", "best trial",
-              "found at evaluation", "best hyperparameters", *compare.tasks]
+              "found at evaluation", *(f"{n} (vs base)" for n in compare.evaluators), "best hyperparameters",
+              *compare.tasks]
     rows = []
     for s in compare.studies:
         r, best = s.report, s.report.best
         rows.append([
             s.label, r.optimizer, str(r.seed), f"{len(r.finished)}/{r.budget}", str(len(r.failures)),
             fmt_loss(best.value if best else None), str(best.number) if best else "",
-            str(s.reached_best_at or ""), _params_text(best.params if best else {}),
+            str(s.reached_best_at or ""),
+            *(fmt_evaluator(best.metrics, n) if best else "" for n in compare.evaluators),
+            _params_text(best.params if best else {}),
             *[fmt_score(s.best_scores.get(t)) for t in compare.tasks],
         ])
     return header, rows
@@ -219,6 +244,12 @@ def study_html(report: StudyReport, figures: Figures) -> str:
     else:
         command = f"lorahpo evaluate {report.directory}"
         parts.append(f"<p>No downstream results yet: run <code>{_e(command)}</code>.</p>")
+    if report.evaluators:
+        parts.append("<h2>Validation loss against in-trial downstream metrics</h2>")
+        parts.append(_img(figures, "evaluators_vs_loss", "each in-trial evaluator against validation loss"))
+        header, evaluated = evaluator_table(report)
+        parts.append(_table("evaluators", header, evaluated))
+        parts.append(f'<p class="note">{_e(EVALUATOR_NOTE)}</p>')
     parts += [
         "<h2>Hyperparameters</h2>",
         _img(figures, "parallel_coordinates", "parallel coordinates of hyperparameters coloured by loss"),
@@ -326,6 +357,11 @@ def study_markdown(report: StudyReport, files: dict[str, str]) -> str:
         lines += _md_image(files, "downstream_vs_loss", "downstream against loss")
         header, corr = correlation_table(report)
         lines += [*_md_table(header, corr), ""]
+    if report.evaluators:
+        lines += ["## Validation loss against in-trial downstream metrics", ""]
+        lines += _md_image(files, "evaluators_vs_loss", "in-trial evaluators against loss")
+        header, evaluated = evaluator_table(report)
+        lines += [*_md_table(header, evaluated), "", EVALUATOR_NOTE, ""]
     lines += ["## Hyperparameters", ""]
     lines += _md_image(files, "parallel_coordinates", "parallel coordinates")
     lines += _md_image(files, "loss_vs_hyperparameters", "loss against each hyperparameter")
