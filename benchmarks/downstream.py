@@ -35,11 +35,10 @@ import os
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _machine import machine
@@ -49,7 +48,8 @@ from lorahpo import config as cfg
 from lorahpo.cache import cache_dir
 from lorahpo.cli import default_config_path
 from lorahpo.executors.replay import Blackbox, Measurement, Measurements, ReplayExecutor, Stop, config_key
-from lorahpo.study import TrialRecord
+from lorahpo.report import stats
+from lorahpo.result import TrialRecord
 
 RESULTS = Path(__file__).parent / "results"
 ARMS = ("loss", "guarded", "front")
@@ -97,7 +97,10 @@ def design_points(conf: cfg.StudyConfig, n: int, seed: int = 0) -> list[dict[str
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(sampler=optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed)
+    study = optuna.create_study(sampler=sampler)
     dists = conf.space.distributions()
     points = []
     for _ in range(n):
@@ -200,32 +203,10 @@ def run_arm(arm: str, seed: int, args: argparse.Namespace, cache: Measurements, 
 # ------------------------------------------------------------------ statistics
 
 
-def ranks(x: Sequence[float]) -> np.ndarray:
-    """Ranks from 1, ties sharing their average rank."""
-    a = np.asarray(x, dtype=float)
-    order = np.argsort(a, kind="mergesort")
-    r = np.empty(len(a))
-    r[order] = np.arange(1, len(a) + 1)
-    for value in np.unique(a):
-        tied = a == value
-        r[tied] = r[tied].mean()
-    return r
-
-
-def spearman(x: Sequence[float], y: Sequence[float], resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
-    """Spearman's rho and its bootstrap 95% percentile interval (pairs resampled)."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-
-    def rho(i: np.ndarray) -> float:
-        rx, ry = ranks(x[i]), ranks(y[i])
-        if rx.std() == 0 or ry.std() == 0:
-            return math.nan
-        return float(np.corrcoef(rx, ry)[0, 1])
-
-    rng = np.random.default_rng(seed)
-    boot = np.array([rho(rng.integers(0, len(x), len(x))) for _ in range(resamples)])
-    boot = boot[~np.isnan(boot)]
-    return {"rho": rho(np.arange(len(x))), "ci": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))], "n": len(x)}
+def spearman(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
+    """Spearman's rho and its bootstrap 95% interval (the report's: pairs resampled, fixed seed)."""
+    ci = stats.spearman_ci(x, y)
+    return {"rho": stats.spearman(x, y), "ci": list(ci) if ci else None, "n": len(x)}
 
 
 def summarize_arms(arms: dict[str, list[dict[str, Any]]], base: dict[str, Any]) -> dict[str, Any]:
@@ -265,7 +246,8 @@ def markdown(result: dict[str, Any]) -> str:
         "|---|---|---|---|",
     ]
     for metric, s in result["spearman"].items():
-        lines.append(f"| {metric} | {s['rho']:.2f} | [{s['ci'][0]:.2f}, {s['ci'][1]:.2f}] | {s['n']} |")
+        ci = f"[{s['ci'][0]:.2f}, {s['ci'][1]:.2f}]" if s["ci"] else "-"
+        lines.append(f"| {metric} | {_fmt(s['rho'])} | {ci} | {s['n']} |")
     lines += ["", "## Chosen adapters by arm (NOMAD, budget "
               f"{result['config']['budget']}, bound retention_drop <= {result['config']['bound']})", "",
               "| arm | seed | validation loss | retention | bbh-bigbench ± se |", "|---|---|---|---|---|"]

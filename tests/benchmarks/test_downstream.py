@@ -1,7 +1,6 @@
 """benchmarks/downstream.py on a synthetic blackbox: the design, the three arms, the JSON, and replay."""
 
 import json
-import math
 
 import pytest
 
@@ -66,11 +65,7 @@ def test_the_benchmark_writes_its_results_and_replays_them(bench, tmp_path):
     assert len((tmp_path / "cache.jsonl").read_text().splitlines()) == measured
 
 
-def test_spearman_matches_the_textbook_formula(bench):
-    x = [1.0, 2.0, 3.0, 4.0, 5.0]
-    y = [2.0, 1.0, 4.0, 3.0, 5.0]
-    out = bench.spearman(x, y, resamples=500)
+def test_spearman_is_the_reports(bench):
+    out = bench.spearman([1.0, 2.0, 3.0, 4.0, 5.0], [2.0, 1.0, 4.0, 3.0, 5.0])
     assert out["rho"] == pytest.approx(1 - 6 * 4 / (5 * 24))  # rank differences -1, 1, -1, 1, 0
     assert out["n"] == 5 and out["ci"][0] <= out["rho"] <= out["ci"][1]
-    assert list(bench.ranks([3.0, 1.0, 3.0, 2.0])) == [3.5, 1.0, 3.5, 2.0]  # ties share their mean rank
-    assert math.isclose(bench.spearman([1, 2, 3], [3, 2, 1], resamples=10)["rho"], -1.0)
