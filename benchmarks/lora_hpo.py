@@ -194,7 +194,9 @@ def run_search(
             fresh = point is None
             if point is None:
                 if blackbox is None:
-                    raise LookupError(f"{conf.optimizer} seed {conf.seed}: point {number} {trial.params} was never measured")
+                    raise LookupError(
+                        f"{conf.optimizer} seed {conf.seed}: point {number} {trial.params} was never measured"
+                    )
                 cache.add({"key": key, "params": trial.params, **blackbox(tc), "measured_at": machine()})
                 point = cache.get(key)  # the first measurement, should another process have made one too
                 assert point is not None
@@ -303,9 +305,11 @@ def markdown(result: dict[str, Any]) -> str:
         g = row["gain_over_x0"]
         gain = "-" if g is None else f"{g[1]:.4f} [{g[0]:.4f}, {g[2]:.4f}]"
         lines.append(
-            f"| {row['optimizer']} | " + " | ".join(cells) + f" | {gain} | {row['failed']}/{row['evaluations']} | {row['wall_s'] / 60:.1f} min |"
+            f"| {row['optimizer']} | " + " | ".join(cells)
+            + f" | {gain} | {row['failed']}/{row['evaluations']} | {row['wall_s'] / 60:.1f} min |"
         )
-    lines += ["", f"Starting point (x0) validation loss: {result['summary'][0]['x0']:.4f}." if result["summary"] else ""]
+    x0_line = f"Starting point (x0) validation loss: {result['summary'][0]['x0']:.4f}." if result["summary"] else ""
+    lines += ["", x0_line]
     cache = result["cache"]
     lines += [
         "",

@@ -1,5 +1,6 @@
 """Early stopping: trials report intermediate values, pruners stop the unpromising ones at once."""
 
+import itertools
 import math
 
 import optuna
@@ -71,7 +72,8 @@ def test_nomad_with_pruning_still_reaches_the_optimum():
     results = {}
     for pruner in ("none", "median"):
         sampler = NomadSampler(dists, x0={"x": 5, "y": -4}, seed=1)
-        study = optuna.create_study(sampler=sampler, pruner=make_pruner(pruner, {"n_startup_trials": 3}) if pruner != "none" else None)
+        stopper = make_pruner(pruner, {"n_startup_trials": 3}) if pruner != "none" else None
+        study = optuna.create_study(sampler=sampler, pruner=stopper)
 
         def objective(trial):
             params = {"x": trial.suggest_int("x", -6, 6), "y": trial.suggest_int("y", -6, 6)}
@@ -125,5 +127,5 @@ def test_learning_curve_ends_at_its_known_value():
     seen = []
     value = toys.learning_curve({"x": 1, "y": 2}, lambda s, v: seen.append((s, v)) or False)
     assert value == pytest.approx(6.25) and len(seen) == STEPS and seen[-1] == (STEPS, value)
-    assert all(a[1] > b[1] for a, b in zip(seen, seen[1:]))
+    assert all(a[1] > b[1] for a, b in itertools.pairwise(seen))
     assert math.isclose(toys.learning_curve({"x": 0, "y": 0, "steps": 2}), 2.0)

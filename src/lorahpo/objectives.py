@@ -45,7 +45,8 @@ class ObjectiveSpec(BaseModel):
     direction: Literal["minimize", "maximize"] = Field("minimize", description="Minimise or maximise the metric.")
     secondary: dict[str, Literal["minimize", "maximize"]] = Field(
         default_factory=dict,
-        description="Further objectives, metric: direction (e.g. `{trainable_params: minimize}`): a multi-objective study.",
+        description="Further objectives, metric: direction (e.g. `{trainable_params: minimize}`): "
+        "a multi-objective study.",
     )
 
     @model_validator(mode="after")

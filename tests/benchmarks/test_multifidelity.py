@@ -35,7 +35,8 @@ def curves(calls):
 
 
 def test_arms_share_a_token_budget_and_replay_exactly(bench, tmp_path):
-    args = ["--seeds", "0", "1", "--full-budget", "6", "--cache", str(tmp_path / "c.jsonl"), "--out", str(tmp_path / "r.json")]
+    args = ["--seeds", "0", "1", "--full-budget", "6",
+            "--cache", str(tmp_path / "c.jsonl"), "--out", str(tmp_path / "r.json")]
     calls = []
     result = bench.main(args, blackbox=curves(calls))
     budget = 6 * STEPS * TOKENS_PER_STEP
@@ -79,7 +80,8 @@ def test_arms_share_a_token_budget_and_replay_exactly(bench, tmp_path):
     # Without pruning, a stopped configuration has to be trained further: replay alone refuses.
     with pytest.raises(LookupError, match="not measured far enough"):
         bench.main([*args, "--arms", "nomad-full", "tpe-asha", "--seeds", "5", "--replay"], blackbox=None)
-    assert "| nomad-asha |" in (tmp_path / "r.md").read_text() and "| arm | 10% | 20% |" in (tmp_path / "r.md").read_text()
+    table = (tmp_path / "r.md").read_text()
+    assert "| nomad-asha |" in table and "| arm | 10% | 20% |" in table
     assert (tmp_path / "r.png").stat().st_size > 10_000
 
 

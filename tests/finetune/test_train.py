@@ -13,7 +13,6 @@ from lorahpo.finetune.data import Example
 from lorahpo.finetune.train import METRIC_KEYS, Batch, length_grouped, resolve_precision, response_loss_sum, run_trial
 from lorahpo.result import TrialResult
 
-
 # The tiny data has 38 training examples: 10 batches of 4, so 10 optimizer steps per epoch.
 STEPS_PER_EPOCH = 10
 

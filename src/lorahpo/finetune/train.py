@@ -215,10 +215,7 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
     times slower than fp32, so ``auto`` keeps fp32 there.
     """
     if name == "auto":
-        if device.type == "cuda":
-            fast = torch.cuda.is_bf16_supported()
-        else:
-            fast = device.type == "cpu" and _cpu_has_bf16()
+        fast = torch.cuda.is_bf16_supported() if device.type == "cuda" else device.type == "cpu" and _cpu_has_bf16()
         name = "bf16" if fast else "fp32"
     return Precision(name, {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name])
 
@@ -341,7 +338,8 @@ def fit(
         _log(log, step=step, loss=step_loss / targets, lr=lr, tokens=tokens)
         if step % print_every == 0 or step == total_steps:
             _say(
-                f"step {step}/{total_steps} loss {step_loss / targets:.4f} lr {lr:.2e} tokens/s {tokens / train_time:.0f}"
+                f"step {step}/{total_steps} loss {step_loss / targets:.4f} lr {lr:.2e} "
+                f"tokens/s {tokens / train_time:.0f}"
             )
         if step % eval_every == 0 or step == total_steps:
             value = validate(model, setup.validation, setup, eval_batch_size(cfg))
@@ -401,7 +399,8 @@ def _untrained_loss_file(config: LoraTrialConfig, setup: Setup, trial_dir: Path 
     if trial_dir is None:
         return None
     key = hashlib.sha256()
-    what = [config.model.model_dump(mode="json"), setup.precision.name, setup.device.type, eval_batch_size(config.training)]
+    what = [config.model.model_dump(mode="json"), setup.precision.name, setup.device.type,
+            eval_batch_size(config.training)]
     key.update(json.dumps([what, torch.__version__], sort_keys=True).encode())
     for example in setup.validation:
         key.update(json.dumps([example.input_ids, example.labels]).encode())

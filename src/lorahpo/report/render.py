@@ -200,7 +200,8 @@ def study_html(report: StudyReport, figures: Figures) -> str:
     if report.pareto:
         names = " and ".join(m for m, _ in report.objectives)
         parts += ["<h2>Pareto front</h2>",
-                  f'<p class="note">{len(report.pareto)} trial(s) no other feasible trial beats in both {_e(names)}.</p>',
+                  f'<p class="note">{len(report.pareto)} trial(s) no other feasible trial beats '
+                  f'in both {_e(names)}.</p>',
                   _img(figures, "pareto_front", "Pareto front of the first two objectives")]
     parts.append("<h2>Top trials and baselines</h2>")
     parts.append('<p class="note">base: the base model without adapter; x0: the starting point (default LoRA); '

@@ -28,7 +28,6 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lorahpo.samplers.nomad import INTERRUPTED_ATTR
 
-
 #: System attribute of a trial: its index (see the module's docstring).
 INDEX_ATTR = "lorahpo:seed_index"
 
