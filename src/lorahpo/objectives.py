@@ -74,7 +74,7 @@ class ObjectiveSpec(BaseModel):
         return [self.metric_name, *self.secondary]
 
     @property
-    def directions(self) -> list[str]:
+    def directions(self) -> list[Literal["minimize", "maximize"]]:
         return [self.direction, *self.secondary.values()]
 
 

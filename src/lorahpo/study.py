@@ -22,6 +22,7 @@ from typing import Any
 import optuna
 import yaml
 from optuna.samplers import BaseSampler
+from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from lorahpo import config as cfg
@@ -157,13 +158,17 @@ class Study:
         return self._optuna
 
     def _open_storage(self) -> optuna.storages.RDBStorage:
-        heartbeat = {"heartbeat_interval": HEARTBEAT_S, "grace_period": GRACE_S} if self.shared else {}
         engine = {"connect_args": {"timeout": 60}} if self.storage_url.startswith("sqlite") else {}
         for attempt in range(5):
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats
-                    return optuna.storages.RDBStorage(self.storage_url, engine_kwargs=engine, **heartbeat)
+                    return optuna.storages.RDBStorage(
+                        self.storage_url,
+                        engine_kwargs=engine,
+                        heartbeat_interval=HEARTBEAT_S if self.shared else None,
+                        grace_period=GRACE_S if self.shared else None,
+                    )
             except Exception:  # workers starting together race to create the tables: the loser retries
                 if attempt == 4 or not self.shared:
                     raise
@@ -260,7 +265,7 @@ class Study:
                         warnings.filterwarnings("ignore", message="Heartbeat of storage")
                         trial = study.ask(dists)
                     if self.shared:
-                        study._storage.record_heartbeat(trial._trial_id)
+                        _heartbeats(study).record_heartbeat(trial._trial_id)
                         if self._surplus(trial):
                             break
                     task = TrialTask(
@@ -342,14 +347,14 @@ class Study:
 
     def _keep_alive(self, trials: Any) -> None:
         """Mark this process's running trials alive; interrupt trials of processes that died."""
-        storage = self.optuna_study._storage
+        storage = _heartbeats(self.optuna_study)
         for trial in trials:
             storage.record_heartbeat(trial._trial_id)
         self._interrupt_stale()
 
     def _interrupt_stale(self) -> None:
         study = self.optuna_study
-        self._interrupt(study._storage._get_stale_trial_ids(study._study_id))
+        self._interrupt(_heartbeats(study)._get_stale_trial_ids(study._study_id))
 
     def _interrupt(self, trial_ids: list[int]) -> None:
         """Record running trials that can never finish (their process is gone) as interrupted."""
@@ -408,6 +413,13 @@ class Study:
                 shutil.rmtree(adapter)
 
 
+def _heartbeats(study: optuna.Study) -> BaseHeartbeat:
+    """The study's storage, which keeps heartbeats: an RDB storage (Optuna wraps it in a cache)."""
+    storage = study._storage
+    assert isinstance(storage, BaseHeartbeat)
+    return storage
+
+
 def _dominates(a: list[float], b: list[float]) -> bool:
     """Whether costs ``a`` are nowhere worse than ``b`` and somewhere better (minimisation)."""
     return all(x <= y for x, y in zip(a, b, strict=True)) and any(x < y for x, y in zip(a, b, strict=True))
@@ -442,6 +454,7 @@ def resolve_model_spec(study_dir: str | Path, name: str) -> tuple[Any, Path | No
         raise cfg.ConfigError(f"{study_dir} is not a LoRA study: it has no models")
     if name == "base":
         return lora.model, None
+    record: TrialRecord | None
     if name == "best":
         best = study.best(1)
         if not best:

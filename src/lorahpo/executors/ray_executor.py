@@ -14,6 +14,7 @@ to ``max_retries`` times, then recorded as failed; the study goes on.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import tarfile
 import tempfile
@@ -60,7 +61,7 @@ class RayExecutor:
                 runtime_env=options.runtime_env or None,
                 include_dashboard=False,
                 log_to_driver=False,
-                logging_level="warning",
+                logging_level=logging.WARNING,
             )
         self._remote = ray.remote(run_on_node).options(
             name=TASK_NAME,

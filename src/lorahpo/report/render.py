@@ -233,10 +233,10 @@ def study_html(report: StudyReport, figures: Figures) -> str:
     parts.append(_table("timing", ["", ""], [list(r) for r in timing_table(report)], show_header=False))
     parts.append(f'<pre id="config">{_e(report.config_yaml)}</pre>')
     parts.append("<details><summary>All evaluations</summary>")
-    names = [p.name for p in report.params]
+    param_names = [p.name for p in report.params]
     every = [[str(t.number), t.status, fmt_loss(t.value), fmt_seconds(t.duration_s),
-              *[fmt_number(t.params.get(n)) for n in names], t.reason or ""] for t in report.trials]
-    header = ["trial", "status", report.metric, "duration", *names, "reason"]
+              *[fmt_number(t.params.get(n)) for n in param_names], t.reason or ""] for t in report.trials]
+    header = ["trial", "status", report.metric, "duration", *param_names, "reason"]
     parts.append(_table("all-trials", header, every))
     parts.append("</details>")
     title = f"lorahpo report: {report.name}" + (f" (best {fmt_loss(best.value)})" if best else "")
