@@ -124,7 +124,8 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         rows.append(row)
     report = {"benchmark": "adapter_cast", "device": str(device), "machine": machine(),
-              "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
+              "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                           "peft": peft.__version__},
               "runs": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")

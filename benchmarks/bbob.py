@@ -140,7 +140,7 @@ class Objective:
         ints = self.problem.number_of_integer_variables
         self.distributions: dict[str, BaseDistribution] = {
             f"x{i}": IntDistribution(int(lo), int(hi)) if i < ints else FloatDistribution(float(lo), float(hi))
-            for i, (lo, hi) in enumerate(zip(self.problem.lower_bounds, self.problem.upper_bounds))
+            for i, (lo, hi) in enumerate(zip(self.problem.lower_bounds, self.problem.upper_bounds, strict=True))
         }
 
     def __call__(self, x: Sequence[float]) -> float:
@@ -232,7 +232,7 @@ def run_native(sampler: NomadSampler, objective: Objective, budget: int) -> Run:
 
         def blackbox(point: Any) -> int:
             coords = tuple(point.get_coord(i) for i in range(point.size()))
-            value = objective([space.decode(d, c) for d, c in zip(dists, coords)])
+            value = objective([space.decode(d, c) for d, c in zip(dists, coords, strict=True)])
             point.setBBO(repr(value).encode())
             send.send((coords, value))
             return 1
@@ -303,7 +303,8 @@ def run_job(job: Job) -> dict[str, Any]:
     }
     if "nomad" in runs and "native" in runs:
         native, sampled = runs["native"].points, runs["nomad"].points
-        same = next((i for i, (a, b) in enumerate(zip(native, sampled)) if a != b), min(len(native), len(sampled)))
+        same = next((i for i, (a, b) in enumerate(zip(native, sampled, strict=False)) if a != b),
+                    min(len(native), len(sampled)))
         record["nomad_vs_native"] = {"native_evaluations": len(native), "identical_prefix": same}
     record["seconds"] = round(time.perf_counter() - start, 3)
     return record
@@ -334,7 +335,7 @@ def summarize(records: Sequence[dict[str, Any]], config: dict[str, Any]) -> list
     cells: dict[tuple[str, int, int, str, str], list[float | None]] = {}
     for rec in records:
         for name, run in rec["runs"].items():
-            for multiple, gap in zip(config["budgets"], run["gaps"]):
+            for multiple, gap in zip(config["budgets"], run["gaps"], strict=True):
                 for group in (group_of(rec["function"]), "all"):
                     cells.setdefault((rec["suite"], rec["dim"], multiple, name, group), []).append(gap)
     rows = []

@@ -48,7 +48,9 @@ SPACE = {
 }
 
 
-def run_one(optimizer: str, executor: str, k: int, budget: int, sleep: float, ray_address: str | None) -> dict[str, Any]:
+def run_one(
+    optimizer: str, executor: str, k: int, budget: int, sleep: float, ray_address: str | None
+) -> dict[str, Any]:
     data: dict[str, Any] = {
         "name": "parallel",
         "optimizer": optimizer,
@@ -106,7 +108,8 @@ def main() -> None:
         for executor in args.executors:
             for k in args.workers:
                 run = run_one(optimizer, executor, k, args.budget, args.sleep, ray_address)
-                base = next((r for r in runs if (r["optimizer"], r["executor"], r["workers"]) == (optimizer, executor, 1)), None)
+                base = next((r for r in runs
+                             if (r["optimizer"], r["executor"], r["workers"]) == (optimizer, executor, 1)), None)
                 run["efficiency"] = round(base["wall_s"] / (k * run["wall_s"]), 3) if base else None
                 runs.append(run)
                 print(json.dumps(run), flush=True)

@@ -215,7 +215,8 @@ def main() -> None:
     }
 
     print(
-        f"\n{'variant':<10} {'steps':>5} {'tokens':>7} {'wall_s':>7} {'tok/s':>6} {'cpu_s':>7} {'tok/cpu_s':>9} {'pad eff':>7}"
+        f"\n{'variant':<10} {'steps':>5} {'tokens':>7} {'wall_s':>7} {'tok/s':>6} {'cpu_s':>7} "
+        f"{'tok/cpu_s':>9} {'pad eff':>7}"
     )
     for name, r in results.items():
         print(

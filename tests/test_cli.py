@@ -75,21 +75,32 @@ BAD_CONFIGS = {
     "wrong_type": (_with(budget="many"), "budget: Input should be a valid integer"),
     "zero_budget": (_with(budget=0), "budget: Input should be greater than or equal to 1"),
     "low_above_high": (_with(space={"params": {"x": {"type": "real", "low": 2, "high": 1}}}), "low (2.0) > high (1.0)"),
-    "x0_outside": (_with(space={"params": {"x": {"type": "int", "low": 0, "high": 5, "x0": 9}}}), "x0 9 is outside [0.0, 5.0]"),
-    "x0_not_a_choice": (_with(space={"params": {"r": {"type": "choice", "values": [4, 8], "x0": 5}}}), "x0 5 is not one of the values"),
+    "x0_outside": (_with(space={"params": {"x": {"type": "int", "low": 0, "high": 5, "x0": 9}}}),
+                   "x0 9 is outside [0.0, 5.0]"),
+    "x0_not_a_choice": (_with(space={"params": {"r": {"type": "choice", "values": [4, 8], "x0": 5}}}),
+                        "x0 5 is not one of the values"),
     "unknown_optimizer": (_with(optimizer="simulated-annealing"), "unknown optimizer 'simulated-annealing'"),
     "bad_import_path": (_with(optimizer="no.such.Sampler"), "cannot import optimizer 'no.such.Sampler'"),
-    "unknown_param_type": (_with(space={"params": {"x": {"type": "float", "low": 0, "high": 1}}}), "space.params.x.type"),
-    "log_nonpositive": (_with(space={"params": {"x": {"type": "real", "low": 0, "high": 1, "log": True}}}), "log scale needs low > 0"),
+    "unknown_param_type": (_with(space={"params": {"x": {"type": "float", "low": 0, "high": 1}}}),
+                           "space.params.x.type"),
+    "log_nonpositive": (_with(space={"params": {"x": {"type": "real", "low": 0, "high": 1, "log": True}}}),
+                        "log scale needs low > 0"),
     "empty_space": (_with(space={}), "give a `preset` or at least one parameter"),
     "unknown_preset": (_with(space={"preset": "best"}), "space.preset"),
-    "two_objectives": (_with(objective={"python": "a:b", "command": "x"}), "give exactly one of python, command or lora"),
+    "two_objectives": (_with(objective={"python": "a:b", "command": "x"}),
+                       "give exactly one of python, command or lora"),
     "no_objective": (_with(objective={}), "give exactly one of python, command or lora (got none)"),
-    "python_not_module_function": (_with(objective={"python": "lorahpo.toys.sphere"}), "python must look like `module:function`"),
-    "lora_unknown_field": (_with(objective={"lora": {"training": {"learnin_rate": 1e-4}}}), "objective.lora.training.learnin_rate: unknown key"),
-    "lora_bad_batch": (_with(objective={"lora": {"training": {"batch_size": 3, "effective_batch_size": 8}}}), "must be a multiple of batch_size"),
-    "lora_space_not_tunable": (_with(objective={"lora": {}}, space={"params": {"colour": {"type": "int", "low": 0, "high": 1}}}), "not LoRA trial hyperparameters"),
-    "choice_without_values": (_with(space={"params": {"r": {"type": "choice"}}}), "a choice needs a non-empty `values` list"),
+    "python_not_module_function": (_with(objective={"python": "lorahpo.toys.sphere"}),
+                                   "python must look like `module:function`"),
+    "lora_unknown_field": (_with(objective={"lora": {"training": {"learnin_rate": 1e-4}}}),
+                           "objective.lora.training.learnin_rate: unknown key"),
+    "lora_bad_batch": (_with(objective={"lora": {"training": {"batch_size": 3, "effective_batch_size": 8}}}),
+                       "must be a multiple of batch_size"),
+    "lora_space_not_tunable": (_with(objective={"lora": {}},
+                                     space={"params": {"colour": {"type": "int", "low": 0, "high": 1}}}),
+                               "not LoRA trial hyperparameters"),
+    "choice_without_values": (_with(space={"params": {"r": {"type": "choice"}}}),
+                              "a choice needs a non-empty `values` list"),
     "negative_parallel": (_with(parallel=-1), "parallel: Input should be greater than or equal to 1"),
     "not_a_mapping": ("- just\n- a list\n", "expected a mapping of settings"),
     "bad_yaml": ("budget: [1, 2\n", "not valid YAML"),
@@ -110,7 +121,8 @@ def test_bad_config_is_one_line_exit_2_and_writes_nothing(tmp_path, name):
 
 def test_missing_config_file(tmp_path):
     proc = lorahpo("tune", tmp_path / "nope.yaml")
-    assert proc.returncode == 2 and proc.stderr.strip() == f"lorahpo: error: config file not found: {tmp_path / 'nope.yaml'}"
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"lorahpo: error: config file not found: {tmp_path / 'nope.yaml'}"
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,9 @@ def test_config_reference_is_up_to_date():
     assert (ROOT / "docs" / "config.md").read_text() == reference(), "run: python -m lorahpo.docs > docs/config.md"
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.yaml")) + [default_config_path()], ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted((ROOT / "examples").glob("*.yaml")) + [default_config_path()], ids=lambda p: p.name
+)
 def test_every_shipped_config_is_valid(path):
     cfg.load(path)  # raises ConfigError on anything the config validation refuses
     if path != default_config_path():  # an example starts with the command that runs it

@@ -77,7 +77,8 @@ def test_nomad_with_pruning_still_reaches_the_optimum():
     results = {}
     for pruner in ("none", "median"):
         sampler = NomadSampler(dists, x0={"x": 5, "y": -4}, seed=1)
-        study = optuna.create_study(sampler=sampler, pruner=make_pruner(pruner, {"n_startup_trials": 3}) if pruner != "none" else None)
+        stopper = make_pruner(pruner, {"n_startup_trials": 3}) if pruner != "none" else None
+        study = optuna.create_study(sampler=sampler, pruner=stopper)
 
         def objective(trial):
             params = {"x": trial.suggest_int("x", -6, 6), "y": trial.suggest_int("y", -6, 6)}

@@ -24,7 +24,7 @@ from lorahpo.space import PRESETS, ParamSpec, SpaceSpec
 )
 def test_encode_decode_round_trip(dist, values, encoded):
     var = space.nomad_variable(dist)
-    for value, x in zip(values, encoded):
+    for value, x in zip(values, encoded, strict=True):
         assert space.encode(dist, value) == pytest.approx(x)
         assert var.lower <= x <= var.upper
         back = space.decode(dist, space.encode(dist, value))
@@ -49,7 +49,8 @@ def test_decode_clips_and_rounds_into_the_distribution():
 def test_nomad_types_of_the_paper_space():
     dists = SpaceSpec(preset="paper").distributions()
     assert [space.nomad_variable(d).type for d in dists.values()] == ["I", "I", "I", "R"]
-    assert [(v.lower, v.upper) for v in map(space.nomad_variable, dists.values())] == [(1, 6), (1, 6), (1, 64), (-6, -3)]
+    bounds = [(v.lower, v.upper) for v in map(space.nomad_variable, dists.values())]
+    assert bounds == [(1, 6), (1, 6), (1, 64), (-6, -3)]
 
 
 def test_paper_preset_is_the_papers_space_and_x0():

@@ -93,7 +93,8 @@ def test_timeout_kills_the_trial_and_is_recorded(tmp_path, objectives_module):
 
 
 def test_command_objective_receives_params_and_reports_metrics(tmp_path, objectives_module):
-    cmd = f"{sys.executable} -c \"import json,os,sys; p=json.load(sys.stdin); e=json.loads(os.environ['LORAHPO_PARAMS']); " \
+    cmd = f"{sys.executable} -c \"import json,os,sys; p=json.load(sys.stdin); " \
+          "e=json.loads(os.environ['LORAHPO_PARAMS']); " \
           "assert p == e; print('noise'); print(json.dumps({'loss': (p['x']-1)**2 + p['y']**2, 'other': 1}))\""
     conf = make_config({"command": cmd, "metric": "loss"}, budget=4)
     study = Study.open(tmp_path / "s", conf)

@@ -68,7 +68,8 @@ def _current_pip() -> list[str]:
 
 def _fallback_pip(tmp: Path) -> list[str] | None:
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d", str(tmp), _FALLBACK_PIP],
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+         "-d", str(tmp), _FALLBACK_PIP],
         capture_output=True,
         text=True,
     )

@@ -20,10 +20,7 @@ errors. This page is generated from the code (`python -m lorahpo.docs > docs/con
 def _default(field: Any) -> str:
     if field.is_required():
         return "*required*"
-    if field.default_factory is not None:
-        value = field.default_factory()
-    else:
-        value = field.default
+    value = field.default_factory() if field.default_factory is not None else field.default
     if isinstance(value, BaseModel):
         return "see below"
     return f"`{json.dumps(value)}`"

@@ -41,7 +41,8 @@ class ObjectiveSpec(BaseModel):
     direction: Literal["minimize", "maximize"] = Field("minimize", description="Minimise or maximise the metric.")
     secondary: dict[str, Literal["minimize", "maximize"]] = Field(
         default_factory=dict,
-        description="Further objectives, metric: direction (e.g. `{trainable_params: minimize}`): a multi-objective study.",
+        description="Further objectives, metric: direction (e.g. `{trainable_params: minimize}`): "
+        "a multi-objective study.",
     )
 
     @model_validator(mode="after")
@@ -69,7 +70,7 @@ class ObjectiveSpec(BaseModel):
         return [self.metric_name, *self.secondary]
 
     @property
-    def directions(self) -> list[str]:
+    def directions(self) -> list[Literal["minimize", "maximize"]]:
         return [self.direction, *self.secondary.values()]
 
 

@@ -91,7 +91,9 @@ class SpaceSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    preset: Literal["paper", "default"] | None = Field(None, description="paper or default (see the README and lorahpo/space.py).")
+    preset: Literal["paper", "default"] | None = Field(
+        None, description="paper or default (see the README and lorahpo/space.py)."
+    )
     params: dict[str, ParamSpec] = Field(default_factory=dict, description="Parameters by name.")
 
     @model_validator(mode="after")

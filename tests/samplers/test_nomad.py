@@ -5,8 +5,8 @@ import os
 import warnings
 
 import optuna
-import pytest
 import PyNomad
+import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
@@ -273,7 +273,10 @@ def test_bad_arguments(kwargs, message):
 def test_a_multi_objective_study_runs_dmultimads():
     sampler = NomadSampler(MIXED, x0=X0)
     study = optuna.create_study(directions=["minimize", "maximize"], sampler=sampler)
-    study.optimize(lambda t: (t.suggest_int("a", 0, 10), t.suggest_float("b", -2.0, 2.0) + t.suggest_float("c", -3.0, 3.0)), n_trials=5)
+    study.optimize(
+        lambda t: (t.suggest_int("a", 0, 10), t.suggest_float("b", -2.0, 2.0) + t.suggest_float("c", -3.0, 3.0)),
+        n_trials=5,
+    )
     sampler.close()
     params = sampler._params(0)
     assert "BB_OUTPUT_TYPE OBJ OBJ" in params and "DMULTIMADS_OPTIMIZATION yes" in params

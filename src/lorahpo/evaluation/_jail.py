@@ -85,6 +85,8 @@ _PATH_EVENTS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
 
 
 def _inside(path: object) -> bool:
+    if not isinstance(path, str | bytes | os.PathLike):
+        return False  # a file descriptor, or None: not a path
     try:
         full = realpath(abspath(fspath(path)))
     except (TypeError, ValueError):

@@ -120,8 +120,10 @@ def run_python(code: str, limits: Limits = Limits(), isolation: SandboxInfo | No
     try:
         (folder / "program.py").write_text(code, encoding="utf-8")
         if info.user == "nobody":
-            uid, gid = _nobody() or (None, None)
-            os.chown(folder, uid, gid)
+            ids = _nobody()
+            if ids is None:
+                raise RuntimeError("the sandbox should run as nobody, but there is no user nobody")
+            os.chown(folder, *ids)
         return _run(folder, "program.py", _settings(limits, info), limits.wall_s)
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -8,6 +8,7 @@ or an out-of-memory kill from taking the study down. With GPUs, each running tri
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -77,7 +78,8 @@ class LocalExecutor:
         if gpus and len(gpus) < gpus_per_trial:
             raise ValueError(f"gpus_per_trial is {gpus_per_trial} but only {len(gpus)} GPU(s) are visible")
         if gpus:
-            groups = [",".join(gpus[i : i + gpus_per_trial]) for i in range(0, len(gpus) - gpus_per_trial + 1, gpus_per_trial)]
+            starts = range(0, len(gpus) - gpus_per_trial + 1, gpus_per_trial)
+            groups = [",".join(gpus[i : i + gpus_per_trial]) for i in starts]
             self._gpus = queue.Queue()
             for i in range(slots):
                 self._gpus.put(groups[i % len(groups)])
@@ -184,7 +186,5 @@ class LocalExecutor:
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass

@@ -19,6 +19,7 @@ to ``max_retries`` times, then recorded as failed; the study goes on.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import tarfile
 import tempfile
@@ -115,7 +116,7 @@ class RayExecutor:
                 runtime_env=options.runtime_env or None,
                 include_dashboard=False,
                 log_to_driver=False,
-                logging_level="warning",
+                logging_level=logging.WARNING,
             )
         self._board: Any = ray.remote(ReportBoard).options(num_cpus=0).remote()  # a handle; it takes no CPU
         self._remote = ray.remote(run_on_node).options(

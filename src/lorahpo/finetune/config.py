@@ -92,7 +92,9 @@ class TrainingConfig(_Strict):
     effective_batch_size: int = Field(8, ge=1, description="Examples per optimizer step (via gradient accumulation).")
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps with linear warm-up (paper: 0.03).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (paper: 0).")
-    scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Learning-rate schedule after warm-up.")
+    scheduler: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="Learning-rate schedule after warm-up."
+    )
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; null disables it.")
     eval_every: int | None = Field(
         None, gt=0, description="Also measure validation loss every N optimizer steps (default: once per epoch)."
@@ -110,7 +112,8 @@ class TrainingConfig(_Strict):
     def _accumulation(self) -> TrainingConfig:
         if self.effective_batch_size % self.batch_size:
             raise ValueError(
-                f"effective_batch_size ({self.effective_batch_size}) must be a multiple of batch_size ({self.batch_size})"
+                f"effective_batch_size ({self.effective_batch_size}) "
+                f"must be a multiple of batch_size ({self.batch_size})"
             )
         return self
 

@@ -25,7 +25,7 @@ import json
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from lorahpo.finetune.config import DataConfig, DataSource
 
@@ -167,8 +167,9 @@ def render(row: dict[str, Any], template: str, tokenizer: PreTrainedTokenizerBas
 def _render_chat(messages: list[dict[str, str]], tokenizer: PreTrainedTokenizerBase) -> tuple[str, str]:
     if not getattr(tokenizer, "chat_template", None):
         raise DataError("data: chat rendering needs a tokenizer with a chat template; use template: alpaca")
-    prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    # With tokenize=False the template renders text (its annotation covers every mode).
+    prompt = cast(str, tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True))
+    full = cast(str, tokenizer.apply_chat_template(messages, tokenize=False))
     if not full.startswith(prompt):
         raise DataError("data: the tokenizer's chat template renders the conversation differently from its prompt")
     return prompt, full[len(prompt) :].rstrip()  # the trailing newline after the end-of-turn is not learned

@@ -22,6 +22,7 @@ import hmac
 import random
 import re
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +115,11 @@ def create_app(
     templates = Jinja2Templates(env=env)
 
     def render(
-        request: Request, template: str, status_code: int = 200, headers: dict[str, str] | None = None, **context: Any
+        request: Request,
+        template: str,
+        status_code: int = 200,
+        headers: Mapping[str, str] | None = None,
+        **context: Any,
     ) -> Response:
         context.setdefault("csrf_token", _csrf_token(request))
         context.setdefault("rater", request.session.get("rater"))
@@ -191,10 +196,10 @@ def create_app(
         )
 
     async def http_error(request: Request, exc: Exception) -> Response:
-        known = isinstance(exc, HTTPException) and exc.status_code < 500
-        status = exc.status_code if known else 500
-        detail = exc.detail if known else "Something went wrong."
-        headers = exc.headers if known else None  # e.g. Allow on a 405
+        if isinstance(exc, HTTPException) and exc.status_code < 500:
+            status, detail, headers = exc.status_code, exc.detail, exc.headers  # headers: e.g. Allow on a 405
+        else:
+            status, detail, headers = 500, "Something went wrong.", None
         # Error pages never touch the session: an unexpected error may come from it.
         return render(request, "error.html", status, headers, status=status, detail=detail, csrf_token="", rater=None)
 

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lorahpo.errors import UserError
 from lorahpo.extras import require
 from lorahpo.files import write_atomic
 from lorahpo.preference.store import ANSWERS_FILE, VOTES_FILE, preference_dir
+
+if TYPE_CHECKING:
+    from lorahpo.preference.generate import Template
 
 
 def add_arguments(subparsers: Any) -> None:
@@ -160,7 +163,7 @@ def _table(title: str, text_columns: list[str], number_columns: list[str]) -> An
     return table
 
 
-def _study_template(study_dir: Path) -> str:
+def _study_template(study_dir: Path) -> Template:
     """The prompt template the study trained with (``objective.lora.data.template``), else alpaca.
 
     Alpaca is also the default of the trial config's ``data.template``.
@@ -172,4 +175,4 @@ def _study_template(study_dir: Path) -> str:
         template = config["objective"]["lora"]["data"].get("template")
     except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
         return "alpaca"
-    return template if template in ("chat", "alpaca") else "alpaca"
+    return "chat" if template == "chat" else "alpaca"

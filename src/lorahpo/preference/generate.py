@@ -144,7 +144,8 @@ def generate_answers(
             base, tokenizer = load_model_and_tokenizer(models[names[0]].model_cfg, dtype, dev)
             for name in names:
                 bar.update(task, description=name)
-                model = base if models[name].adapter_dir is None else _with_adapter(base, models[name].adapter_dir)
+                adapter_dir = models[name].adapter_dir
+                model = base if adapter_dir is None else _with_adapter(base, adapter_dir)
                 for prompt in todo[name]:
                     text = render_prompt(tokenizer, prompt["prompt"], template)
                     answer = _generate(model, tokenizer, text, max_new_tokens, temperature, seed, template)

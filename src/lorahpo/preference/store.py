@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import combinations
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 ANSWERS_FILE = "answers.jsonl"
 VOTES_FILE = "votes.db"
@@ -236,7 +236,8 @@ class VoteStore:
                 )
             except sqlite3.IntegrityError as exc:  # the UNIQUE pair_id: a second vote on one pair
                 raise AlreadyVoted(pair_id) from exc
-        return Vote(cursor.lastrowid, time, rater, row[0], row[1], row[2], choice)
+        assert cursor.lastrowid is not None  # set by the INSERT that just succeeded
+        return Vote(cursor.lastrowid, time, rater, row[0], row[1], row[2], cast(Choice, choice))
 
     def next_pair(self, answers: AnswerSet, rater: str, rng: random.Random) -> Pair | None:
         """Choose the pair ``rater`` sees next and remember it.

@@ -250,9 +250,9 @@ def _correlations(models: list[ModelRow], tasks: dict[str, str]) -> list[Correla
     out = []
     for task, metric in tasks.items():
         points = [
-            (m.trial.number, m.trial.value, m.scores[task])
+            (m.trial.number, m.trial.value, score)
             for m in models
-            if m.trial is not None and m.trial.value is not None and m.scores.get(task) is not None
+            if m.trial is not None and m.trial.value is not None and (score := m.scores.get(task)) is not None
         ]
         rho = spearman([p[1] for p in points], [p[2] for p in points])
         out.append(Correlation(task, metric, points, rho, base.scores.get(task) if base else None))

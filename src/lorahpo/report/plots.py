@@ -155,7 +155,7 @@ def parallel_coordinates(report: StudyReport) -> bytes | None:
     best = report.best
     for trial in sorted(complete, key=lambda t: -(t.value or 0)):  # best drawn last, on top
         line = ys(trial)
-        if line is not None:
+        if line is not None and trial.value is not None:
             is_best = best is not None and trial.number == best.number
             outline = [patheffects.withStroke(linewidth=5.5, foreground="black")] if is_best else None
             ax.plot(xs, line, color=cmap(norm(min(trial.value, top))), lw=3 if is_best else 1.3,
@@ -196,7 +196,8 @@ def loss_vs_params(report: StudyReport) -> bytes | None:
             value = trial.params.get(param.name)
             return param.values.index(value) if param.scale == "choice" and value in param.values else value
 
-        pts = [(x_of(t), min(t.value, top)) for t in complete if t.params.get(param.name) is not None]
+        pts = [(x_of(t), min(t.value, top)) for t in complete
+               if t.value is not None and t.params.get(param.name) is not None]
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=20, color="#555555", alpha=0.75)
         for trial, color, marker, label in ((report.x0, _X0, "s", "start (x0)"), (report.best, _BEST, "*", "best")):
             if trial is not None and trial.value is not None and trial.params.get(param.name) is not None:

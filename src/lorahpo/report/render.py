@@ -227,7 +227,8 @@ def study_html(report: StudyReport, figures: Figures) -> str:
     if report.pareto:
         names = " and ".join(m for m, _ in report.objectives)
         parts += ["<h2>Pareto front</h2>",
-                  f'<p class="note">{len(report.pareto)} trial(s) no other feasible trial beats in both {_e(names)}.</p>',
+                  f'<p class="note">{len(report.pareto)} trial(s) no other feasible trial beats '
+                  f'in both {_e(names)}.</p>',
                   _img(figures, "pareto_front", "Pareto front of the first two objectives")]
     parts.append("<h2>Top trials and baselines</h2>")
     parts.append('<p class="note">base: the base model without adapter; x0: the starting point (default LoRA); '
@@ -265,10 +266,10 @@ def study_html(report: StudyReport, figures: Figures) -> str:
     parts.append(_table("timing", ["", ""], [list(r) for r in timing_table(report)], show_header=False))
     parts.append(f'<pre id="config">{_e(report.config_yaml)}</pre>')
     parts.append("<details><summary>All evaluations</summary>")
-    names = [p.name for p in report.params]
+    param_names = [p.name for p in report.params]
     every = [[str(t.number), t.status, fmt_loss(t.value), fmt_seconds(t.duration_s),
-              *[fmt_number(t.params.get(n)) for n in names], t.reason or ""] for t in report.trials]
-    header = ["trial", "status", report.metric, "duration", *names, "reason"]
+              *[fmt_number(t.params.get(n)) for n in param_names], t.reason or ""] for t in report.trials]
+    header = ["trial", "status", report.metric, "duration", *param_names, "reason"]
     parts.append(_table("all-trials", header, every))
     parts.append("</details>")
     title = f"lorahpo report: {report.name}" + (f" (best {fmt_loss(best.value)})" if best else "")

@@ -43,7 +43,7 @@ def main() -> None:
         if not line:
             sys.exit(0)  # the parent went away
         values = json.loads(line)["values"]
-        for e, v in zip(evals, values):
+        for e, v in zip(evals, values, strict=True):
             if v is not None:
                 e.setBBO(" ".join(repr(float(o)) for o in v).encode())
         flags = [v is not None for v in values]

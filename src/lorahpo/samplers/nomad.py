@@ -105,8 +105,8 @@ class NomadSampler(BaseSampler):
             missing = set(self._names) - set(x0)
             if missing:
                 raise ValueError(f"x0 lacks {sorted(missing)}")
-            self._x0 = [space.encode(d, x0[n]) for n, d in zip(self._names, dists)]
-            for name, x, var in zip(self._names, self._x0, self._vars):
+            self._x0 = [space.encode(d, x0[n]) for n, d in zip(self._names, dists, strict=True)]
+            for name, x, var in zip(self._names, self._x0, self._vars, strict=True):
                 if not var.lower <= x <= var.upper:
                     raise ValueError(f"x0 of {name!r} is outside its bounds")
             if not self._startable(self._x0):
@@ -179,7 +179,7 @@ class NomadSampler(BaseSampler):
             self._engine.close()
 
     def decode(self, point: Sequence[float]) -> dict[str, Any]:
-        return {n: space.decode(self._space[n], x) for n, x in zip(self._names, point)}
+        return {n: space.decode(self._space[n], x) for n, x in zip(self._names, point, strict=True)}
 
     def nomad_problem(self) -> tuple[list[float], list[float], list[float], list[str]]:
         """``(x0, lower, upper, params)`` exactly as given to ``PyNomad.optimize`` (first run)."""
@@ -240,7 +240,7 @@ class NomadSampler(BaseSampler):
         if state not in (TrialState.COMPLETE, TrialState.PRUNED) or not values:
             return None  # failed, or pruned before any report: a failed evaluation for NOMAD
         # A pruned trial has its last reported value (Optuna records it): NOMAD sees that.
-        objectives = [-v if d == StudyDirection.MAXIMIZE else v for v, d in zip(values, study.directions)]
+        objectives = [-v if d == StudyDirection.MAXIMIZE else v for v, d in zip(values, study.directions, strict=True)]
         given = trial.constraints
         constraints = [given.get(name, VIOLATED) for name in self._constraints]
         outputs = (*objectives, *(c if math.isfinite(c) else VIOLATED for c in constraints))
@@ -312,7 +312,8 @@ class _Engine:
         self.close()
 
     def _spawn(self) -> subprocess.Popen[str]:
-        self._stderr = tempfile.TemporaryFile()  # NOMAD's chatter; read only if it dies
+        # NOMAD's chatter, read only if it dies; open as long as the process runs, so no `with`.
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115
         return subprocess.Popen(
             # Run as a file, not ``-m``: importing the package would import Optuna (~1 s) for nothing.
             [sys.executable, str(Path(__file__).with_name("_nomad_worker.py"))],
@@ -403,5 +404,5 @@ def _random_box_point(
     """A uniformly random point of NOMAD's box (integers for integer variables)."""
     return [
         float(rng.randint(int(lo), int(hi))) if v.type == "I" else rng.uniform(lo, hi)
-        for v, lo, hi in zip(variables, lower, upper)
+        for v, lo, hi in zip(variables, lower, upper, strict=True)
     ]

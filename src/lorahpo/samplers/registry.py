@@ -62,7 +62,9 @@ def make_sampler(
 
         unknown = set(options) - {"params", "max_idle_restarts"}
         if unknown:
-            raise ValueError(f"unknown nomad options {sorted(unknown)}; use `params` (NOMAD lines) or `max_idle_restarts`")
+            raise ValueError(
+                f"unknown nomad options {sorted(unknown)}; use `params` (NOMAD lines) or `max_idle_restarts`"
+            )
         return NomadSampler(
             distributions,
             x0=x0,
