@@ -69,3 +69,24 @@ def test_spearman_is_the_reports(bench):
     out = bench.spearman([1.0, 2.0, 3.0, 4.0, 5.0], [2.0, 1.0, 4.0, 3.0, 5.0])
     assert out["rho"] == pytest.approx(1 - 6 * 4 / (5 * 24))  # rank differences -1, 1, -1, 1, 0
     assert out["n"] == 5 and out["ci"][0] <= out["rho"] <= out["ci"][1]
+
+
+def test_evaluator_cost_is_the_evaluation_share_of_the_rest_of_a_trial(load_benchmark, tmp_path):
+    import datetime as dt
+
+    from lorahpo.result import TrialRecord
+
+    cost = load_benchmark("evaluator_cost")
+    t0 = dt.datetime(2026, 1, 1)
+
+    def record(number, wall, evaluation, status="complete"):
+        metrics = {"evaluation_s": evaluation} if evaluation is not None else {}
+        return TrialRecord(number, status, {}, 1.0, None, metrics, t0, t0 + dt.timedelta(seconds=wall), tmp_path)
+
+    rows = cost.costs([record(0, 130, 20), record(1, 110, 10), record(2, 5, None, "failed"), record(3, 120, 30)])
+    assert [r["trial"] for r in rows] == [0, 1, 3]
+    assert [r["overhead"] for r in rows] == [pytest.approx(20 / 110), pytest.approx(10 / 100), pytest.approx(30 / 90)]
+    summary = cost.summarize(rows)
+    assert summary["first"]["trial"] == 0  # it also measured the base model: not in the median
+    assert summary["median_overhead"] == pytest.approx((10 / 100 + 30 / 90) / 2)
+    assert summary["max_overhead"] == pytest.approx(30 / 90)
