@@ -36,7 +36,7 @@ import statistics
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +122,8 @@ def measure_design(conf: cfg.StudyConfig, cache: Measurements, n: int, blackbox:
             cache.add({"key": key, "params": params, **blackbox(config, lambda *a: False)})
             point = cache.get(key)
             assert point is not None
-        print(f"design [{i + 1}/{n}] {_fmt(point.get('value'))} retention {_fmt(_metric(point, 'retention'))}", flush=True)
+        retention = _fmt(_metric(point, "retention"))
+        print(f"design [{i + 1}/{n}] {_fmt(point.get('value'))} retention {retention}", flush=True)
         measured.append(point)
     return measured
 
@@ -142,7 +143,9 @@ class BbhScores:
                 if row["limit"] == limit:
                     self.scores.setdefault(row["key"], row)
 
-    def get(self, key: str, conf: cfg.StudyConfig, params: dict[str, Any] | None, cache: Measurements) -> dict[str, Any]:
+    def get(
+        self, key: str, conf: cfg.StudyConfig, params: dict[str, Any] | None, cache: Measurements
+    ) -> dict[str, Any]:
         if key in self.scores:
             return self.scores[key]
         if not self.live:
@@ -180,10 +183,16 @@ def chosen(records: list[TrialRecord], arm: str, bound: float) -> TrialRecord | 
     return min(done, key=lambda r: (r.metrics["validation_loss"], r.number), default=None)
 
 
-def run_arm(arm: str, seed: int, args: argparse.Namespace, cache: Measurements, blackbox: Blackbox | None) -> dict[str, Any]:
+def run_arm(
+    arm: str, seed: int, args: argparse.Namespace, cache: Measurements, blackbox: Blackbox | None
+) -> dict[str, Any]:
     conf = study_config(arm, seed, args.budget, args.bound)
     executor = ReplayExecutor(cache, lambda params: trial_config(conf, params), blackbox and stamped(blackbox))
-    records = replay_study(conf, executor, lambda r: print(f"{arm} seed {seed} trial {r.number}: {_fmt(r.value)}", flush=True))
+
+    def show(r: TrialRecord) -> None:
+        print(f"{arm} seed {seed} trial {r.number}: {_fmt(r.value)}", flush=True)
+
+    records = replay_study(conf, executor, show)
     pick = chosen(records, arm, args.bound)
     if pick is None:
         return {"seed": seed, "chosen": None}
@@ -315,7 +324,9 @@ def main(argv: Sequence[str] | None = None, blackbox: Blackbox | None = lora_bla
     complete = [p for p in points if p["status"] == "complete"]
     for metric in METRICS:
         if len(complete) >= 3:
-            result["spearman"][metric] = spearman([p["value"] for p in complete], [p["metrics"][metric] for p in complete])
+            result["spearman"][metric] = spearman(
+                [p["value"] for p in complete], [p["metrics"][metric] for p in complete]
+            )
     scored = [(p, bbh.get(p["key"], conf, p["params"], cache)) for p in complete[: args.bbh_design]]
     if len(scored) >= 3:
         result["spearman"]["bbh-bigbench"] = spearman([p["value"] for p, _ in scored], [s["bbh"] for _, s in scored])

@@ -269,9 +269,11 @@ def markdown(result: dict[str, Any]) -> str:
         g = row["gain_over_x0"]
         gain = "-" if g is None else f"{g[1]:.4f} [{g[0]:.4f}, {g[2]:.4f}]"
         lines.append(
-            f"| {row['optimizer']} | " + " | ".join(cells) + f" | {gain} | {row['failed']}/{row['evaluations']} | {eval_s / 60:.1f} min |"
+            f"| {row['optimizer']} | " + " | ".join(cells)
+            + f" | {gain} | {row['failed']}/{row['evaluations']} | {eval_s / 60:.1f} min |"
         )
-    lines += ["", f"Starting point (x0) validation loss: {result['summary'][0]['x0']:.4f}." if result["summary"] else ""]
+    x0 = f"Starting point (x0) validation loss: {result['summary'][0]['x0']:.4f}." if result["summary"] else ""
+    lines += ["", x0]
     cache = result["cache"]
     lines += [
         "",

@@ -114,7 +114,8 @@ def run_arm(arm: str, seed: int, preset: str, budget_tokens: float, cache: Measu
 
     def show(record: TrialRecord) -> None:
         spent = sum(tokens(n) for n in executor.answers)
-        say(f"{arm} seed {seed} [{len(executor.answers)}] {record.status} {'' if record.value is None else record.value} "
+        value = "" if record.value is None else record.value
+        say(f"{arm} seed {seed} [{len(executor.answers)}] {record.status} {value} "
             f"tokens {spent / budget_tokens:.0%} of budget")
 
     records = replay_study(conf, executor, show,
@@ -167,8 +168,10 @@ def summarize(runs: Sequence[dict[str, Any]], budget_tokens: float) -> dict[str,
             fractions.append(None if need is None else need / budget_tokens)
         arms[arm] = {
             "seeds": [r["seed"] for r in mine],
-            "best_at": {**{f"{f:.0%}": spread([best_by(r["trace"], f * budget_tokens) for r in mine]) for f in CHECKPOINTS},
-                        "end": spread([r["best"] for r in mine])},
+            "best_at": {
+                **{f"{f:.0%}": spread([best_by(r["trace"], f * budget_tokens) for r in mine]) for f in CHECKPOINTS},
+                "end": spread([r["best"] for r in mine]),
+            },
             "trials_median": statistics.median(len(r["trials"]) for r in mine),
             "pruned_median": statistics.median(sum(t["status"] == "pruned" for t in r["trials"]) for r in mine),
             "fraction_to_target": fractions,
@@ -186,22 +189,32 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"# Multi-fidelity benchmark (preset `{result['config']['preset']}`)",
         "",
-        f"Budget per run: {result['budget_tokens']:.0f} training tokens = {result['config']['full_budget']} full trials. "
-        f"Target: within {TARGET:.1%} of the full-fidelity best of the same seed using at most 40% of the tokens.",
+        f"Budget per run: {result['budget_tokens']:.0f} training tokens = "
+        f"{result['config']['full_budget']} full trials. "
+        f"Target: within {TARGET:.1%} of the full-fidelity best of the same seed "
+        "using at most 40% of the tokens.",
         "",
-        "| arm | best loss, median [min, max] | trials | pruned | tokens to target (fraction of budget, per seed) | target met |",
+        "| arm | best loss, median [min, max] | trials | pruned "
+        "| tokens to target (fraction of budget, per seed) | target met |",
         "|---|---|---|---|---|---|",
     ]
     for arm, row in result["summary"].items():
         best = _cell(row["best_at"]["end"])
         fr = ", ".join("never" if f is None else f"{f:.0%}" for f in row["fraction_to_target"])
-        lines.append(f"| {arm} | {best} | {row['trials_median']:g} | {row['pruned_median']:g} | {fr} | {'yes' if row['target_met'] else 'no'} |")
-    medians = {arm: row["median_fraction_to_target"] for arm, row in result["summary"].items() if "median_fraction_to_target" in row}
+        met = "yes" if row["target_met"] else "no"
+        lines.append(f"| {arm} | {best} | {row['trials_median']:g} | {row['pruned_median']:g} | {fr} | {met} |")
+    medians = {
+        arm: row["median_fraction_to_target"]
+        for arm, row in result["summary"].items()
+        if "median_fraction_to_target" in row
+    }
     if medians:
-        lines += ["", "On the medians over seeds: the median best so far comes within 0.5% of the median full-fidelity best "
-                  "after " + ", ".join(f"{'never' if f is None else f'{f:.0%}'} ({arm})" for arm, f in medians.items()) + "."]
+        after = ", ".join(f"{'never' if f is None else f'{f:.0%}'} ({arm})" for arm, f in medians.items())
+        lines += ["", "On the medians over seeds: the median best so far comes within 0.5% of the median "
+                  f"full-fidelity best after {after}."]
     marks = list(next(iter(result["summary"].values()))["best_at"])
-    lines += ["", "Best validation loss of a complete trial by the tokens spent (fraction of the budget): median [min, max] over seeds.",
+    lines += ["", "Best validation loss of a complete trial by the tokens spent (fraction of the budget): "
+              "median [min, max] over seeds.",
               "", "| arm | " + " | ".join(marks) + " |", "|---" * (len(marks) + 1) + "|"]
     for arm, row in result["summary"].items():
         lines.append(f"| {arm} | " + " | ".join(_cell(s) for s in row["best_at"].values()) + " |")
@@ -212,7 +225,8 @@ def _cell(s: dict[str, Any]) -> str:
     """A ``spread`` as ``median [min, max]``, with the seeds that have no value yet."""
     if s["median"] is None:
         return "-"
-    return f"{s['median']:.4f} [{s['min']:.4f}, {s['max']:.4f}]" + (f" ({s['missing']} without)" if s["missing"] else "")
+    without = f" ({s['missing']} without)" if s["missing"] else ""
+    return f"{s['median']:.4f} [{s['min']:.4f}, {s['max']:.4f}]{without}"
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -227,11 +241,12 @@ def plot(result: dict[str, Any], path: Path) -> None:
         traces = [r["trace"] for r in result["runs"] if r["arm"] == arm]
         color = None
         if medians := median_curve(traces, budget):
-            (line,) = ax.step(*zip(*medians), where="post", lw=2.2, label=f"{arm} (median of {len(traces)} seeds)")
+            (line,) = ax.step(*zip(*medians, strict=True), where="post", lw=2.2,
+                              label=f"{arm} (median of {len(traces)} seeds)")
             color = line.get_color()
         for trace in traces:
             if pts := [(t / budget, b) for t, b in trace if b is not None]:
-                (line,) = ax.step(*zip(*pts), where="post", lw=0.8, alpha=0.5, color=color,
+                (line,) = ax.step(*zip(*pts, strict=True), where="post", lw=0.8, alpha=0.5, color=color,
                                   label=None if color else f"{arm} (one seed each)")
                 color = line.get_color()
     ax.axvline(0.4, color="grey", ls="--", lw=1)

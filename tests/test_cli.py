@@ -212,7 +212,13 @@ def test_status_shows_each_evaluator_against_the_base_model_and_the_constraints(
     lines = capsys.readouterr().out.splitlines()
     header = next(line for line in lines if "validation_loss" in line)
     assert [c.strip() for c in header.strip("┃│ ").split("┃")][:6] == [
-        "#", "status", "validation_loss", "retention (vs base)", "in_domain (vs base)", f"retention_drop <= {DROP_BOUND:g}"]
+        "#",
+        "status",
+        "validation_loss",
+        "retention (vs base)",
+        "in_domain (vs base)",
+        f"retention_drop <= {DROP_BOUND:g}",
+    ]
     rows = {int(cells[0]): cells for line in lines
             if (cells := [c.strip() for c in line.strip("│ ").split("│")])[0].isdigit()}
     # trial 1: retention 0.41 = base 0.45 - 0.04; in_domain 0.30 = base 0.10 + 0.20

@@ -21,7 +21,11 @@ def run(tmp_path, optimizer="nomad", budget=30, **objective_and_constraints):
             "seed": 0,
             "budget": budget,
             "space": {"preset": "default"},
-            "objective": {"python": "lorahpo.toys:forgetting", "metric": "validation_loss", **objective_and_constraints},
+            "objective": {
+                "python": "lorahpo.toys:forgetting",
+                "metric": "validation_loss",
+                **objective_and_constraints,
+            },
             "constraints": constraints,
         }
     )
@@ -62,7 +66,8 @@ def test_validation_loss_against_retention_as_two_objectives(tmp_path):
         assert not any(
             o.metrics["validation_loss"] <= r.metrics["validation_loss"]
             and o.metrics["retention"] >= r.metrics["retention"]
-            and (o.metrics["validation_loss"], o.metrics["retention"]) != (r.metrics["validation_loss"], r.metrics["retention"])
+            and (o.metrics["validation_loss"], o.metrics["retention"])
+            != (r.metrics["validation_loss"], r.metrics["retention"])
             for o in done
         )
     # The front spans the trade-off: its lowest loss forgets more than its best retention.

@@ -48,7 +48,11 @@ def test_require_names_the_missing_module_and_its_extra(monkeypatch):
         ("matplotlib", "report", ["compare", "{tmp}/a", "{tmp}/b", "--out", "{tmp}/compare"]),
         ("torch", "lora", ["generate", "{tmp}/study", "--models", "base", "--prompts", "builtin"]),
         ("ray", "cluster", ["tune", "{tmp}/toy.yaml", "--executor", "ray", "--study-dir", "{tmp}/study"]),
-        ("psycopg2", "cluster", ["worker", "{tmp}/toy.yaml", "--storage", "postgresql://u@db/x", "--study-dir", "{tmp}/s"]),
+        (
+            "psycopg2",
+            "cluster",
+            ["worker", "{tmp}/toy.yaml", "--storage", "postgresql://u@db/x", "--study-dir", "{tmp}/s"],
+        ),
     ],
 )
 def test_a_command_missing_an_extra_fails_in_one_line_and_writes_nothing(

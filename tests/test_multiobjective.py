@@ -111,7 +111,8 @@ def test_a_study_reports_its_feasible_pareto_front(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"Pareto front of value, cost: {len(front)} trial(s)" in out
     for r in front:  # each trial of the front, with the constraint it meets
-        assert f"trial {r.number}: value = {r.value:.6g}" in out and f"    meets size = {r.metrics['size']:.4g} <= 3\n" in out
+        assert f"trial {r.number}: value = {r.value:.6g}" in out
+        assert f"    meets size = {r.metrics['size']:.4g} <= 3\n" in out
     assert cli_main(["best", str(tmp_path / "s"), "--json"]) == 0
     assert [d["number"] for d in json.loads(capsys.readouterr().out)] == [r.number for r in front]
 

@@ -17,7 +17,9 @@ def curve_config(pruner="none", budget=12):
             "budget": budget,
             "pruner": pruner,
             "pruner_options": {"min_resource": 1, "reduction_factor": 2} if pruner == "asha" else {},
-            "space": {"params": {"x": {"type": "real", "low": -4, "high": 4}, "y": {"type": "int", "low": -4, "high": 4}}},
+            "space": {
+                "params": {"x": {"type": "real", "low": -4, "high": 4}, "y": {"type": "int", "low": -4, "high": 4}}
+            },
             "objective": {"python": "lorahpo.toys:learning_curve"},
         }
     )
@@ -72,7 +74,8 @@ def test_a_curve_stopped_earlier_is_measured_further_when_the_pruner_lets_it(tmp
     assert stopped
 
     with pytest.raises(LookupError, match="not measured far enough"):
-        Study.open(tmp_path / "replay", curve_config()).run(executor=ReplayExecutor(Measurements(tmp_path / "cache.jsonl")))
+        unmeasured = ReplayExecutor(Measurements(tmp_path / "cache.jsonl"))
+        Study.open(tmp_path / "replay", curve_config()).run(executor=unmeasured)
     full = Study.open(tmp_path / "full", curve_config())
     full.run(executor=ReplayExecutor(cache, blackbox=curves(calls)))
     assert all(r.status == "complete" for r in full.records())

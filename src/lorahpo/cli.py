@@ -67,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="join a study in a shared store and run its trials beside other workers",
                        description=_WORKER_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     w.add_argument("config", help="study YAML (the same file on every worker)")
-    w.add_argument("--storage", help="shared store URL, e.g. postgresql://user@host/db (default: the config's `storage`)")
+    w.add_argument(
+        "--storage", help="shared store URL, e.g. postgresql://user@host/db (default: the config's `storage`)"
+    )
     w.add_argument("--study-dir", help="this worker's folder for trial files (default: runs/<config name>)")
     w.add_argument("--parallel", type=int, help="trials this worker runs at once")
     _add_run_arguments(w)
@@ -181,7 +183,10 @@ def _run_study(conf: Any, study_dir: Path, *, new: bool) -> int:
         _prepare_lora(conf)
     study = Study.open(study_dir, conf, new=new)
     where = f" · {conf.executor}" if conf.executor != "local" else ""
-    print(f"study {study_dir} · {conf.optimizer} · budget {conf.budget} · parallel {conf.parallel}{where}", file=sys.stderr)
+    print(
+        f"study {study_dir} · {conf.optimizer} · budget {conf.budget} · parallel {conf.parallel}{where}",
+        file=sys.stderr,
+    )
     signal.signal(signal.SIGTERM, _raise_interrupt)  # `kill` stops as cleanly as Ctrl-C
     best = study.best(1)
     with Progress(conf.budget, study.finished_count(), best[0] if best else None, conf.objective.direction,
@@ -189,12 +194,19 @@ def _run_study(conf: Any, study_dir: Path, *, new: bool) -> int:
         summary = study.run(on_event=bar)
     metric = conf.objective.metric_name
     if summary.stopped == "interrupted":
-        print(f"interrupted: {summary.finished}/{summary.budget} finished; run the same command to resume", file=sys.stderr)
+        print(
+            f"interrupted: {summary.finished}/{summary.budget} finished; run the same command to resume",
+            file=sys.stderr,
+        )
     elif summary.stopped == "exhausted":
         print("the optimizer has no new point to propose: the search space is exhausted", file=sys.stderr)
-    print(f"finished {summary.finished}/{summary.budget} evaluations ({summary.new_trials} new, {summary.wall_s:.0f} s)")
+    print(
+        f"finished {summary.finished}/{summary.budget} evaluations "
+        f"({summary.new_trials} new, {summary.wall_s:.0f} s)"
+    )
     if summary.best is not None:
-        print(f"best     {metric} = {summary.best.value:.6g}  (trial {summary.best.number})  {fmt_params(summary.best.params)}")
+        top = summary.best
+        print(f"best     {metric} = {top.value:.6g}  (trial {top.number})  {fmt_params(top.params)}")
     if summary.x0 is not None:
         x0_value = f"{summary.x0.value:.6g}" if summary.x0.value is not None else summary.x0.status
         print(f"start    {metric} = {x0_value}  (trial {summary.x0.number})  {fmt_params(summary.x0.params)}")
@@ -204,7 +216,8 @@ def _run_study(conf: Any, study_dir: Path, *, new: bool) -> int:
         print(f"adapter  {summary.best.directory / 'adapter'}")
     if conf.objective.secondary:
         front = study.best(summary.finished)
-        print(f"pareto   {len(front)} trial(s) on the front of {', '.join(conf.objective.metric_names)}: lorahpo best {study_dir}")
+        names = ", ".join(conf.objective.metric_names)
+        print(f"pareto   {len(front)} trial(s) on the front of {names}: lorahpo best {study_dir}")
     return EXIT_INTERRUPTED if summary.stopped == "interrupted" else 0
 
 

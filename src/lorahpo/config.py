@@ -35,7 +35,8 @@ class RayOptions(_Strict):
     """How trials run on a Ray cluster (``executor: ray``); see docs/parallel.md."""
 
     address: str | None = Field(
-        None, description="Cluster to join: `auto`, HOST:PORT or ray://HOST:PORT (default: a Ray started on this machine)."
+        None,
+        description="Cluster to join: `auto`, HOST:PORT or ray://HOST:PORT (default: a Ray started on this machine).",
     )
     num_cpus: float = Field(1, gt=0, description="CPU cores each trial holds (also its torch threads on a CPU).")
     num_gpus: float = Field(0, ge=0, description="GPUs each trial holds; a fraction shares a GPU between trials.")
@@ -65,11 +66,15 @@ class StudyConfig(_Strict):
     gpus_per_trial: int = Field(
         1,
         ge=1,
-        description="GPUs each trial gets on the local executor; a `command` objective can spread a trial over them (torchrun, accelerate).",
+        description=(
+            "GPUs each trial gets on the local executor; "
+            "a `command` objective can spread a trial over them (torchrun, accelerate)."
+        ),
     )
     trial_timeout: float | None = Field(None, gt=0, description="Seconds before a trial is killed (timeout).")
     executor: Literal["local", "ray"] = Field(
-        "local", description="Where trials run: `local` subprocesses, or `ray` tasks on a Ray cluster (docs/parallel.md)."
+        "local",
+        description="Where trials run: `local` subprocesses, or `ray` tasks on a Ray cluster (docs/parallel.md).",
     )
     ray: RayOptions = Field(default_factory=RayOptions, description="Options of the `ray` executor.")
     keep_adapters: int = Field(
@@ -79,7 +84,10 @@ class StudyConfig(_Strict):
     objective: ObjectiveSpec = Field(description="The blackbox.")
     constraints: dict[str, float] = Field(
         default_factory=dict,
-        description="Upper bounds on metrics, e.g. `{peak_memory_mb: 8000}`; a trial over one is infeasible (docs/multiobjective.md).",
+        description=(
+            "Upper bounds on metrics, e.g. `{peak_memory_mb: 8000}`; "
+            "a trial over one is infeasible (docs/multiobjective.md)."
+        ),
     )
 
     @model_validator(mode="after")
@@ -89,7 +97,9 @@ class StudyConfig(_Strict):
         except (ValueError, TypeError) as e:
             raise ValueError(f"optimizer: {e}") from None
         if self.objective.secondary and self.pruner != "none":
-            raise ValueError("pruner: early stopping needs a single objective (Optuna prunes single-objective studies only)")
+            raise ValueError(
+                "pruner: early stopping needs a single objective (Optuna prunes single-objective studies only)"
+            )
         from lorahpo.pruners import make_pruner
 
         try:
@@ -101,9 +111,13 @@ class StudyConfig(_Strict):
             if unknown:
                 raise ValueError(f"space: {unknown} are not LoRA trial hyperparameters; choose from {sorted(TUNABLE)}")
             measured = self.objective.lora.metric_names()
-            for where, name in [("objective", m) for m in self.objective.metric_names] + [("constraints", c) for c in self.constraints]:
+            named = [("objective", m) for m in self.objective.metric_names]
+            named += [("constraints", c) for c in self.constraints]
+            for where, name in named:
                 if name not in measured:
-                    raise ValueError(f"{where}: a LoRA trial does not measure {name!r}; it measures {', '.join(measured)}")
+                    raise ValueError(
+                        f"{where}: a LoRA trial does not measure {name!r}; it measures {', '.join(measured)}"
+                    )
         if self.storage is not None and self.storage.startswith(("postgresql://", "postgresql+psycopg2://")):
             # Every command opens the store; MissingExtra is no ValueError, so pydantic lets it through.
             require("cluster", "psycopg2")

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Literal
 
 import optuna
 from optuna.distributions import BaseDistribution
+from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from lorahpo.result import INTERRUPTED_ATTR, REASON_ATTR
@@ -42,7 +44,9 @@ class TrialStore:
         self._alive_at = 0.0  # when this process last marked its trials alive
 
     @classmethod
-    def open(cls, url: str, name: str, directions: list[str], shared: bool) -> TrialStore:
+    def open(
+        cls, url: str, name: str, directions: Sequence[Literal["minimize", "maximize"]], shared: bool
+    ) -> TrialStore:
         """Create the study ``name`` in the store at ``url``, or load it."""
         study = optuna.create_study(
             study_name=name,
@@ -52,6 +56,13 @@ class TrialStore:
         )
         return cls(study, shared)
 
+    @property
+    def _heartbeats(self) -> BaseHeartbeat:
+        """The heartbeat API of the store; every store lorahpo opens is an RDB storage, which has one."""
+        storage = self.study._storage
+        assert isinstance(storage, BaseHeartbeat)
+        return storage
+
     def ask(self, distributions: dict[str, BaseDistribution]) -> Trial:
         """A new trial; with a shared store, marked alive at once."""
         with warnings.catch_warnings():
@@ -59,7 +70,7 @@ class TrialStore:
             warnings.filterwarnings("ignore", message="Heartbeat of storage")
             trial = self.study.ask(distributions)
         if self.shared:
-            self.study._storage.record_heartbeat(trial._trial_id)
+            self._heartbeats.record_heartbeat(trial._trial_id)
         return trial
 
     def snapshot(self, trial: Trial) -> FrozenTrial:
@@ -72,7 +83,7 @@ class TrialStore:
         if not self.shared or time.monotonic() - self._alive_at < HEARTBEAT_S / 2:
             return
         for trial in trials:
-            self.study._storage.record_heartbeat(trial._trial_id)
+            self._heartbeats.record_heartbeat(trial._trial_id)
         self.interrupt_lost()
         self._alive_at = time.monotonic()
 
@@ -80,7 +91,7 @@ class TrialStore:
         """Record as interrupted the running trials whose process is gone (see the module docstring)."""
         storage = self.study._storage
         if self.shared:
-            lost = storage._get_stale_trial_ids(self.study._study_id)
+            lost = self._heartbeats._get_stale_trial_ids(self.study._study_id)
         else:
             lost = [t._trial_id for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
         for trial_id in lost:
@@ -114,13 +125,17 @@ class TrialStore:
 
 
 def _open_storage(url: str, shared: bool) -> optuna.storages.RDBStorage:
-    heartbeat = {"heartbeat_interval": HEARTBEAT_S, "grace_period": GRACE_S} if shared else {}
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     for attempt in range(5):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine, **heartbeat)
+                return optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs=engine,
+                    heartbeat_interval=HEARTBEAT_S if shared else None,
+                    grace_period=GRACE_S if shared else None,
+                )
         except Exception:  # workers starting together race to create the tables: the loser retries
             if attempt == 4 or not shared:
                 raise

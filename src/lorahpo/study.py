@@ -146,9 +146,12 @@ class Study:
         every objective and better in one), ordered by the main objective, at most ``k``.
         """
         conf = self.config
-        done = [r for r in self.records() if r.status == "complete" and r.value is not None and conf.feasible(r.metrics)]
+        done = [
+            r for r in self.records() if r.status == "complete" and r.value is not None and conf.feasible(r.metrics)
+        ]
         signs = [-1 if d == "maximize" else 1 for d in conf.objective.directions]
-        costs = {r.number: [s * r.metrics[m] for s, m in zip(signs, conf.objective.metric_names)] for r in done}
+        names = conf.objective.metric_names
+        costs = {r.number: [s * r.metrics[m] for s, m in zip(signs, names, strict=True)] for r in done}
         if len(signs) > 1:
             done = [r for r in done if not any(_dominates(costs[o.number], costs[r.number]) for o in done)]
         return sorted(done, key=lambda r: (costs[r.number][0], r.number))[:k]
@@ -331,7 +334,8 @@ def _report(trial: Trial, reports: list[Report]) -> None:
 
 def _dominates(a: list[float], b: list[float]) -> bool:
     """Whether costs ``a`` are nowhere worse than ``b`` and somewhere better (minimisation)."""
-    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+    pairs = list(zip(a, b, strict=True))
+    return all(x <= y for x, y in pairs) and any(x < y for x, y in pairs)
 
 
 def attach_sampler(study: optuna.Study, conf: cfg.StudyConfig) -> BaseSampler:
@@ -363,6 +367,7 @@ def resolve_model_spec(study_dir: str | Path, name: str) -> tuple[Any, Path | No
         raise cfg.ConfigError(f"{study_dir} is not a LoRA study: it has no models")
     if name == "base":
         return lora.model, None
+    record: TrialRecord | None
     if name == "best":
         best = study.best(1)
         if not best:

@@ -21,7 +21,13 @@ def fake_blackbox(trial, stop):
         "retention_logprob": -3 - m["retention_drop"],
         "retention_logprob_drop": m["retention_drop"],
     }
-    return {"status": "complete", "value": metrics["validation_loss"], "reason": None, "duration_s": 1.0, "metrics": metrics}
+    return {
+        "status": "complete",
+        "value": metrics["validation_loss"],
+        "reason": None,
+        "duration_s": 1.0,
+        "metrics": metrics,
+    }
 
 
 @pytest.fixture

@@ -18,13 +18,15 @@ def synthetic(calls):
         params = {**trial["lora"], "learning_rate": trial["training"]["learning_rate"]}
         if params["learning_rate"] > 5e-3:
             return {"status": "failed", "value": None, "reason": "diverged", "duration_s": 2.0}
-        return {"status": "complete", "value": lora_surface(params)["validation_loss"], "reason": None, "duration_s": 2.0}
+        value = lora_surface(params)["validation_loss"]
+        return {"status": "complete", "value": value, "reason": None, "duration_s": 2.0}
 
     return blackbox
 
 
 def test_searches_are_cached_replayed_and_summarized(bench, tmp_path):
-    args = ["--seeds", "0", "1", "--budget", "6", "--cache", str(tmp_path / "cache.jsonl"), "--out", str(tmp_path / "r.json")]
+    files = ["--cache", str(tmp_path / "cache.jsonl"), "--out", str(tmp_path / "r.json")]
+    args = ["--seeds", "0", "1", "--budget", "6", *files]
     calls = []
     first = bench.main(args, blackbox=synthetic(calls))
 
@@ -61,6 +63,7 @@ def test_searches_are_cached_replayed_and_summarized(bench, tmp_path):
 
 
 def test_replay_refuses_an_unmeasured_point(bench, tmp_path):
+    files = ["--cache", str(tmp_path / "c.jsonl"), "--out", str(tmp_path / "r.json")]
     with pytest.raises(LookupError, match="never measured"):
-        bench.main(["--seeds", "0", "--budget", "2", "--cache", str(tmp_path / "c.jsonl"), "--out", str(tmp_path / "r.json"), "--replay"], blackbox=None)
+        bench.main(["--seeds", "0", "--budget", "2", *files, "--replay"], blackbox=None)
 

@@ -33,7 +33,8 @@ def curves(calls):
 
 
 def test_arms_share_a_token_budget_and_replay_exactly(bench, tmp_path):
-    args = ["--seeds", "0", "1", "--full-budget", "6", "--cache", str(tmp_path / "c.jsonl"), "--out", str(tmp_path / "r.json")]
+    files = ["--cache", str(tmp_path / "c.jsonl"), "--out", str(tmp_path / "r.json")]
+    args = ["--seeds", "0", "1", "--full-budget", "6", *files]
     calls = []
     result = bench.main(args, blackbox=curves(calls))
     budget = 6 * STEPS * TOKENS_PER_STEP
@@ -83,7 +84,8 @@ def test_arms_share_a_token_budget_and_replay_exactly(bench, tmp_path):
     bench.main([*alone, "--arms", "nomad-asha", "--seeds", "0"], blackbox=curves([]))
     with pytest.raises(LookupError, match="nomad seed 0: point 1 .* was not measured far enough"):
         bench.main([*alone, "--arms", "nomad-full", "--seeds", "0", "--replay"], blackbox=None)
-    assert "| nomad-asha |" in (tmp_path / "r.md").read_text() and "| arm | 10% | 20% |" in (tmp_path / "r.md").read_text()
+    md = (tmp_path / "r.md").read_text()
+    assert "| nomad-asha |" in md and "| arm | 10% | 20% |" in md
     assert (tmp_path / "r.png").stat().st_size > 10_000
 
 

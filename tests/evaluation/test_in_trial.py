@@ -37,6 +37,12 @@ def context(model, tokenizer) -> Context:
     return Context(model, tokenizer, cpu, resolve_precision("fp32", cpu), "alpaca", [])
 
 
+def answer_index(question: dict) -> int:
+    """The answer of ``question`` as the index of its choice."""
+    answer = question["answer"]
+    return question["choices"].index(answer) if isinstance(answer, str) else answer
+
+
 def write_jsonl(path: Path, rows: list) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -50,8 +56,8 @@ def test_choice_logprobs_match_a_full_forward_pass_by_hand(loaded, tmp_path):
     scores = in_trial.choice_logprobs(context(model, tokenizer), questions)
     for q, got in zip(questions, scores, strict=True):
         prefix = tokenizer(f"Q: {q.question}\nA:")["input_ids"]
-        for choice, value in zip(q.choices, got, strict=True):
-            whole = tokenizer(f"Q: {q.question}\nA: {choice}")["input_ids"]
+        for option, value in zip(q.choices, got, strict=True):
+            whole = tokenizer(f"Q: {q.question}\nA: {option}")["input_ids"]
             ids = torch.tensor([whole])
             with torch.no_grad():
                 logp = model(input_ids=ids).logits[0].log_softmax(-1)
@@ -70,7 +76,7 @@ def test_choice_accuracy_and_loglikelihoods_match_lm_eval(loaded, tmp_path):
     from lm_eval.tasks import TaskManager
 
     model, tokenizer = loaded
-    rows = [{**q, "answer": q["choices"].index(q["answer"]) if isinstance(q["answer"], str) else q["answer"]} for q in QUESTIONS]
+    rows = [{**q, "answer": answer_index(q)} for q in QUESTIONS]
     data = write_jsonl(tmp_path / "items.jsonl", rows)
     (tmp_path / "task.yaml").write_text(
         "task: lorahpo_choice_check\ndataset_path: json\n"
@@ -103,7 +109,9 @@ def test_generate_exact_match_counts_the_greedy_answers(loaded):
     for i, text in enumerate(texts):
         ids = tokenizer(text)["input_ids"]
         with torch.no_grad():
-            alone = model.generate(torch.tensor([ids]), max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+            alone = model.generate(
+                torch.tensor([ids]), max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            )
         answer = tokenizer.decode(alone[0, len(ids) :], skip_special_tokens=True)
         prompts.append(Prompted(tuple(ids), answer.upper() if i % 2 == 0 else answer + " nope"))
     spec = EvaluatorSpec(name="gen", kind="generate", path="unused.jsonl", max_new_tokens=5, batch_size=4)
@@ -159,7 +167,9 @@ def test_evaluators_given_by_name():
         ("bbh_bigbench", "lm_eval", "bbh-bigbench"),
     ]
     with pytest.raises(ValueError, match="two evaluators report 'retention'"):
-        LoraTrialConfig.model_validate({"evaluate": ["retention", {"name": "retention", "kind": "choice", "path": "x"}]})
+        LoraTrialConfig.model_validate(
+            {"evaluate": ["retention", {"name": "retention", "kind": "choice", "path": "x"}]}
+        )
 
 
 @pytest.fixture(scope="module")
@@ -174,9 +184,11 @@ def test_a_trial_reports_each_evaluator_next_to_the_base_model_measured_once(tin
 
     questions = write_jsonl(tmp_path / "q.jsonl", QUESTIONS)
     conf = tiny_data.config(epochs=1, precision="fp32")
-    conf = conf.model_copy(
-        update={"evaluate": [EvaluatorSpec(name="qa", kind="choice", path=str(questions)), EvaluatorSpec(name="in_domain", kind="generate", size=4, max_new_tokens=8)]}
-    )
+    evaluate = [
+        EvaluatorSpec(name="qa", kind="choice", path=str(questions)),
+        EvaluatorSpec(name="in_domain", kind="generate", size=4, max_new_tokens=8),
+    ]
+    conf = conf.model_copy(update={"evaluate": evaluate})
     calls = []
     real = in_trial.measure
     monkeypatch.setattr(in_trial, "measure", lambda c, s: calls.append(s.name) or real(c, s))
@@ -187,10 +199,12 @@ def test_a_trial_reports_each_evaluator_next_to_the_base_model_measured_once(tin
     for name in ("qa", "in_domain"):
         assert 0 <= m[name] <= 1 and 0 <= m[f"{name}_base"] <= 1
         assert m[f"{name}_drop"] == pytest.approx(m[f"{name}_base"] - m[name])
-    assert m["qa_logprob_drop"] == pytest.approx(json.loads(next((tmp_path / "trials").glob(".base-qa-*.json")).read_text())["logprob"] - m["qa_logprob"])
+    base_qa = json.loads(next((tmp_path / "trials").glob(".base-qa-*.json")).read_text())
+    assert m["qa_logprob_drop"] == pytest.approx(base_qa["logprob"] - m["qa_logprob"])
     assert m["evaluation_s"] > 0
     calls.clear()
-    second = run_trial(conf.model_copy(update={"lora": conf.lora.model_copy(update={"rank": 2})}), tmp_path / "trials" / "1")
+    rank_2 = conf.model_copy(update={"lora": conf.lora.model_copy(update={"rank": 2})})
+    second = run_trial(rank_2, tmp_path / "trials" / "1")
     assert calls == ["qa", "in_domain"]  # the base values were read back
     assert second.metrics["qa_base"] == m["qa_base"] and second.metrics["in_domain_base"] == m["in_domain_base"]
 
@@ -200,9 +214,20 @@ def test_retention_questions_come_balanced_from_the_held_out_tasks(tmp_path, mon
     from lorahpo.finetune.builtin_data import RETENTION_TASKS, BuildSize, build_rows
 
     tasks = {
-        "general_knowledge": {"description": "Answer.", "examples": [choice(f"Fact {i}?", ["yes", "no", "maybe"], i % 3) for i in range(9)]},
-        "physics": {"task_prefix": "Physics: ", "examples": [choice(f"Force {i}?", ["up", "down"], i % 2) for i in range(3)]},
-        "social_iqa": {"examples": [choice("x" * 400, ["a", "b"], 0), choice("Tie?", ["a", "b"], 0) | {"target_scores": {"a": 1, "b": 1}}]},
+        "general_knowledge": {
+            "description": "Answer.",
+            "examples": [choice(f"Fact {i}?", ["yes", "no", "maybe"], i % 3) for i in range(9)],
+        },
+        "physics": {
+            "task_prefix": "Physics: ",
+            "examples": [choice(f"Force {i}?", ["up", "down"], i % 2) for i in range(3)],
+        },
+        "social_iqa": {
+            "examples": [
+                choice("x" * 400, ["a", "b"], 0),
+                choice("Tie?", ["a", "b"], 0) | {"target_scores": {"a": 1, "b": 1}},
+            ]
+        },
         "arithmetic": {"description": "not held out", "examples": [choice("1+1?", ["2", "3"], 0)] * 3},
     }
     tarball = write_bigbench_tarball(tmp_path / "cache" / "downloads" / "bigbench-1.0.0.tar.gz", tasks)
@@ -225,7 +250,7 @@ def test_the_paper_mmlu_example_maximises_an_lm_eval_task_measured_in_each_trial
     from lorahpo import config as cfg
     from lorahpo.study import Study
 
-    rows = [{**q, "answer": q["choices"].index(q["answer"]) if isinstance(q["answer"], str) else q["answer"]} for q in QUESTIONS]
+    rows = [{**q, "answer": answer_index(q)} for q in QUESTIONS]
     data = write_jsonl(tmp_path / "items.jsonl", rows)
     (tmp_path / "tasks").mkdir()
     (tmp_path / "tasks" / "tiny_mmlu.yaml").write_text(
@@ -239,12 +264,15 @@ def test_the_paper_mmlu_example_maximises_an_lm_eval_task_measured_in_each_trial
     assert raw["objective"]["metric"] == "mmlu" and raw["objective"]["direction"] == "maximize"
     tiny = tiny_data.config(max_steps=2, precision="fp32").model_dump(mode="json")
     raw["objective"]["lora"].update(model=tiny["model"], data=tiny["data"], training=tiny["training"])
-    raw["objective"]["lora"]["evaluate"][0].update(task="tiny_mmlu", include_path=str(tmp_path / "tasks"), num_fewshot=0)
+    raw["objective"]["lora"]["evaluate"][0].update(
+        task="tiny_mmlu", include_path=str(tmp_path / "tasks"), num_fewshot=0
+    )
     raw["budget"] = 2
     study = Study.open(tmp_path / "study", cfg.parse(raw))
     summary = study.run()
     records = study.records()
-    assert summary.finished == 2 and [r.status for r in records] == ["complete", "complete"], [r.reason for r in records]
+    statuses = [r.status for r in records]
+    assert summary.finished == 2 and statuses == ["complete", "complete"], [r.reason for r in records]
     for r in records:
         assert r.value == r.metrics["mmlu"] and r.value in (0.0, 0.25, 0.5, 0.75, 1.0)
         assert r.metrics["mmlu_drop"] == pytest.approx(r.metrics["mmlu_base"] - r.metrics["mmlu"])

@@ -266,7 +266,8 @@ def test_truncation_cuts_the_response_and_drops_examples_without_one(tmp_path, d
     assert len(examples) == 9
     assert max(len(e.input_ids) for e in examples) == 64
     cut = [e for e in examples if len(e.input_ids) == 64]
-    assert len(cut) == 4 and all(e.labels[-1] != IGNORE_INDEX and e.input_ids[-1] != data_tokenizer.eos_token_id for e in cut)
+    assert len(cut) == 4
+    assert all(e.labels[-1] != IGNORE_INDEX and e.input_ids[-1] != data_tokenizer.eos_token_id for e in cut)
 
 
 # --- bad data --------------------------------------------------------------------------------

@@ -122,7 +122,9 @@ def test_reporter_returning_true_prunes_the_trial(tiny, tmp_path):
 
 def test_a_stop_request_after_the_last_step_is_ignored(tiny, tmp_path):
     asked = []
-    result = run_trial(tiny.config(max_steps=4, eval_every=2), tmp_path, reporter=lambda s, v: asked.append(s) or s == 4)
+    result = run_trial(
+        tiny.config(max_steps=4, eval_every=2), tmp_path, reporter=lambda s, v: asked.append(s) or s == 4
+    )
     assert asked == [2, 4]  # the request came at the last step, and was the only one
     assert result.status == "complete" and result.metrics["steps"] == 4
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from lorahpo.evaluation.store import model_key
@@ -12,7 +14,6 @@ from lorahpo.report.data import (
     compare_report,
     study_report,
 )
-from lorahpo.report.stats import spearman
 from lorahpo.study import Study
 
 from .conftest import FAILURE_REASON, lowest_loss

@@ -6,8 +6,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.samplers import QMCSampler
 
 from lorahpo import NomadSampler
-from lorahpo.samplers import make_sampler
 from lorahpo.result import INTERRUPTED_ATTR
+from lorahpo.samplers import make_sampler
 from lorahpo.samplers.registry import grid_values
 from lorahpo.samplers.seeded import TrialSeededSampler
 

@@ -25,6 +25,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -107,7 +108,8 @@ def load_prompts(spec: EvaluatorSpec, context: Context) -> list[Prompted]:
         return out
     out = []
     for row in check_prompts(spec):
-        prompt, _ = render({"instruction": row["prompt"], "input": "", "output": ""}, context.template, context.tokenizer)
+        instruction = {"instruction": row["prompt"], "input": "", "output": ""}
+        prompt, _ = render(instruction, context.template, context.tokenizer)
         ids = context.tokenizer(prompt, add_special_tokens=context.template != "chat")["input_ids"]
         out.append(Prompted(tuple(ids), row["answer"]))
     return out
@@ -115,9 +117,12 @@ def load_prompts(spec: EvaluatorSpec, context: Context) -> list[Prompted]:
 
 def check_prompts(spec: EvaluatorSpec) -> list[dict[str, str]]:
     rows = _sample(_read_jsonl(spec), spec)
+    required = ("prompt", "answer")
     for number, row in enumerate(rows, start=1):
-        if not isinstance(row, dict) or not all(isinstance(row.get(k), str) and row[k].strip() for k in ("prompt", "answer")):
-            raise EvaluatorError(f"evaluator {spec.name}: {spec.path} row {number}: needs non-empty `prompt` and `answer`")
+        if not isinstance(row, dict) or not all(isinstance(row.get(k), str) and row[k].strip() for k in required):
+            raise EvaluatorError(
+                f"evaluator {spec.name}: {spec.path} row {number}: needs non-empty `prompt` and `answer`"
+            )
     return rows
 
 
@@ -315,7 +320,10 @@ def base_values(
 
     Call it before training: LoRA's B matrices start at zero, so the model is then the base model.
     """
-    return {spec.name: _remembered(_base_file(spec, context, config, folder), lambda s=spec: measure(context, s)) for spec in specs}
+    return {
+        spec.name: _remembered(_base_file(spec, context, config, folder), partial(measure, context, spec))
+        for spec in specs
+    }
 
 
 def trial_metrics(context: Context, specs: list[EvaluatorSpec], base: dict[str, dict[str, float]]) -> dict[str, float]:

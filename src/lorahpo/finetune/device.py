@@ -43,10 +43,7 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
     times slower than fp32, so ``auto`` keeps fp32 there.
     """
     if name == "auto":
-        if device.type == "cuda":
-            fast = torch.cuda.is_bf16_supported()
-        else:
-            fast = device.type == "cpu" and cpu_has_bf16()
+        fast = torch.cuda.is_bf16_supported() if device.type == "cuda" else device.type == "cpu" and cpu_has_bf16()
         name = "bf16" if fast else "fp32"
     return Precision(name, _DTYPES[name])
 

@@ -46,13 +46,13 @@ import torch
 import torch.nn.functional as F
 
 from lorahpo.evaluation import in_trial as evaluators
+from lorahpo.files import write_atomic
 from lorahpo.finetune.batching import Batch, collate, length_grouped
 from lorahpo.finetune.config import LoraConfig, LoraTrialConfig, TrainingConfig
 from lorahpo.finetune.data import IGNORE_INDEX, DataError, Example, build_splits
 from lorahpo.finetune.device import Precision, describe, resolve_device, resolve_precision
-from lorahpo.files import write_atomic
 from lorahpo.finetune.models import ModelError, load_model_and_tokenizer
-from lorahpo.result import Reporter, TrialResult
+from lorahpo.result import Reporter, Status, TrialResult
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -130,7 +130,7 @@ def run_trial(config: LoraTrialConfig, trial_dir: Path | None = None, reporter: 
             base = evaluators.base_values(context, config.evaluate, config, trial_dir.parent if trial_dir else None)
         with _train_log(trial_dir) as log:
             stopped = fit(model, setup, config.training, progress, reporter, log, untrained)
-        status = "pruned" if stopped else "complete"
+        status: Status = "pruned" if stopped else "complete"
         if status == "complete" and config.evaluate:
             progress.metrics.update(evaluators.trial_metrics(context, config.evaluate, base))
             _say("evaluated: " + ", ".join(f"{s.name} {progress.metrics[s.name]:.4g}" for s in config.evaluate))
@@ -181,7 +181,7 @@ def add_lora(model: PreTrainedModel, cfg: LoraConfig, seed: int) -> Any:
     torch.manual_seed(seed)  # same adapter initialisation (and dropout stream) in every trial
     peft_cfg = PeftLoraConfig(
         r=cfg.rank,
-        lora_alpha=cfg.alpha,
+        lora_alpha=cfg.alpha,  # type: ignore[arg-type]  # annotated int, but PEFT scales by alpha / r: a float works
         lora_dropout=cfg.dropout,
         target_modules=cfg.target_modules,
         bias="none",
@@ -201,12 +201,12 @@ def adapters_follow_autocast(model: Any, precision: Precision) -> None:
     gave 1.12x training tokens/s on a 1.1B Llama (bf16, H200) with the same loss to the last
     digit (``benchmarks/adapter_cast.py``).
     """
-    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.tuners.lora import LoraLayer
 
     if precision.dtype == torch.float32:
         return
     for module in model.modules():
-        if isinstance(module, BaseTunerLayer):
+        if isinstance(module, LoraLayer):
             module.cast_input_dtype_enabled = False
 
 
@@ -291,7 +291,8 @@ def fit(
         _log(log, step=step, loss=step_loss / targets, lr=lr, tokens=tokens)
         if step % print_every == 0 or step == total_steps:
             _say(
-                f"step {step}/{total_steps} loss {step_loss / targets:.4f} lr {lr:.2e} tokens/s {tokens / train_time:.0f}"
+                f"step {step}/{total_steps} loss {step_loss / targets:.4f} lr {lr:.2e} "
+                f"tokens/s {tokens / train_time:.0f}"
             )
         if step % eval_every == 0 or step == total_steps:
             value = validate(model, setup.validation, setup, eval_batch_size(cfg))
@@ -351,7 +352,12 @@ def _untrained_loss_file(config: LoraTrialConfig, setup: Setup, trial_dir: Path 
     if trial_dir is None:
         return None
     key = hashlib.sha256()
-    what = [config.model.model_dump(mode="json"), setup.precision.name, setup.device.type, eval_batch_size(config.training)]
+    what = [
+        config.model.model_dump(mode="json"),
+        setup.precision.name,
+        setup.device.type,
+        eval_batch_size(config.training),
+    ]
     key.update(json.dumps([what, torch.__version__], sort_keys=True).encode())
     for example in setup.validation:
         key.update(json.dumps([example.input_ids, example.labels]).encode())

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from lorahpo.evaluation.store import BASE, EvaluationStore, model_key, trial_of
-from lorahpo.result import UNFINISHED, TrialRecord
 from lorahpo.report.in_trial import EvaluatorSummary, evaluator_summaries
 from lorahpo.report.stats import spearman
+from lorahpo.result import UNFINISHED, TrialRecord
 
 
 @dataclass(frozen=True)

@@ -67,7 +67,8 @@ def write_compare(compare: CompareReport, out: Path) -> dict[str, Path]:
     figures = {"compare_best_so_far": plots.compare_curves(compare)}
     paths = _write_pngs(figures, out)
     paths["html"] = write_atomic(out / "compare.html", compare_html(compare, figures))
-    paths["markdown"] = write_atomic(out / "compare.md", compare_markdown(compare, {k: p.name for k, p in paths.items()}))
+    names = {k: p.name for k, p in paths.items()}
+    paths["markdown"] = write_atomic(out / "compare.md", compare_markdown(compare, names))
     return paths
 
 
@@ -161,8 +162,11 @@ def evaluator_table(report: StudyReport) -> tuple[list[str], list[list[str]]]:
     rows = []
     for ev in report.evaluators:
         ci = f"[{ev.ci[0]:+.2f}, {ev.ci[1]:+.2f}]" if ev.ci is not None else ""
-        rows.append([ev.name, str(len(ev.points)), fmt_score(ev.base), fmt_evaluator(best.metrics, ev.name) if best else "",
-                     ev.constraint or "", fmt_rho(ev.rho, ev.missing_reason), ci])
+        tuned = fmt_evaluator(best.metrics, ev.name) if best else ""
+        rows.append(
+            [ev.name, str(len(ev.points)), fmt_score(ev.base), tuned, ev.constraint or "",
+             fmt_rho(ev.rho, ev.missing_reason), ci]
+        )
     return header, rows
 
 
