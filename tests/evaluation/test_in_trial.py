@@ -69,6 +69,17 @@ def test_choice_logprobs_match_a_full_forward_pass_by_hand(loaded, tmp_path):
     assert measured["logprob"] == pytest.approx(sum(s[q.answer] for s, q in zip(scores, questions, strict=True)) / 4)
 
 
+def test_choice_batches_score_as_one_question_at_a_time(loaded, tmp_path):
+    """Left-padded prefixes and option rows continuing their own question's cache change nothing."""
+    model, tokenizer = loaded
+    spec = EvaluatorSpec(name="qa", kind="choice", path=str(write_jsonl(tmp_path / "q.jsonl", QUESTIONS)))
+    questions = in_trial.load_questions(spec)
+    alone = in_trial.choice_logprobs(context(model, tokenizer), questions, batch_size=1)
+    together = in_trial.choice_logprobs(context(model, tokenizer), questions, batch_size=3)
+    for a, b in zip(alone, together, strict=True):
+        assert b == pytest.approx(a, abs=1e-4)
+
+
 def test_choice_accuracy_and_loglikelihoods_match_lm_eval(loaded, tmp_path):
     """The same items as a local lm-eval multiple-choice task give the same acc and log-likelihoods."""
     from lm_eval import simple_evaluate

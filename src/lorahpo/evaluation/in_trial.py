@@ -171,28 +171,48 @@ def _sample(rows: list[Any], spec: EvaluatorSpec) -> list[Any]:
 
 
 @torch.no_grad()
-def choice_logprobs(context: Context, questions: list[Question]) -> list[list[float]]:
-    """Summed log-probability of each option's tokens after its question (lm-eval's loglikelihood)."""
-    model, device = context.model, context.device
+def choice_logprobs(context: Context, questions: list[Question], batch_size: int = 8) -> list[list[float]]:
+    """Summed log-probability of each option's tokens after its question (lm-eval's loglikelihood).
+
+    Questions go ``batch_size`` at a time: their prefixes, left-padded, in one forward pass that
+    keeps its key/value cache; then every option's later tokens in a second pass, each option
+    row continuing its own question's cache rows. A question costs about one forward pass of
+    its own length, and a small model is not held back by per-call overhead.
+    """
     out = []
-    for q in questions:
-        prefix, options = encode_options(context.tokenizer, f"Q: {q.question}\nA:", [f" {c}" for c in q.choices])
-        with context.precision.autocast(device):
-            first = model(input_ids=torch.tensor([prefix], device=device), use_cache=True, logits_to_keep=1)
-        head = first.logits[0, -1].float().log_softmax(-1)
-        scores = [float(head[o[0]]) for o in options]
-        longest = max(map(len, options))
-        if longest > 1:  # the options' later tokens, all options at once from the shared prefix
-            cache, name = _cache(first)
-            cache.batch_repeat_interleave(len(options))
-            pad = context.tokenizer.pad_token_id or 0
-            ids = torch.tensor([o[:-1] + [pad] * (longest - len(o)) for o in options], device=device)
-            with context.precision.autocast(device):
-                rest = model(input_ids=ids, use_cache=True, **{name: cache}).logits.float().log_softmax(-1)
-            for i, o in enumerate(options):
-                scores[i] += sum(float(rest[i, j, o[j + 1]]) for j in range(len(o) - 1))
-        out.append(scores)
+    for start in range(0, len(questions), batch_size):
+        out += _choice_batch(context, questions[start : start + batch_size])
     return out
+
+
+def _choice_batch(context: Context, questions: list[Question]) -> list[list[float]]:
+    model, device, tokenizer = context.model, context.device, context.tokenizer
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    encoded = [encode_options(tokenizer, f"Q: {q.question}\nA:", [f" {c}" for c in q.choices]) for q in questions]
+    width = max(len(prefix) for prefix, _ in encoded)
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p, _ in encoded], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p, _ in encoded], device=device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with context.precision.autocast(device):
+        first = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    head = first.logits[:, -1].float().log_softmax(-1)  # left padding: every prefix ends in the last column
+    scores = [[float(head[b, o[0]]) for o in options] for b, (_, options) in enumerate(encoded)]
+    rows = [(b, i, o) for b, (_, options) in enumerate(encoded) for i, o in enumerate(options) if len(o) > 1]
+    if rows:  # the options' later tokens, each option row continuing its question's prefix
+        cache, name = _cache(first)
+        owner = torch.tensor([b for b, _, _ in rows], device=device)
+        cache.reorder_cache(owner)
+        longest = max(len(o) for _, _, o in rows) - 1
+        ids = torch.tensor([o[:-1] + [pad] * (longest + 1 - len(o)) for _, _, o in rows], device=device)
+        mask = torch.cat([mask[owner], torch.ones_like(ids)], dim=1)  # padding after an option is never attended to
+        lengths = torch.tensor([len(encoded[b][0]) for b, _, _ in rows], device=device)
+        positions = lengths[:, None] + torch.arange(longest, device=device)[None, :]
+        with context.precision.autocast(device):
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{name: cache}).logits
+        rest = logits.float().log_softmax(-1)
+        for r, (b, i, o) in enumerate(rows):
+            scores[b][i] += sum(float(rest[r, j, o[j + 1]]) for j in range(len(o) - 1))
+    return scores
 
 
 def _cache(output: Any) -> tuple[Any, str]:
@@ -215,8 +235,8 @@ def encode_options(tokenizer: Any, context: str, continuations: list[str]) -> tu
     return prefix, options
 
 
-def measure_choice(context: Context, questions: list[Question]) -> dict[str, float]:
-    scores = choice_logprobs(context, questions)
+def measure_choice(context: Context, questions: list[Question], batch_size: int = 8) -> dict[str, float]:
+    scores = choice_logprobs(context, questions, batch_size)
     right = [s.index(max(s)) == q.answer for s, q in zip(scores, questions, strict=True)]
     accuracy = sum(right) / len(right)
     return {
@@ -302,7 +322,7 @@ def measure(context: Context, spec: EvaluatorSpec) -> dict[str, float]:
     context.model.eval()
     try:
         if spec.kind == "choice":
-            return measure_choice(context, load_questions(spec))
+            return measure_choice(context, load_questions(spec), spec.batch_size)
         if spec.kind == "generate":
             return measure_generate(context, load_prompts(spec, context), spec)
         return measure_lm_eval(context, spec)
