@@ -208,7 +208,9 @@ def _choice_batch(context: Context, questions: list[Question]) -> list[list[floa
         lengths = torch.tensor([len(encoded[b][0]) for b, _, _ in rows], device=device)
         positions = lengths[:, None] + torch.arange(longest, device=device)[None, :]
         with context.precision.autocast(device):
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{name: cache}).logits
+            logits = model(
+                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{name: cache}
+            ).logits
         rest = logits.float().log_softmax(-1)
         for r, (b, i, o) in enumerate(rows):
             scores[b][i] += sum(float(rest[r, j, o[j + 1]]) for j in range(len(o) - 1))
