@@ -101,10 +101,18 @@ def trial_folder(trial: dict[str, Any]) -> Path:
 
 
 def trial_config(conf: cfg.StudyConfig, params: dict[str, Any]) -> dict[str, Any]:
+    """The complete trial config of ``params``, as its measurement's key hashes it.
+
+    A field added to the trial config after measurements were made leaves the key alone while it
+    has its default (``evaluate: []``): those measurements are still of the same blackbox.
+    """
     from lorahpo.finetune.config import apply_hyperparameters
 
     assert conf.objective.lora is not None
-    return apply_hyperparameters(conf.objective.lora, params).model_dump(mode="json")
+    config = apply_hyperparameters(conf.objective.lora, params).model_dump(mode="json")
+    if not config["evaluate"]:
+        del config["evaluate"]
+    return config
 
 
 def lora_blackbox(trial: dict[str, Any], stop: Stop) -> Measurement:

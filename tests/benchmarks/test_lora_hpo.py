@@ -67,3 +67,16 @@ def test_replay_refuses_an_unmeasured_point(bench, tmp_path):
     with pytest.raises(LookupError, match="never measured"):
         bench.main(["--seeds", "0", "--budget", "2", *files, "--replay"], blackbox=None)
 
+
+
+def test_the_committed_cache_still_holds_the_start_point_of_every_search(load_benchmark):
+    """Trial configs gained fields since the cache was measured: the key of a measured point must not move."""
+    from lorahpo.executors.replay import Measurements, config_key
+
+    bench = load_benchmark("lora_hpo")
+    cache = Measurements(bench.RESULTS / "lora_hpo_cache.jsonl")
+    for optimizer in bench.OPTIMIZERS:
+        conf = bench.study_config(bench.PRESETS["cpu"], optimizer, 0, 20)
+        x0 = conf.space.x0()
+        assert x0 is not None
+        assert cache.get(config_key(bench.trial_config(conf, x0))) is not None
