@@ -179,16 +179,22 @@ def choice_logprobs(context: Context, questions: list[Question], batch_size: int
     row continuing its own question's cache rows. A question costs about one forward pass of
     its own length, and a small model is not held back by per-call overhead.
     """
-    out = []
-    for start in range(0, len(questions), batch_size):
-        out += _choice_batch(context, questions[start : start + batch_size])
+    tokenizer = context.tokenizer
+    encoded = [encode_options(tokenizer, f"Q: {q.question}\nA:", [f" {c}" for c in q.choices]) for q in questions]
+    # Batches of similar lengths pad little: by the longest option, then by the prefix.
+    order = sorted(range(len(encoded)), key=lambda i: (max(map(len, encoded[i][1])), len(encoded[i][0])))
+    out: list[list[float]] = [[] for _ in encoded]
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        for i, scores in zip(batch, _choice_batch(context, [encoded[i] for i in batch]), strict=True):
+            out[i] = scores
     return out
 
 
-def _choice_batch(context: Context, questions: list[Question]) -> list[list[float]]:
+def _choice_batch(context: Context, encoded: list[tuple[list[int], list[list[int]]]]) -> list[list[float]]:
+    """Scores of the options of a few questions, given as ``(prefix tokens, [option tokens])``."""
     model, device, tokenizer = context.model, context.device, context.tokenizer
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    encoded = [encode_options(tokenizer, f"Q: {q.question}\nA:", [f" {c}" for c in q.choices]) for q in questions]
     width = max(len(prefix) for prefix, _ in encoded)
     ids = torch.tensor([[pad] * (width - len(p)) + p for p, _ in encoded], device=device)
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p, _ in encoded], device=device)
