@@ -3,6 +3,8 @@
     python benchmarks/downstream.py                    # everything below, resumable
     python benchmarks/downstream.py --parts design     # only the configuration design
     python benchmarks/downstream.py --replay           # rebuild the results from the caches only
+    python benchmarks/downstream.py --threads 1 --shard 0/2 --seeds 0 2 &   # one process per core:
+    python benchmarks/downstream.py --threads 1 --shard 1/2 --seeds 1       # each fills the caches
 
 The blackbox is the built-in study's (``lorahpo tune`` with no config: SmolLM2-135M, 12 steps
 on bigbench-instruct, validation loss) with its in-trial ``retention`` evaluator. Two parts:
@@ -23,7 +25,9 @@ Every trained configuration goes, with all its metrics, into ``results/downstrea
 the ordinary study loop with a ``ReplayExecutor``); every bbh-bigbench score into
 ``results/downstream_bbh.jsonl``. Adapters are kept under ``$LORAHPO_CACHE/bench/downstream/``
 (never committed): a configuration whose adapter is gone is trained again (deterministic on a
-CPU) before its bbh-bigbench score is measured. Results: ``results/downstream.json`` and ``.md``.
+CPU) before its bbh-bigbench score is measured. Results: ``results/downstream.json`` and ``.md``,
+written by an unsharded run; ``--replay`` writes them from whatever the caches hold so far (the
+points not yet measured are counted under ``missing``).
 """
 
 from __future__ import annotations
@@ -54,6 +58,8 @@ from lorahpo.result import TrialRecord
 RESULTS = Path(__file__).parent / "results"
 ARMS = ("loss", "guarded", "front")
 METRICS = ("retention", "retention_logprob")
+#: Every model is trained and scored in fp32, on any CPU: one blackbox, whichever machine measures a point.
+PRECISION = "fp32"
 
 
 def study_config(arm: str, seed: int, budget: int, bound: float) -> cfg.StudyConfig:
@@ -63,6 +69,7 @@ def study_config(arm: str, seed: int, budget: int, bound: float) -> cfg.StudyCon
     raw = yaml.safe_load(default_config_path().read_text())
     raw.update(name=f"downstream-{arm}", seed=seed, budget=budget, optimizer="nomad", constraints={})
     raw["objective"]["lora"]["save_adapter"] = True  # bbh-bigbench reads the chosen adapters
+    raw["objective"]["lora"]["training"]["precision"] = PRECISION
     if arm == "guarded":
         raw["constraints"] = {"retention_drop": bound}
     elif arm == "front":
@@ -110,22 +117,45 @@ def design_points(conf: cfg.StudyConfig, n: int, seed: int = 0) -> list[dict[str
     return points
 
 
-def measure_design(conf: cfg.StudyConfig, cache: Measurements, n: int, blackbox: Blackbox | None) -> list[Measurement]:
-    measured = []
+def measure_design(
+    conf: cfg.StudyConfig, cache: Measurements, n: int, blackbox: Blackbox | None, shard: tuple[int, int] = (0, 1)
+) -> list[Measurement | None]:
+    """The design's measurements, in design order: those of this ``shard`` (``k, n``: every
+    n-th point from the k-th) measured where missing, the others as far as the cache has them
+    (None where it has not)."""
+    measured: list[Measurement | None] = []
     for i, params in enumerate(design_points(conf, n)):
         config = trial_config(conf, params)
         key = config_key(config)
         point = cache.get(key)
         if point is None:
-            if blackbox is None:
-                raise LookupError(f"design point {i} {params} was never measured")
-            cache.add({"key": key, "params": params, **blackbox(config, lambda *a: False)})
+            if blackbox is None or i % shard[1] != shard[0]:
+                print(f"design [{i + 1}/{n}] not measured yet", flush=True)
+                measured.append(None)
+                continue
+            cache.add({"key": key, "params": params, **stamped(blackbox)(config, lambda *a: False)})
             point = cache.get(key)
             assert point is not None
         retention = _fmt(_metric(point, "retention"))
         print(f"design [{i + 1}/{n}] {_fmt(point.get('value'))} retention {retention}", flush=True)
         measured.append(point)
     return measured
+
+
+def bbh_scored(points: Sequence[Measurement | None], n: int) -> list[tuple[int, Measurement]]:
+    """The design points scored on bbh-bigbench, with their design index: the first ``n``
+    complete ones. A point not measured yet keeps its place, so that no shard scores a point
+    beyond them before the rest of the design is in."""
+    scored: list[tuple[int, Measurement]] = []
+    places = n
+    for i, point in enumerate(points):
+        if places == 0:
+            break
+        if point is None or point["status"] == "complete":
+            places -= 1
+            if point is not None:
+                scored.append((i, point))
+    return scored
 
 
 # ------------------------------------------------------------------ bbh-bigbench
@@ -137,19 +167,25 @@ class BbhScores:
     def __init__(self, path: Path, limit: int, live: bool) -> None:
         self.path, self.limit, self.live = path, limit, live
         self.scores: dict[str, dict[str, Any]] = {}
-        if path.exists():
-            for line in path.read_text().splitlines():
+        self._read()
+
+    def _read(self) -> None:
+        if self.path.exists():
+            data = self.path.read_bytes()
+            for line in data[: data.rfind(b"\n") + 1].decode().splitlines():  # a line being written: next time
                 row = json.loads(line)
-                if row["limit"] == limit:
+                if row["limit"] == self.limit:
                     self.scores.setdefault(row["key"], row)
 
-    def get(
-        self, key: str, conf: cfg.StudyConfig, params: dict[str, Any] | None, cache: Measurements
-    ) -> dict[str, Any]:
+    def get(self, key: str, conf: cfg.StudyConfig, params: dict[str, Any] | None, measure: bool = True
+            ) -> dict[str, Any] | None:
+        """The score of ``key``; measured now if missing, live and ``measure``, else None."""
+        if key not in self.scores:
+            self._read()  # another process may have measured it
         if key in self.scores:
             return self.scores[key]
-        if not self.live:
-            raise LookupError(f"bbh-bigbench of {key} was never measured")
+        if not (self.live and measure):
+            return None
         from lorahpo.evaluation import harness, tasks
 
         adapter = None
@@ -161,10 +197,10 @@ class BbhScores:
         spec = tasks.resolve("bbh-bigbench")
         manager = harness.task_manager([spec.prepare()] if spec.prepare else [], with_lm_eval_tasks=False)
         tic = time.perf_counter()
-        lm = harness.load_model(conf.objective.lora.model, adapter, device="cpu", batch_size=8)
+        lm = harness.load_model(conf.objective.lora.model, adapter, device="cpu", precision=PRECISION, batch_size=8)
         scores = harness.run_task(lm, spec, manager, limit=self.limit)
         row = {"key": key, "limit": self.limit, "bbh": scores.score, "bbh_se": scores.stderr, "rows": scores.n,
-               "duration_s": time.perf_counter() - tic, "measured_at": machine()}
+               "precision": PRECISION, "duration_s": time.perf_counter() - tic, "measured_at": machine()}
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         self.scores[key] = row
@@ -264,6 +300,19 @@ def markdown(result: dict[str, Any]) -> str:
         for r in runs:
             bbh = f"{_fmt(r.get('bbh'))} ± {_fmt(r.get('bbh_se'))}" if r.get("bbh") is not None else "-"
             lines.append(f"| {arm} | {r['seed']} | {_fmt(r.get('val_loss'))} | {_fmt(r.get('retention'))} | {bbh} |")
+    if result.get("summary"):
+        lines += ["", "Per arm (medians over seeds): runs whose adapter is not worse than the base model on "
+                  "bbh-bigbench beyond one standard error, and whose validation loss is within 10% of the "
+                  "loss arm's median.", "",
+                  "| arm | runs | validation loss | retention | bbh-bigbench | not worse than base | loss within 10% |",
+                  "|---|---|---|---|---|---|---|"]
+        for arm, a in result["summary"].items():
+            lines.append(f"| {arm} | {a['runs']} | {_fmt(a['val_loss'])} | {_fmt(a['retention'])} | {_fmt(a['bbh'])} "
+                         f"| {a['bbh_not_worse_than_base']} | {a['val_loss_within_10pct_of_loss_arm']} |")
+    gaps = {part: count for part, count in result.get("missing", {}).items() if count}
+    if gaps:
+        lines += ["", "Not measured yet: " + ", ".join(f"{count} {part}" for part, count in gaps.items())
+                  + " (design points, bbh-bigbench scores, arm runs)."]
     return "\n".join(lines) + "\n"
 
 
@@ -288,11 +337,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--budget", type=int, default=20)
     p.add_argument("--bound", type=float, default=0.02, help="the forgetting bound on retention_drop")
     p.add_argument("--threads", type=int, help="torch threads (one process per core: --threads 1)")
-    p.add_argument("--replay", action="store_true", help="measure nothing: rebuild from the caches")
+    p.add_argument("--shard", type=_shard, default=(0, 1), metavar="K/N",
+                   help="one of N processes sharing the caches: measure only design points (and their "
+                        "bbh-bigbench scores) K, K+N, ...; the base model's score when K is 0; write no results")
+    p.add_argument("--replay", action="store_true", help="measure nothing: write the results from the caches")
     p.add_argument("--cache", type=Path, default=RESULTS / "downstream_cache.jsonl")
     p.add_argument("--bbh-cache", type=Path, default=RESULTS / "downstream_bbh.jsonl")
     p.add_argument("--out", type=Path, default=RESULTS / "downstream.json")
     return p.parse_args(argv)
+
+
+def _shard(text: str) -> tuple[int, int]:
+    k, _, n = text.partition("/")
+    if not (k.isdigit() and n.isdigit() and int(k) < int(n)):
+        raise argparse.ArgumentTypeError(f"expected K/N with 0 <= K < N, got {text!r}")
+    return int(k), int(n)
 
 
 def main(argv: Sequence[str] | None = None, blackbox: Blackbox | None = lora_blackbox) -> dict[str, Any]:
@@ -303,6 +362,7 @@ def main(argv: Sequence[str] | None = None, blackbox: Blackbox | None = lora_bla
         torch.set_num_threads(args.threads)
         os.environ["LORAHPO_NUM_THREADS"] = str(args.threads)
     live = None if args.replay else blackbox
+    k, n = args.shard
     cache = Measurements(args.cache)
     bbh = BbhScores(args.bbh_cache, args.bbh_limit, live=live is not None)
     conf = study_config("loss", 0, args.budget, args.bound)
@@ -313,32 +373,55 @@ def main(argv: Sequence[str] | None = None, blackbox: Blackbox | None = lora_bla
         "base": {},
         "spearman": {},
         "arms": {},
+        "missing": {"design": 0, "bbh": 0, "arms": 0},
     }
-    points = measure_design(conf, cache, args.design, live) if "design" in args.parts else []
-    if points:
-        some = points[0]["metrics"]
+    missing = result["missing"]
+    points = measure_design(conf, cache, args.design, live, args.shard) if "design" in args.parts else []
+    missing["design"] = sum(p is None for p in points)
+    complete = [p for p in points if p is not None and p["status"] == "complete"]
+    if complete:
+        some = complete[0]["metrics"]
         result["base"] = {"val_loss": some["initial_validation_loss"], "retention": some["retention_base"],
                           "retention_logprob": some["retention_logprob"] + some["retention_logprob_drop"]}
-    base_bbh = bbh.get("base", conf, None, cache)
-    result["base"].update(bbh=base_bbh["bbh"], bbh_se=base_bbh["bbh_se"], bbh_rows=base_bbh["rows"])
-    complete = [p for p in points if p["status"] == "complete"]
+    base_bbh = bbh.get("base", conf, None, measure=k == 0)
+    if base_bbh is None:
+        missing["bbh"] += 1
+    else:
+        result["base"].update(bbh=base_bbh["bbh"], bbh_se=base_bbh["bbh_se"], bbh_rows=base_bbh["rows"])
     for metric in METRICS:
         if len(complete) >= 3:
             result["spearman"][metric] = spearman(
                 [p["value"] for p in complete], [p["metrics"][metric] for p in complete]
             )
-    scored = [(p, bbh.get(p["key"], conf, p["params"], cache)) for p in complete[: args.bbh_design]]
+    scored = []
+    for i, p in bbh_scored(points, args.bbh_design):
+        score = bbh.get(p["key"], conf, p["params"], measure=i % n == k)
+        if score is None:
+            missing["bbh"] += 1
+        else:
+            scored.append((p, score))
     if len(scored) >= 3:
         result["spearman"]["bbh-bigbench"] = spearman([p["value"] for p, _ in scored], [s["bbh"] for _, s in scored])
     if "arms" in args.parts:
         for seed in args.seeds:  # seeds outermost: a partial run already compares the arms
             for arm in ARMS:
-                run = run_arm(arm, seed, args, cache, live)
+                try:
+                    run = run_arm(arm, seed, args, cache, live)
+                except LookupError:  # replaying a search whose points are not all measured yet
+                    missing["arms"] += 1
+                    continue
                 if run.get("key"):
-                    score = bbh.get(run["key"], study_config(arm, seed, args.budget, args.bound), run["params"], cache)
-                    run.update(bbh=score["bbh"], bbh_se=score["bbh_se"])
+                    score = bbh.get(run["key"], study_config(arm, seed, args.budget, args.bound), run["params"])
+                    if score is None:
+                        missing["bbh"] += 1
+                    else:
+                        run.update(bbh=score["bbh"], bbh_se=score["bbh_se"])
                 result["arms"].setdefault(arm, []).append(run)
-        result["summary"] = summarize_arms(result["arms"], result["base"])
+        if "bbh" in result["base"]:
+            result["summary"] = summarize_arms(result["arms"], result["base"])
+    if n > 1:
+        print("caches filled; `--replay` writes the results", flush=True)
+        return result
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     args.out.with_suffix(".md").write_text(markdown(result))

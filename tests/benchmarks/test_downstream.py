@@ -36,11 +36,11 @@ def bench(load_benchmark, monkeypatch):
     # bbh-bigbench falls as retention falls: the guard helps downstream, by construction.
     base = {"key": "base", "bbh": 0.25, "bbh_se": 0.03, "rows": 240}
 
-    def fake_bbh(self, key, conf, params, cache):
+    def fake_bbh(self, key, conf, params, measure=True):
         if key == "base":
             return base
-        point = cache.get(key)
-        return {"key": key, "bbh": 0.25 - point["metrics"]["retention_drop"], "bbh_se": 0.03, "rows": 240}
+        drop = toys.forgetting(params)["retention_drop"]
+        return {"key": key, "bbh": 0.25 - drop, "bbh_se": 0.03, "rows": 240}
 
     monkeypatch.setattr(module.BbhScores, "get", fake_bbh)
     return module
@@ -69,6 +69,41 @@ def test_the_benchmark_writes_its_results_and_replays_them(bench, tmp_path):
     again = bench.main([*args, "--replay"], blackbox=None)
     assert again["arms"] == result["arms"] and again["spearman"] == result["spearman"]
     assert len((tmp_path / "cache.jsonl").read_text().splitlines()) == measured
+
+
+def test_shards_fill_the_caches_that_one_process_would_and_replay_counts_what_is_missing(bench, tmp_path):
+    def args(folder, *more):
+        return ["--design", "6", "--bbh-design", "4", "--budget", "6",
+                "--cache", str(folder / "cache.jsonl"), "--bbh-cache", str(folder / "bbh.jsonl"),
+                "--out", str(folder / "downstream.json"), *more]
+
+    alone, shared = tmp_path / "alone", tmp_path / "shared"
+    shared.mkdir()
+    whole = bench.main(args(alone, "--seeds", "0", "1"), blackbox=fake_blackbox)
+    bench.main(args(shared, "--shard", "0/2", "--parts", "design"), blackbox=fake_blackbox)
+    assert not (shared / "downstream.json").exists()  # a shard writes no results
+    half = bench.main(args(shared, "--replay", "--seeds", "0", "1"), blackbox=None)
+    assert half["missing"] == {"design": 3, "bbh": 0, "arms": 6}  # points 1, 3, 5; no search replays whole
+    assert half["spearman"]["retention"]["n"] == 3 and "bbh-bigbench" not in half["spearman"]
+    assert "Not measured yet: 3 design, 6 arms" in (shared / "downstream.md").read_text()
+    bench.main(args(shared, "--shard", "1/2", "--seeds", "1"), blackbox=fake_blackbox)
+    bench.main(args(shared, "--shard", "0/2", "--seeds", "0"), blackbox=fake_blackbox)
+    again = bench.main(args(shared, "--replay", "--seeds", "0", "1"), blackbox=None)
+    assert again["missing"] == {"design": 0, "bbh": 0, "arms": 0}
+    assert again["spearman"] == whole["spearman"] and again["arms"] == whole["arms"]
+
+
+def test_a_shard_is_k_of_n(bench):
+    assert bench.parse_args(["--shard", "1/3"]).shard == (1, 3)
+    for bad in ("3/3", "a/2", "1"):
+        with pytest.raises(SystemExit):
+            bench.parse_args(["--shard", bad])
+
+
+def test_points_not_measured_keep_their_place_among_those_scored_on_bbh(bench):
+    ok, failed = {"status": "complete"}, {"status": "failed"}
+    assert [i for i, _ in bench.bbh_scored([ok, failed, None, ok, ok], 3)] == [0, 3]
+    assert [i for i, _ in bench.bbh_scored([ok, failed, ok, ok, ok], 3)] == [0, 2, 3]
 
 
 def test_spearman_is_the_reports(bench):
