@@ -196,7 +196,7 @@ def create_app(
             minutes = round(SESSION_IDLE / 60)
             error = (
                 f"{rater.name} is rating in another browser. Use “Switch rater” there first, "
-                f"or wait {minutes} minutes after its last vote."
+                f"or wait {minutes} minutes after its last page."
             )
             return render(request, "rater.html", status_code=409, error=error, **page)
 

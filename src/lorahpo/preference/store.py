@@ -247,7 +247,8 @@ class VoteStore:
         # The file holds rater names and the hidden model identities: its owner only. SQLite
         # gives its -wal and -shm files the same mode.
         os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
-        os.chmod(self.path, 0o600)
+        if self.path.stat().st_mode & 0o077:  # a file of an older lorahpo, created 0644
+            os.chmod(self.path, 0o600)
         with self._connect() as conn:
             conn.execute("BEGIN IMMEDIATE")
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
