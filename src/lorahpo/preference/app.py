@@ -47,21 +47,18 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from lorahpo.preference.answers import ANSWERS_FILE, AnswerSet, preference_dir, read_answers
 from lorahpo.preference.names import RULE
 from lorahpo.preference.stats import percent, summarise, votes_csv
 from lorahpo.preference.store import (
-    ANSWERS_FILE,
     CHOICES,
     SESSION_IDLE,
     VOTES_FILE,
     AlreadyVoted,
-    AnswerSet,
     Rater,
     RaterBusy,
     UnknownPair,
     VoteStore,
-    preference_dir,
-    read_answers,
 )
 
 _HERE = Path(__file__).parent

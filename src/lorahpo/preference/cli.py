@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 from lorahpo.errors import UserError
 from lorahpo.extras import require
 from lorahpo.files import write_atomic
-from lorahpo.preference.store import ANSWERS_FILE, VOTES_FILE, preference_dir
+from lorahpo.preference.answers import ANSWERS_FILE, preference_dir
+from lorahpo.preference.store import VOTES_FILE
 
 if TYPE_CHECKING:
     from lorahpo.preference.generate import Template

@@ -1,13 +1,11 @@
-"""Answers and votes of a preference evaluation, and which comparison a rater judges next.
+"""Raters and votes of a preference evaluation, and which comparison a rater judges next.
 
-A study folder keeps its preference data in ``DIR/preference/``:
-
-* ``answers.jsonl``: one row per (model, prompt), written by :mod:`lorahpo.preference.generate`;
-* ``votes.db``: a SQLite file, readable by its owner only (mode 0600), with four tables.
-  ``raters`` holds one row per rater (a normalised name, and the hash of an invite token for
-  invited raters); ``sessions`` the signed-in browsers; ``assignments`` every comparison handed
-  to a rater (a prompt and an unordered pair of models, with the hidden left/right order,
-  referenced on the page only by a random id); ``votes`` one row per vote.
+The votes live beside the answers (:mod:`~lorahpo.preference.answers`) in
+``DIR/preference/votes.db``, a SQLite file readable by its owner only (mode 0600) with four
+tables: ``raters`` holds one row per rater (a normalised name, and the hash of an invite token
+for invited raters); ``sessions`` the signed-in browsers; ``assignments`` every comparison
+handed to a rater (a prompt and an unordered pair of models, with the hidden left/right order,
+referenced on the page only by a random id); ``votes`` one row per vote.
 
 One vote per comparison is a property of the file, not of the code that writes it: an
 assignment is unique per (rater, prompt, model pair), and a vote unique per assignment.
@@ -17,7 +15,6 @@ A rater has at most one open (unvoted) assignment: asking for the next one retur
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import secrets
@@ -28,13 +25,12 @@ from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import combinations
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Literal, cast
 
+from lorahpo.preference.answers import AnswerSet
 from lorahpo.preference.names import clean_name, name_key
 
-ANSWERS_FILE = "answers.jsonl"
 VOTES_FILE = "votes.db"
 CHOICES = ("A", "B", "tie")
 #: A session unused for this long is signed out, and its rater's name is free again (seconds).
@@ -78,22 +74,6 @@ CREATE TABLE votes (
 );
 PRAGMA user_version = {_VERSION}
 """
-
-
-def preference_dir(study_dir: str | Path) -> Path:
-    """The folder of a study that holds its answers and votes."""
-    return Path(study_dir) / "preference"
-
-
-@dataclass(frozen=True)
-class Answer:
-    """One model's answer to one prompt (a row of ``answers.jsonl``)."""
-
-    model: str
-    prompt_id: str
-    prompt: str
-    answer: str
-    generation: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -169,58 +149,6 @@ class RaterBusy(RuntimeError):
 
 class StoreError(ValueError):
     """``votes.db`` cannot be used (written by a newer lorahpo, or not a lorahpo store)."""
-
-
-class AnswerSet:
-    """The answers of ``answers.jsonl``, indexed for showing pairs."""
-
-    def __init__(self, answers: list[Answer]) -> None:
-        self._text = {(a.model, a.prompt_id): a.answer for a in answers}
-        self.prompts = {a.prompt_id: a.prompt for a in answers}
-        self.models = sorted({a.model for a in answers})
-
-    def answer(self, model: str, prompt_id: str) -> str:
-        """The text a model gave to a prompt."""
-        return self._text[(model, prompt_id)]
-
-    def items(self) -> list[tuple[str, str, str]]:
-        """Every (prompt_id, model, model) that can be judged: both models answered the prompt."""
-        return [
-            (prompt_id, first, second)
-            for prompt_id in sorted(self.prompts)
-            for first, second in combinations(self.models, 2)
-            if (first, prompt_id) in self._text and (second, prompt_id) in self._text
-        ]
-
-
-def read_answers(path: str | Path) -> list[Answer]:
-    """Read ``answers.jsonl``; a missing file reads as no answers.
-
-    Raises:
-        ValueError: A line is not a JSON object with the expected fields (its number is named).
-    """
-    path = Path(path)
-    if not path.exists():
-        return []
-    answers = []
-    with path.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                answers.append(
-                    Answer(
-                        model=str(row["model"]),
-                        prompt_id=str(row["prompt_id"]),
-                        prompt=str(row["prompt"]),
-                        answer=str(row["answer"]),
-                        generation=dict(row.get("generation") or {}),
-                    )
-                )
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                raise ValueError(f"{path}:{number}: not a valid answer row ({exc})") from exc
-    return answers
 
 
 class VoteStore:
