@@ -207,3 +207,13 @@ def test_serve_on_ipv6_loopback_prints_a_valid_url_and_refuses_foreign_host_name
     finally:
         proc.terminate()
         proc.communicate(timeout=20)
+
+
+def test_serve_warns_on_non_loopback_hosts_only(study, monkeypatch, capsys):
+    started = []
+    monkeypatch.setattr("lorahpo.preference.app.serve", lambda study_dir, **kwargs: started.append(kwargs))
+    for host in ["0.0.0.0", "::", "10.1.2.3", "127.0.0.2", "::1", "localhost"]:
+        assert run("preference", "serve", str(study), "--host", host, "--results-token", "t" * 16) == 0
+        warned = capsys.readouterr().out.startswith(f"warning: listening on {host}: anyone who can reach it")
+        assert warned == (host in ("0.0.0.0", "::", "10.1.2.3")), host
+    assert {k["results_token"] for k in started} == {"t" * 16}
