@@ -234,6 +234,8 @@ def _run(argv: Callable[[str], list[str]], limits: Limits, cwd: Path | None, fds
             returncode: int | None
             try:
                 returncode = proc.wait(timeout=limits.wall_s)
+                if cwd is None and returncode > 128:  # bwrap reports a program's signal N as 128 + N
+                    returncode = 128 - returncode
             except subprocess.TimeoutExpired:
                 returncode = None
             finally:
