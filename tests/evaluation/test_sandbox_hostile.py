@@ -19,11 +19,11 @@ import uuid
 
 import psutil
 import pytest
-from ci import unavailable
 
 from lorahpo.evaluation import bwrap, sandbox
 from lorahpo.evaluation.sandbox import Limits
 
+pytestmark = pytest.mark.usefixtures("code_sandbox")
 HOSTILE = Limits(wall_s=15.0)
 HOOK_OFF = """\
 import os
@@ -38,12 +38,6 @@ except PermissionError as exc:
 os.kill(os.getpid(), 0)  # refused while the hook is on
 print("HOOK OFF", flush=True)
 """
-
-
-@pytest.fixture(autouse=True)
-def _sandbox_runs_here():
-    if sandbox.sandbox_problem():
-        unavailable(f"the sandbox cannot run here: {sandbox.sandbox_problem()}")
 
 
 def run_hostile(code: str, limits: Limits = HOSTILE, alone: bool = True) -> sandbox.RunResult:
