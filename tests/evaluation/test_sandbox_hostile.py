@@ -274,3 +274,9 @@ print("written", written)
     assert "stopped 28" in result.stdout  # ENOSPC
     written = int(result.stdout.split("written ")[1])
     assert written <= limits.disk_mb
+
+
+def test_a_run_killed_at_its_wall_clock_leaves_no_process():
+    code = "import threading, time\nthreading.Thread(target=time.sleep, args=(60,)).start()\ntime.sleep(60)\n"
+    result = run_hostile(code, Limits(wall_s=1.0))
+    assert result.outcome == "timeout" and result.wall_s < 5

@@ -200,8 +200,15 @@ def describe(sandboxed: bool = True) -> str:
     )
 
 
-def _run(argv: Callable[[str], list[str]], limits: Limits, cwd: Path | None, fds: tuple[int, ...]) -> RunResult:
-    """Start the program (``argv(settings_json)`` is its command line) and wait for its end."""
+def _run(argv: Callable[[str], list[str]], limits: Limits, host_folder: Path | None, fds: tuple[int, ...]) -> RunResult:
+    """Start the program and wait for its end.
+
+    Args:
+        argv: The command line, given the start-up script's settings (JSON).
+        limits: The limits.
+        host_folder: The work folder on the host of an unsandboxed run; None in the sandbox.
+        fds: Descriptors the command reads (passed on to it).
+    """
     token = secrets.token_hex(16)
     marker_read, marker_write = os.pipe()
     os.write(marker_write, token.encode())
@@ -216,14 +223,14 @@ def _run(argv: Callable[[str], list[str]], limits: Limits, cwd: Path | None, fds
     }
     # Output goes to anonymous files (capped by the file-size limit), not to pipes a program
     # could flood, nor to paths it could replace.
-    home = str(cwd) if cwd is not None else bwrap.WORK
+    home = str(host_folder) if host_folder is not None else bwrap.WORK
     env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": home, "TMPDIR": home}
     try:
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             start = time.monotonic()
             proc = subprocess.Popen(
                 argv(json.dumps(settings)),
-                cwd=cwd or "/",
+                cwd=host_folder or "/",
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -234,7 +241,7 @@ def _run(argv: Callable[[str], list[str]], limits: Limits, cwd: Path | None, fds
             returncode: int | None
             try:
                 returncode = proc.wait(timeout=limits.wall_s)
-                if cwd is None and returncode > 128:  # bwrap reports a program's signal N as 128 + N
+                if host_folder is None and returncode > 128:  # bwrap reports a program's signal N as 128 + N
                     returncode = 128 - returncode
             except subprocess.TimeoutExpired:
                 returncode = None
