@@ -27,6 +27,9 @@ tasks (comma- or space-separated; default: bbh-bigbench,humaneval-offline):
   humaneval          HumanEval with the hub's data, run in the sandbox
   any other lm-eval task name, passed through
 
+HumanEval runs the model's code in a sandbox made with bubblewrap (apt-get install bubblewrap);
+where it cannot run, the command refuses unless --allow-unsandboxed is given.
+
 examples:
   lorahpo evaluate runs/default --limit 5           # a quick look: 5 rows of each (sub)task
   lorahpo evaluate runs/default --top 5 --tasks mmlu,bbh,drop,humaneval
