@@ -119,7 +119,7 @@ def no_sandbox(monkeypatch) -> str:
     """As on a machine without bubblewrap: the one-line reason the sandbox gives."""
     from lorahpo.evaluation import bwrap, sandbox
 
-    monkeypatch.setattr(bwrap.shutil, "which", lambda name: None)
+    monkeypatch.setattr(bwrap, "which", lambda name: None)
     sandbox.sandbox_problem.cache_clear()
     yield sandbox.sandbox_problem()
     sandbox.sandbox_problem.cache_clear()

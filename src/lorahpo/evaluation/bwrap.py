@@ -25,10 +25,10 @@ from __future__ import annotations
 import errno
 import functools
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
+from shutil import which
 
 #: The work folder inside the sandbox: a tmpfs, the only writable place.
 WORK = "/work"
@@ -143,7 +143,7 @@ def seccomp_filter() -> bytes:
 
 def problem() -> str | None:
     """Why the sandbox cannot run here, in one line that names the fix; None when it can."""
-    if shutil.which("bwrap") is None:
+    if which("bwrap") is None:
         return "bubblewrap (bwrap) is not installed: install it (Debian/Ubuntu: apt-get install bubblewrap)"
     try:
         seccomp_filter()
