@@ -289,3 +289,21 @@ def test_rebinding_builtins_and_library_functions_does_not_blind_the_hook(run_py
     result = run_python(code)
     assert result.passed, result.stderr
     assert "ESCAPED" not in result.stdout and not os.path.exists(target) and tmp_path.is_dir()
+
+
+def test_an_old_bubblewrap_is_named_with_the_version_needed(monkeypatch):
+    from lorahpo.evaluation import bwrap
+
+    assert bwrap.version_tuple("0.8.0") == (0, 8, 0) and bwrap.version_tuple("x") == ()
+    real = bwrap.subprocess.run
+
+    def old_bwrap(argv, **kwargs):
+        if argv == ["bwrap", "--version"]:
+            return bwrap.subprocess.CompletedProcess(argv, 0, "bubblewrap 0.6.1\n", "")
+        return real(argv, **kwargs)
+
+    monkeypatch.setattr(bwrap.subprocess, "run", old_bwrap)
+    monkeypatch.setattr(bwrap, "which", lambda name: "/usr/bin/bwrap")
+    assert bwrap.problem() == (
+        "bubblewrap 0.6.1 is too old: the sandbox needs 0.8.0 or later (--disable-userns, --size)"
+    )

@@ -53,6 +53,8 @@ DENIED = (
     "swapoff", "acct", "quotactl", "syslog", "settimeofday", "clock_settime", "clock_adjtime", "adjtimex",
     "sethostname", "setdomainname", "iopl", "ioperm", "vhangup",
 )
+#: The oldest bubblewrap with every option used here (``--disable-userns`` came in 0.8.0).
+MIN_VERSION = (0, 8, 0)
 _CLONE_THREAD = 0x10000
 _BINARY_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 
@@ -141,10 +143,22 @@ def seccomp_filter() -> bytes:
         return fh.read()
 
 
+def version_tuple(text: str) -> tuple[int, ...]:
+    """``"0.8.0"`` as ``(0, 8, 0)``; ``()`` when it is not a version."""
+    try:
+        return tuple(int(part) for part in text.split("."))
+    except ValueError:
+        return ()
+
+
 def problem() -> str | None:
     """Why the sandbox cannot run here, in one line that names the fix; None when it can."""
     if which("bwrap") is None:
         return "bubblewrap (bwrap) is not installed: install it (Debian/Ubuntu: apt-get install bubblewrap)"
+    version = subprocess.run(["bwrap", "--version"], capture_output=True, text=True, timeout=60).stdout.split()
+    if version_tuple(version[-1] if version else "") < MIN_VERSION:
+        return (f"bubblewrap {' '.join(version[-1:]) or '(unknown version)'} is too old: the sandbox needs "
+                f"{'.'.join(map(str, MIN_VERSION))} or later (--disable-userns, --size)")
     try:
         seccomp_filter()
     except OSError as exc:

@@ -135,7 +135,7 @@ def sandbox_problem() -> str | None:
     probe = _run_sandboxed("import math\n", Limits(wall_s=60.0))
     if not probe.passed:
         last = (probe.stderr.strip().splitlines() or [f"exit code {probe.returncode}"])[-1]
-        return f"the sandbox cannot start Python here ({last}): run lorahpo with a Python under /usr or its own prefix"
+        return f"the sandbox cannot start Python here ({last}): see the sandbox section of docs/evaluation.md"
     return None
 
 
