@@ -278,7 +278,7 @@ def test_a_multi_objective_study_runs_dmultimads():
         n_trials=5,
     )
     sampler.close()
-    params = sampler._params(0)
+    params = sampler._params(0, 1)
     assert "BB_OUTPUT_TYPE OBJ OBJ" in params and "DMULTIMADS_OPTIMIZATION yes" in params
     assert "DIRECTION_TYPE ORTHO 2N" in params
     assert len({tuple(t.params.values()) for t in study.trials}) == 5
@@ -290,7 +290,7 @@ def test_nomad_process_is_out_of_reach_of_the_studys_ctrl_c():
     sampler = NomadSampler(MIXED, x0=X0, seed=0)
     study = optuna.create_study(sampler=sampler)
     study.optimize(objective, n_trials=2)
-    proc = sampler._engine._proc
+    proc = sampler._searches[()].process
     try:
         assert proc.poll() is None and os.getsid(proc.pid) == proc.pid != os.getsid(0)
     finally:
