@@ -305,8 +305,8 @@ class NomadSampler(BaseSampler):
         free = [v for i, v in enumerate(self._vars) if i not in (fixed or {})]
         if direction is not None and (len(free) == 1 or all(v.type == "I" for v in free)):
             # NOMAD 4.6's default poll throws "ArrayOfDouble: Array is not defined" from some
-            # points of all-integer problems (every 1-D one tried, 5 of 27 starts of a 7 x 4
-            # grid); its 2N poll does not. In one dimension both poll the same two directions.
+            # starts of all-integer problems (docs/nomad.md); its 2N poll does not. In one
+            # dimension both poll the same two directions.
             direction = "ORTHO 2N"
         lines = [f"DIRECTION_TYPE {direction}"] if direction not in (None, "ORTHO N+1 QUAD") else []
         # NOMAD's search steps propose one point at a time, each evaluated before the poll: with
