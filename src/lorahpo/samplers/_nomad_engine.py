@@ -84,6 +84,7 @@ class Search:
         self.exhausted = False
         self.early_restarts = 0
         self._proc = _Process()
+        self._run_starts: set[Point] = set()  # where runs started
         self._x0 = tuple(problem.fix(problem.x0))
         self._start(self._starts(), problem.seed)
 
@@ -203,6 +204,7 @@ class Search:
     # ------------------------------------------------------------------------ runs and restarts
 
     def _start(self, starts: list[list[float]], seed: int) -> None:
+        self._run_starts.update(tuple(p) for p in starts)
         lower = [v.lower for v in self.problem.variables]
         upper = [v.upper for v in self.problem.variables]
         x0: list[Any] = starts if len(starts) > 1 else starts[0]
@@ -216,10 +218,10 @@ class Search:
     def _restart(self) -> None:
         """NOMAD stopped on its own: go on from another point, or declare the problem exhausted.
 
-        A run that found new points is followed by one from the best point. After a run without
-        a new point, an all-integer problem restarts from a point not tried yet (it is exhausted
-        once every point has been tried); one with a real variable restarts from the best point
-        again, and is exhausted after ``max_idle_restarts`` such runs in a row.
+        A run that found new points is followed by one from the best point. An all-integer
+        problem restarts from each point once at most, then from a point not tried yet: it is
+        exhausted once every point has been tried. One with a real variable restarts from the
+        best point, and is exhausted after ``max_idle_restarts`` runs in a row without a new point.
         """
         idle = self._new_in_run == 0
         self._idle_runs = self._idle_runs + 1 if idle else 0
@@ -228,7 +230,8 @@ class Search:
         best = self._best()
         x0: list[float] | None
         if self.problem.integer:
-            x0 = best if best is not None and not idle and self.problem.startable(best) else self._untried()
+            again = best is None or tuple(best) in self._run_starts or not self.problem.startable(best)
+            x0 = self._untried() if again else best
         elif self._idle_runs > self.problem.max_idle_restarts:
             x0 = None
         else:
