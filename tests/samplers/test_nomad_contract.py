@@ -21,7 +21,7 @@ from optuna.samplers import PartialFixedSampler
 from optuna.trial import TrialState
 
 from lorahpo import NomadSampler
-from lorahpo.samplers.nomad import FALLBACK_ATTR, POINT_ATTR
+from lorahpo.samplers.nomad import FALLBACK_ATTR, MAX_SEARCHES, POINT_ATTR
 
 SPACE = {"a": IntDistribution(0, 10), "b": FloatDistribution(-2.0, 2.0), "c": FloatDistribution(-3.0, 3.0)}
 X0 = {"a": 1, "b": 0.0, "c": 0.0}
@@ -104,6 +104,33 @@ def test_an_enqueued_partial_point_fixes_its_values_and_nomad_chooses_the_rest()
     study.optimize(objective, n_trials=10)
     main = [tuple(t.system_attrs[POINT_ATTR]) for t in study.trials if t.number != 5 and evaluated_at_its_point(t)]
     assert main == native_points(15)
+
+
+def test_many_sets_of_fixed_values_keep_a_few_nomad_processes_and_the_main_search_exact():
+    sampler = NomadSampler(SPACE, x0=X0, seed=0)
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(objective, n_trials=5)
+    for a in range(4, 10):  # six searches with a fixed: the main one ends, and resumes from the study
+        study.enqueue_trial({"a": a})
+        study.optimize(objective, n_trials=1)
+        assert len(sampler._searches) <= MAX_SEARCHES
+    study.optimize(objective, n_trials=10)
+    sampler.close()
+    main = [tuple(t.system_attrs[POINT_ATTR]) for t in study.trials if not 5 <= t.number < 11]
+    assert main == native_points(15)
+    assert [t.params["a"] for t in study.trials[5:11]] == list(range(4, 10))
+
+
+def test_an_enqueued_value_outside_the_space_is_an_explicit_fallback():
+    study = optuna.create_study(sampler=NomadSampler(SPACE, x0=X0, seed=0))
+    study.enqueue_trial({"a": 50})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        study.optimize(objective, n_trials=1)
+    trial = study.trials[0]
+    assert trial.params["a"] == 50 and trial.system_attrs[FALLBACK_ATTR] == "outside"
+    assert POINT_ATTR not in trial.system_attrs
+    assert any("outside the sampler's space" in str(w.message) for w in caught)
 
 
 # 2 ---------------------------------------------------- a trial evaluated away from NOMAD's point
