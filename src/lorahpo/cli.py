@@ -266,6 +266,8 @@ def _prepare_lora(conf: Any) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from collections import Counter
+
     from lorahpo.progress import fmt_evaluator, fmt_params
     from lorahpo.study import Study, dump_records
 
@@ -296,6 +298,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             r.reason or "",
         )
     Console().print(table)
+    fallbacks = Counter(r.fallback for r in records if r.fallback)
+    if fallbacks:
+        why = ", ".join(f"{n} {reason}" for reason, n in sorted(fallbacks.items()))
+        print(f"{sum(fallbacks.values())} trial(s) sampled at random, the optimizer having no point ({why})")
     return 0
 
 

@@ -121,6 +121,7 @@ class TrialRecord:
     start: dt.datetime | None
     end: dt.datetime | None
     directory: Path
+    fallback: str | None = None  # why the optimizer gave no point: the params were sampled at random
 
     @property
     def duration_s(self) -> float | None:
@@ -138,6 +139,7 @@ class TrialRecord:
             "end": self.end.isoformat() if self.end else None,
             "duration_s": self.duration_s,
             "directory": str(self.directory),
+            "fallback": self.fallback,
         }
 
 

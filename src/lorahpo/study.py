@@ -41,6 +41,7 @@ from lorahpo.result import (
     settle,
 )
 from lorahpo.samplers import protocol
+from lorahpo.samplers.nomad import FALLBACK_ATTR
 from lorahpo.samplers.registry import OPTIMIZERS
 from lorahpo.store import TrialStore
 
@@ -181,6 +182,7 @@ class Study:
             start=t.datetime_start,
             end=t.datetime_complete,
             directory=self.trial_dir(t.number),
+            fallback=t.system_attrs.get(FALLBACK_ATTR),
         )
 
     # ------------------------------------------------------------------ running
