@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from lorahpo import config as cfg
-from lorahpo.cli import default_config_path
+from lorahpo.api import default_config_path
 from lorahpo.docs import reference
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -188,10 +188,17 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> StudyConf
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}:{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
-    if isinstance(data, dict):
-        for k, v in (overrides or {}).items():
-            if isinstance(v, dict) and isinstance(data.get(k), dict):
-                data[k] = {**data[k], **v}
-            elif v is not None:
-                data[k] = v
-    return parse(data, str(path))
+    return parse(with_overrides(data, overrides), str(path))
+
+
+def with_overrides(data: Any, overrides: dict[str, Any] | None) -> Any:
+    """``data`` with ``overrides`` set: a None override is left out, a mapping updates a mapping."""
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    for k, v in (overrides or {}).items():
+        if isinstance(v, dict) and isinstance(data.get(k), dict):
+            data[k] = {**data[k], **v}
+        elif v is not None:
+            data[k] = v
+    return data

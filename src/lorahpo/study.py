@@ -45,6 +45,8 @@ from lorahpo.samplers.registry import OPTIMIZERS
 from lorahpo.store import TrialStore
 
 CONFIG_FILE = "config.yaml"
+#: What the data of a LoRA study gave (rows read, used, malformed, truncated; the split), written once per run.
+DATA_FILE = "data.json"
 _STATE_STATUS: dict[TrialState, TrialStatus] = {
     TrialState.COMPLETE: "complete",
     TrialState.FAIL: "failed",
@@ -166,6 +168,15 @@ class Study:
 
     def finished_count(self) -> int:
         return self._census(set())[0]
+
+    def data_summary(self) -> str | None:
+        """What the training data gave, in one paragraph (a LoRA study that has run), else None."""
+        from lorahpo.finetune.data import DataReport
+
+        path = self.directory / DATA_FILE
+        if not path.is_file():
+            return None
+        return DataReport.from_dict(json.loads(path.read_text())).summary()
 
     def _record(self, t: FrozenTrial) -> TrialRecord:
         status: TrialStatus = t.user_attrs.get(STATUS_ATTR) or _STATE_STATUS.get(t.state, "running")
