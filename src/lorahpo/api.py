@@ -101,6 +101,9 @@ def tune(
     directory = Path(study_dir) if study_dir is not None else default_dir
     if conf.executor == "ray":
         require("cluster", "ray")
+    for tracker in ("mlflow", "tensorboard"):
+        if getattr(conf.tracking, tracker) is not None:
+            require("tracking", tracker)
     data = _prepare_lora(conf) if conf.objective.lora is not None else None
     study = Study.open(directory, conf, new=new)
     where = f" · {conf.executor}" if conf.executor != "local" else ""
@@ -150,6 +153,7 @@ def run_trial(
     config: LoraTrialConfig | dict[str, Any],
     trial_dir: str | Path | None = None,
     reporter: Callable[[int, float], bool] | None = None,
+    curve: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrialResult:
     """Fine-tune one LoRA configuration in this process and measure it (no study, no store).
 
@@ -158,6 +162,8 @@ def run_trial(
             (the ``objective.lora`` section of a study config).
         trial_dir: Where to write ``train_log.jsonl`` and the ``adapter/``; nothing is written when None.
         reporter: Called with ``(step, validation_loss)`` at each validation; True stops the trial.
+        curve: Called with ``(step, values)`` as the curves are measured: ``train_loss``,
+            ``learning_rate`` and ``train_tokens`` at each step, ``validation_loss`` at each validation.
 
     Returns:
         The :class:`~lorahpo.result.TrialResult`: a failure is a result with its reason, never an exception.
@@ -172,7 +178,7 @@ def run_trial(
             raise cfg.ConfigError(f"trial config: {str(e).splitlines()[0]}") from None
     from lorahpo.finetune.train import run_trial as train
 
-    return train(config, Path(trial_dir) if trial_dir is not None else None, reporter)
+    return train(config, Path(trial_dir) if trial_dir is not None else None, reporter, curve)
 
 
 class StudyResults:

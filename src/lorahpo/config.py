@@ -20,7 +20,9 @@ from lorahpo.result import VIOLATED
 from lorahpo.space import SpaceSpec
 
 #: Fields that may change between runs of one study without making it a different study.
-RUN_FIELDS = ("budget", "parallel", "gpus_per_trial", "trial_timeout", "executor", "ray", "keep_adapters")
+RUN_FIELDS = (
+    "budget", "parallel", "gpus_per_trial", "trial_timeout", "executor", "ray", "keep_adapters", "tracking"
+)
 
 
 class ConfigError(UserError, ValueError):
@@ -47,6 +49,28 @@ class RayOptions(_Strict):
         default_factory=dict,
         description="Ray runtime environment of the trials, e.g. `{working_dir: .}` to ship your objective's code.",
     )
+
+
+class MlflowTracking(_Strict):
+    """An MLflow experiment: the study a parent run, each trial a child run (docs/tracking.md)."""
+
+    tracking_uri: str = Field(
+        description="MLflow tracking URI: `sqlite:///mlflow.db` (a local file), `http://host:5000` (a server)..."
+    )
+    experiment: str | None = Field(None, description="Experiment name (default: the study name).")
+
+
+class TensorboardTracking(_Strict):
+    """TensorBoard event files: one run per trial, `<dir>/<study name>/trial-<N>` (docs/tracking.md)."""
+
+    dir: str = Field(description="Log folder, as given to `tensorboard --logdir`.")
+
+
+class TrackingConfig(_Strict):
+    """Experiment trackers each trial is logged to; none by default (docs/tracking.md)."""
+
+    mlflow: MlflowTracking | None = Field(None, description="Log to MLflow.")
+    tensorboard: TensorboardTracking | None = Field(None, description="Log TensorBoard event files.")
 
 
 class StudyConfig(_Strict):
@@ -82,6 +106,10 @@ class StudyConfig(_Strict):
     )
     space: SpaceSpec = Field(description="The search space.")
     objective: ObjectiveSpec = Field(description="The blackbox.")
+    tracking: TrackingConfig = Field(
+        default_factory=TrackingConfig,
+        description="Experiment trackers each trial is logged to: mlflow, tensorboard (docs/tracking.md).",
+    )
     constraints: dict[str, float] = Field(
         default_factory=dict,
         description=(

@@ -121,6 +121,7 @@ class TrialRecord:
     start: dt.datetime | None
     end: dt.datetime | None
     directory: Path
+    last_step: int | None = None  # of its last intermediate value, if it reported any
 
     @property
     def duration_s(self) -> float | None:

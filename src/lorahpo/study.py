@@ -192,6 +192,7 @@ class Study:
             start=t.datetime_start,
             end=t.datetime_complete,
             directory=self.trial_dir(t.number),
+            last_step=max(t.intermediate_values, default=None),
         )
 
     # ------------------------------------------------------------------ running
@@ -228,6 +229,7 @@ class Study:
         study.pruner = make_pruner(conf.pruner, conf.pruner_options)
         pruning = conf.pruner != "none"
         executor = executor or make_executor(conf)
+        tracker = _tracker(conf, self.directory)
         running: dict[Future[TrialResult], Trial] = {}
         start, new, stopped = time.monotonic(), 0, "budget"
         try:
@@ -248,6 +250,7 @@ class Study:
                         self.trial_dir(trial.number),
                         conf.trial_timeout,
                         pruning=pruning,
+                        tracking=tracker.start_trial(trial.number, dict(trial.params)) if tracker else {},
                     )
                     running[executor.submit(task)] = trial
                     new += 1
@@ -273,6 +276,8 @@ class Study:
                         record = self._tell(trial, result)
                     except optuna.exceptions.UpdateFinishedTrialError:
                         continue  # another process took it for dead and interrupted it
+                    if tracker:
+                        tracker.finish_trial(record)
                     notify("finish", record)
                 if done and conf.objective.lora is not None:
                     self._prune_adapters()
@@ -280,10 +285,14 @@ class Study:
             executor.shutdown(kill=True)
             for trial in running.values():
                 store.tell_interrupted(trial)
+                if tracker:
+                    tracker.finish_trial(self._record(store.snapshot(trial)))
             stopped = "interrupted"
         finally:
             executor.shutdown()
             protocol.close(sampler)
+            if tracker:
+                tracker.close(stopped)
         best = self.best(1)
         return RunSummary(
             finished=self.finished_count(),
@@ -335,6 +344,13 @@ class Study:
             adapter = record.directory / "adapter"
             if record.number not in keep and record.status != "running" and adapter.is_dir():
                 shutil.rmtree(adapter)
+
+
+def _tracker(conf: cfg.StudyConfig, directory: Path) -> Any:
+    """The study's experiment trackers (lorahpo.tracking, loaded only when the config names one), or None."""
+    from lorahpo import tracking
+
+    return tracking.StudyTracker.open(conf, directory) if tracking.enabled(conf.tracking) else None
 
 
 def _report(trial: Trial, reports: list[Report]) -> None:

@@ -121,7 +121,9 @@ def test_too_little_data_is_one_line_exit_2_and_writes_nothing(tiny, tmp_path):
 
 
 def test_run_trial_trains_one_configuration_in_this_process(tiny, tmp_path):
-    result = lorahpo.run_trial(tiny.config(max_steps=2, eval_every=1), tmp_path / "t")
+    curves: list[tuple[int, dict[str, float]]] = []
+    result = lorahpo.run_trial(tiny.config(max_steps=2, eval_every=1), tmp_path / "t",
+                               curve=lambda step, values: curves.append((step, values)))
     assert result.status == "complete", result.reason
     metrics = result.metrics
     assert metrics["steps"] == 2 and metrics["validation_loss"] < metrics["initial_validation_loss"]
@@ -129,6 +131,10 @@ def test_run_trial_trains_one_configuration_in_this_process(tiny, tmp_path):
     assert (tmp_path / "t" / "adapter" / "adapter_config.json").is_file()
     log = [json.loads(line) for line in (tmp_path / "t" / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "loss" in r] == [1, 2]
+    # The curves, as tracking logs them: the same numbers as train_log.jsonl, by step.
+    renamed = {"loss": "train_loss", "lr": "learning_rate", "tokens": "train_tokens"}
+    assert curves == [(r["step"], {renamed.get(k, k): v for k, v in r.items() if k != "step"}) for r in log]
+    assert curves[-1] == (2, {"validation_loss": metrics["validation_loss"]})
 
     as_mapping = lorahpo.run_trial(tiny.config(max_steps=2, eval_every=1).model_dump())  # the YAML section
     assert as_mapping.metrics["validation_loss"] == pytest.approx(result.metrics["validation_loss"])
