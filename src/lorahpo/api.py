@@ -101,7 +101,7 @@ def tune(
     directory = Path(study_dir) if study_dir is not None else default_dir
     if conf.executor == "ray":
         require("cluster", "ray")
-    for tracker in ("mlflow", "tensorboard"):
+    for tracker in ("mlflow", "wandb", "tensorboard"):
         if getattr(conf.tracking, tracker) is not None:
             require("tracking", tracker)
     data = _prepare_lora(conf) if conf.objective.lora is not None else None

@@ -60,6 +60,16 @@ class MlflowTracking(_Strict):
     experiment: str | None = Field(None, description="Experiment name (default: the study name).")
 
 
+class WandbTracking(_Strict):
+    """A Weights & Biases project: each trial a run, grouped by study (docs/tracking.md)."""
+
+    project: str = Field(description="W&B project.")
+    mode: Literal["online", "offline", "disabled"] = Field(
+        "online", description="online: upload as it runs; offline: write run folders for `wandb sync` later."
+    )
+    dir: str | None = Field(None, description="Folder of W&B's run files (default: W&B's own, ./wandb).")
+
+
 class TensorboardTracking(_Strict):
     """TensorBoard event files: one run per trial, `<dir>/<study name>/trial-<N>` (docs/tracking.md)."""
 
@@ -70,6 +80,7 @@ class TrackingConfig(_Strict):
     """Experiment trackers each trial is logged to; none by default (docs/tracking.md)."""
 
     mlflow: MlflowTracking | None = Field(None, description="Log to MLflow.")
+    wandb: WandbTracking | None = Field(None, description="Log to Weights & Biases.")
     tensorboard: TensorboardTracking | None = Field(None, description="Log TensorBoard event files.")
 
 
@@ -108,7 +119,7 @@ class StudyConfig(_Strict):
     objective: ObjectiveSpec = Field(description="The blackbox.")
     tracking: TrackingConfig = Field(
         default_factory=TrackingConfig,
-        description="Experiment trackers each trial is logged to: mlflow, tensorboard (docs/tracking.md).",
+        description="Experiment trackers each trial is logged to: mlflow, wandb, tensorboard (docs/tracking.md).",
     )
     constraints: dict[str, float] = Field(
         default_factory=dict,

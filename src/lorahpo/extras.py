@@ -19,7 +19,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "report": ("matplotlib",),
     "cluster": ("ray", "psycopg2"),
     "dataframe": ("pandas",),
-    "tracking": ("mlflow", "tensorboard"),
+    "tracking": ("mlflow", "wandb", "tensorboard"),
 }
 
 

@@ -1,8 +1,10 @@
-"""Experiment tracking: every trial a run in MLflow and/or TensorBoard (off unless ``tracking:`` names one).
+"""Experiment tracking: every trial a run in MLflow, Weights & Biases and/or TensorBoard (off unless
+``tracking:`` names one).
 
 Two halves, so that a trial killed halfway still shows its partial curve and its final status:
 
-* The study process (:class:`StudyTracker`) opens the study's run (MLflow: a parent run), then a
+* The study process (:class:`StudyTracker`) opens the study's run (MLflow: a parent run; W&B: a
+  group named after the study), then a
   run for each trial as it starts, with its hyperparameters and tags (study, trial number,
   optimizer), and records the outcome the study settles: status, reason and final metrics,
   whether the trial returned, failed, timed out, was pruned or was interrupted.
@@ -59,7 +61,8 @@ class StudyTracker:
         """Open the study's run in each backend ``conf.tracking`` names (a failing one is warned about and left out)."""
         tracking = conf.tracking
         backends: list[Any] = []
-        openers = [("mlflow", tracking.mlflow, _MlflowStudy), ("tensorboard", tracking.tensorboard, _TensorboardStudy)]
+        openers = [("mlflow", tracking.mlflow, _MlflowStudy), ("wandb", tracking.wandb, _WandbStudy),
+                   ("tensorboard", tracking.tensorboard, _TensorboardStudy)]
         for name, options, opener in openers:
             if options is None:
                 continue
@@ -104,7 +107,7 @@ class CurveLogger:
         self._sinks: dict[str, Any] = {}
         for name, handle in handles.items():
             try:
-                self._sinks[name] = _MlflowCurve(handle) if name == "mlflow" else _TensorboardCurve(handle)
+                self._sinks[name] = _CURVES[name](handle)
             except Exception as exc:
                 warn(name, "opening the trial's run", exc)
 
@@ -290,6 +293,83 @@ class _events:
         self.writer.close()
 
 
+# --------------------------------------------------------------------------- Weights & Biases
+
+
+class _WandbStudy:
+    """Each trial a W&B run in the study's group. The trial process writes the run's curves; the
+    study process then resumes the same run id to write its outcome (in offline mode these are two
+    run folders of one id, which ``wandb sync`` uploads into one run)."""
+
+    name = "wandb"
+
+    def __init__(self, options: Any, conf: StudyConfig, directory: Path) -> None:
+        import wandb  # noqa: F401  # fail here, once, when it is missing
+
+        self.options = options
+        self.study = conf.name
+        self.tags = [conf.name, conf.optimizer]
+        self.runs: dict[int, dict[str, Any]] = {}
+
+    def start_trial(self, number: int, params: dict[str, Any]) -> dict[str, Any]:
+        import uuid
+
+        unique = f"{self.study}-{number}-{uuid.uuid4().hex[:8]}"  # trial numbers repeat across studies
+        run_id = "".join(c if c.isalnum() or c in "-_" else "-" for c in unique)
+        handle = {
+            "project": self.options.project, "mode": self.options.mode, "dir": self.options.dir, "id": run_id,
+            "group": self.study, "name": f"trial {number}", "tags": [*self.tags, f"trial-{number}"],
+            "config": {**params, "lorahpo.trial": number},
+        }
+        self.runs[number] = handle
+        return handle
+
+    def finish_trial(self, record: TrialRecord) -> None:
+        handle = self.runs.pop(record.number)
+        run = _wandb_run(handle)
+        try:
+            run.summary.update({**_final_metrics(record), "status": record.status, "reason": record.reason or ""})
+        finally:
+            run.finish(exit_code=0 if record.status == "complete" else 1)
+
+    def close(self, stopped: str) -> None:
+        pass
+
+
+def _wandb_run(handle: dict[str, Any]) -> Any:
+    import wandb
+
+    if handle["dir"]:
+        Path(handle["dir"]).mkdir(parents=True, exist_ok=True)
+    # Flushed to the run's file every second: a trial killed later keeps its curve.
+    settings = wandb.Settings(silent=True, console="off", x_disable_stats=True, x_disable_meta=True,
+                              x_transaction_log_flush_interval=1.0)
+    return wandb.init(**handle, resume="allow", reinit="create_new", settings=settings)
+
+
+class _WandbCurve:
+    def __init__(self, handle: dict[str, Any]) -> None:
+        import os
+
+        # The study process's W&B service, inherited through the environment, would hold this run
+        # open after a kill; a service of the trial's own dies with it and lets the study resume the run.
+        os.environ.pop("WANDB_SERVICE", None)
+        self.run = _wandb_run(handle)
+        # The trial's own step is the x axis: every row is written at once (a row of W&B's step
+        # waits for the next step), and two rows may share a step (training, then validation).
+        self.run.define_metric("step")
+        self.run.define_metric("*", step_metric="step")
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        self.run.log({"step": step, **values})
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+_CURVES: dict[str, Any] = {"mlflow": _MlflowCurve, "wandb": _WandbCurve, "tensorboard": _TensorboardCurve}
+
+
 def enabled(tracking: TrackingConfig) -> bool:
     """Whether ``tracking`` names any backend."""
-    return tracking.mlflow is not None or tracking.tensorboard is not None
+    return any(getattr(tracking, name) is not None for name in _CURVES)
