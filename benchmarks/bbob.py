@@ -62,7 +62,7 @@ from optuna.distributions import BaseDistribution, FloatDistribution, IntDistrib
 from optuna.samplers import BaseSampler
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _machine import machine  # noqa: E402
+from _machine import machine, write_results  # noqa: E402
 
 from lorahpo import space  # noqa: E402
 from lorahpo.samplers import make_sampler, protocol  # noqa: E402
@@ -580,10 +580,7 @@ def previous_records(out: Path, config: dict[str, Any], jobs: Sequence[Job]) -> 
 
 def write(out: Path, result: dict[str, Any]) -> None:
     """Write the JSON and Markdown beside it, each replaced whole (never half written)."""
-    for path, text in ((out, json.dumps(result, indent=1)), (out.with_suffix(".md"), markdown(result))):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+    write_results(out, result, markdown(result), quiet=True)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, dict[str, Any]]:

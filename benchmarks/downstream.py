@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _machine import machine
+from _machine import machine, write_results
 from lora_hpo import replay_study, stamped, trial_config
 
 from lorahpo import config as cfg
@@ -422,10 +422,7 @@ def main(argv: Sequence[str] | None = None, blackbox: Blackbox | None = lora_bla
     if n > 1:
         print("caches filled; `--replay` writes the results", flush=True)
         return result
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(args.out, result, markdown(result))
     return result
 
 

@@ -13,7 +13,6 @@ before it trains), so it is reported apart and left out of the median.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from collections.abc import Sequence
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _machine import machine
+from _machine import machine, write_results
 
 from lorahpo.result import TrialRecord
 from lorahpo.study import Study
@@ -74,10 +73,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     rows = costs(study.records())
     result = {"study": str(args.study_dir), "evaluators": study.config.evaluators, "machine": machine(),
               "trials": rows, "summary": summarize(rows)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(args.out, result, markdown(result))
     return result
 
 

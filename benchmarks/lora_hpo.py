@@ -29,7 +29,6 @@ interquartile range over seeds).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -43,7 +42,7 @@ from typing import Any
 import optuna
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _machine import machine
+from _machine import machine, write_results
 
 from lorahpo import config as cfg
 from lorahpo.executors.replay import (
@@ -363,11 +362,8 @@ def main(argv: Sequence[str] | None = None, blackbox: Blackbox | None = lora_bla
         "summary": summarize(runs, args.budget),
         "runs": runs,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    out.with_suffix(".md").write_text(markdown(result))
+    write_results(out, result, markdown(result))
     plot(result, out.with_suffix(".png"))
-    print(markdown(result))
     return result
 
 

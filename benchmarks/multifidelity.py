@@ -42,7 +42,7 @@ from typing import Any
 import optuna
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _machine import machine
+from _machine import machine, write_results
 from lora_hpo import replay_study, stamped, study_config, trial_config, trial_folder
 
 from lorahpo.executors.replay import (
@@ -300,11 +300,8 @@ def main(argv: Sequence[str] | None = None, blackbox: Blackbox | None = lora_cur
         "summary": summarize(runs, budget_tokens),
         "runs": runs,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(result))
+    write_results(args.out, result, markdown(result))
     plot(result, args.out.with_suffix(".png"))
-    print(markdown(result))
     return result
 
 

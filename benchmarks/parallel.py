@@ -31,7 +31,7 @@ from typing import Any
 import optuna
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _machine import machine  # noqa: E402
+from _machine import machine, write_results  # noqa: E402
 
 from lorahpo import config as cfg  # noqa: E402
 from lorahpo.study import Study  # noqa: E402
@@ -120,10 +120,7 @@ def main() -> None:
         "machine": machine(),
         "runs": runs,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(table(report))
-    print(table(report))
+    write_results(args.out, report, table(report))
 
 
 def table(report: dict[str, Any]) -> str:

@@ -99,8 +99,8 @@ def test_pareto_front_and_dataframe_of_a_two_objective_study(tmp_path):
     assert [t.value for t in front] == sorted(t.value for t in front)  # by the main objective
 
     frame = study.to_dataframe()
-    assert list(frame.columns) == ["number", "status", "value", "duration_s", "params_x", "params_y",
-                                   "metrics_value", "metrics_cost", "metrics_size", "reason", "start", "end"]
+    assert list(frame.columns) == ["number", "status", "value", "duration_s", "params_x", "params_y", "metrics_value",
+                                   "metrics_cost", "metrics_size", "reason", "fallback", "start", "end"]
     assert frame["number"].tolist() == list(range(12))
     assert frame["metrics_cost"].tolist() == [t.metrics["cost"] for t in study.trials]
     assert frame["params_x"].tolist() == [t.params["x"] for t in study.trials]

@@ -276,15 +276,18 @@ class StudyResults:
         batch_size: int = 8,
         on_result: Callable[[Any], None] | None = None,
         progress: bool = False,
+        allow_unsandboxed: bool = False,
     ) -> dict[str, dict[str, float | None]]:
         """Downstream scores of the ``top`` best trials, the start point and the base model
-        (``lorahpo evaluate``; stored in ``<study>/evaluation`` and reused).
+        (``lorahpo evaluate``; stored in ``<study>/evaluation`` and reused). ``allow_unsandboxed``:
+        where the sandbox (bubblewrap) cannot run, run HumanEval's generated code without it
+        instead of refusing (only for models you trust).
 
         Returns:
             ``{model: {task: score}}`` for every model evaluated so far (``base``, ``trial-N``).
         """
         return evaluate(self.directory, tasks, top=top, limit=limit, device=device, batch_size=batch_size,
-                        on_result=on_result, progress=progress)
+                        on_result=on_result, progress=progress, allow_unsandboxed=allow_unsandboxed)
 
     def __repr__(self) -> str:
         best = self.best
@@ -335,6 +338,7 @@ def evaluate(
     batch_size: int = 8,
     on_result: Callable[[Any], None] | None = None,
     progress: bool = False,
+    allow_unsandboxed: bool = False,
 ) -> dict[str, dict[str, float | None]]:
     """:meth:`StudyResults.evaluate` of the study in ``study_dir``."""
     from lorahpo.evaluation.runner import evaluate as run_tasks
@@ -343,7 +347,7 @@ def evaluate(
     specs = evaluation_tasks(tasks, top=top, limit=limit, batch_size=batch_size)
     require("eval")
     run_tasks(Path(study_dir), specs, top=top, limit=limit, device=device, batch_size=batch_size,
-              on_result=on_result, progress=progress)
+              on_result=on_result, progress=progress, allow_unsandboxed=allow_unsandboxed)
     return EvaluationStore(Path(study_dir)).scores()
 
 

@@ -125,7 +125,7 @@ its training data gave (rows read, used, malformed, truncated; the split).
 formats:
   table  for people (default)
   csv    one row per trial: number, status, value, duration_s, params_<name>..., metrics_<name>...,
-         reason, start, end
+         reason, fallback, start, end
   json   a list of trials, each with its params and metrics as objects
 """
 
@@ -249,6 +249,8 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from collections import Counter
+
     from lorahpo.progress import fmt_evaluator, fmt_params
     from lorahpo.study import Study, dump_records
 
@@ -288,11 +290,14 @@ def cmd_status(args: argparse.Namespace) -> int:
             fmt_params(r.params),
             r.reason or "",
         )
-    console = Console()
-    console.print(table)
+    Console().print(table)
+    fallbacks = Counter(r.fallback for r in records if r.fallback)
+    if fallbacks:
+        why = ", ".join(f"{n} {reason}" for reason, n in sorted(fallbacks.items()))
+        print(f"{sum(fallbacks.values())} trial(s) sampled at random, the optimizer having no point ({why})")
     data = study.data_summary()
     if data is not None:
-        console.print(data, highlight=False, soft_wrap=True)
+        print(data)
     return 0
 
 

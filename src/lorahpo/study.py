@@ -41,6 +41,7 @@ from lorahpo.result import (
     settle,
 )
 from lorahpo.samplers import protocol
+from lorahpo.samplers.nomad import FALLBACK_ATTR
 from lorahpo.samplers.registry import OPTIMIZERS
 from lorahpo.store import TrialStore
 
@@ -193,6 +194,7 @@ class Study:
             end=t.datetime_complete,
             directory=self.trial_dir(t.number),
             last_step=max(t.intermediate_values, default=None),
+            fallback=t.system_attrs.get(FALLBACK_ATTR),
         )
 
     # ------------------------------------------------------------------ running

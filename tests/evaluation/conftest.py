@@ -104,6 +104,28 @@ def one_thread():
 
 
 @pytest.fixture
+def code_sandbox() -> None:
+    """The sandbox that runs generated code (bubblewrap): skipped without it, a failure under CI."""
+    from ci import unavailable
+
+    from lorahpo.evaluation.sandbox import sandbox_problem
+
+    if sandbox_problem():
+        unavailable(f"the sandbox cannot run here: {sandbox_problem()}")
+
+
+@pytest.fixture
+def no_sandbox(monkeypatch) -> str:
+    """As on a machine without bubblewrap: the one-line reason the sandbox gives."""
+    from lorahpo.evaluation import bwrap, sandbox
+
+    monkeypatch.setattr(bwrap, "which", lambda name: None)
+    sandbox.sandbox_problem.cache_clear()
+    yield sandbox.sandbox_problem()
+    sandbox.sandbox_problem.cache_clear()
+
+
+@pytest.fixture
 def task_cache(tmp_path, monkeypatch) -> Path:
     """A private lorahpo cache holding the fixture tarball and wheel."""
     root = tmp_path / "cache"

@@ -75,3 +75,14 @@ def test_bad_values_are_one_line_errors(tmp_path, capsys, argv, message):
     out, err = capsys.readouterr()
     assert out == "" and err == f"lorahpo: error: {message}\n"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_without_the_sandbox_humaneval_is_refused_in_one_line(tmp_path, tiny_model, no_sandbox, capsys):
+    lora_study(tmp_path / "s", str(tiny_model.base), [(2.5, None)])
+    assert main(["evaluate", str(tmp_path / "s"), "--tasks", "humaneval-offline"]) == 2
+    out, err = capsys.readouterr()
+    error = [line for line in err.splitlines() if line.startswith("lorahpo: error:")]
+    assert error == [err.splitlines()[-1]] and out == ""
+    assert "apt-get install bubblewrap" in error[0] and error[0].endswith("(--allow-unsandboxed)")
+    assert not (tmp_path / "s" / "evaluation").exists()
+    assert parse(["evaluate", str(tmp_path), "--allow-unsandboxed"]).allow_unsandboxed

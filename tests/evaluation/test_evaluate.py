@@ -11,6 +11,7 @@ import json
 import pytest
 
 from lorahpo.config import ConfigError
+from lorahpo.errors import UserError
 from lorahpo.evaluation import harness
 from lorahpo.evaluation.runner import evaluate, make_plan
 from lorahpo.evaluation.store import SUMMARY_ATTR, EvaluationStore
@@ -25,7 +26,7 @@ OFFLINE = parse_tasks(None)
 
 
 @pytest.fixture
-def study_dir(tmp_path, tiny_model, task_cache):
+def study_dir(tmp_path, tiny_model, task_cache, code_sandbox):
     """Trial 0 (the start point) and trial 2 have adapters; trial 1 failed; trial 2 is best."""
     a, b = tiny_model.adapters
     lora_study(tmp_path / "study", str(tiny_model.base), [(2.5, a), (None, None), (2.0, b)])
@@ -52,7 +53,7 @@ def test_base_start_point_and_best_are_evaluated_stored_and_reused(study_dir):
     assert bbh.settings["limit"] == 2 and bbh.settings["adapter"].endswith("trials/2/adapter")
     code = results[("base", "humaneval-offline")]
     assert code.metric == "pass@1" and code.score == 0.0 and code.n == 2  # a random model writes no working code
-    assert "audit hook" in code.details["sandbox"]
+    assert code.details["sandbox"].startswith("bwrap: ")
 
     # What each model answered is kept; the adapters change the answers.
     def answers(model):
@@ -134,3 +135,13 @@ def test_a_failing_pair_is_one_error_and_keeps_what_was_stored(study_dir, monkey
         evaluate(study_dir, OFFLINE[::-1], top=0, limit=1, device="cpu", progress=False)
     assert [(r.model, r.task) for r in EvaluationStore(study_dir).results()] == [("base", "humaneval-offline")]
     assert "Traceback" in (EvaluationStore(study_dir).folder / runner.LOG_FILE).read_text()
+
+
+def test_generated_code_is_not_run_without_the_sandbox_unless_allowed(tmp_path, tiny_model, task_cache, no_sandbox):
+    lora_study(tmp_path / "s", str(tiny_model.base), [(2.5, None)])
+    with pytest.raises(UserError, match=r"^HumanEval runs generated code: bubblewrap .* \(--allow-unsandboxed\)$"):
+        evaluate(tmp_path / "s", OFFLINE, top=0, limit=1, device="cpu", progress=False)
+    assert not EvaluationStore(tmp_path / "s").folder.exists()
+    evaluate(tmp_path / "s", OFFLINE[1:], top=0, limit=1, device="cpu", progress=False, allow_unsandboxed=True)
+    (result,) = EvaluationStore(tmp_path / "s").results()
+    assert result.task == "humaneval-offline" and result.details["sandbox"].startswith("UNSANDBOXED")

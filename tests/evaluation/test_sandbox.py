@@ -2,14 +2,16 @@
 
 Each hostile program is run for real; the test then checks, from outside, that nothing
 escaped: files outside the work folder are untouched, no connection arrived, the machine still
-has its processes and memory, and the run ended within its limits.
+has its processes and memory, and the run ended within its limits. The programs here leave the
+audit hook on: they run both in the sandbox and unsandboxed (limits and audit hook only), to
+show each layer at work. test_sandbox_hostile.py switches the hook off first and attacks the
+sandbox itself.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -17,22 +19,24 @@ from ci import unavailable
 
 from lorahpo.cache import DownloadError, cache_dir, pip_download
 from lorahpo.evaluation import humaneval, sandbox
-from lorahpo.evaluation.sandbox import Limits, SandboxInfo, sandbox_info
+from lorahpo.evaluation.sandbox import Limits, SandboxUnavailable
 
 QUICK = Limits(wall_s=5.0, cpu_s=2, memory_mb=512)
 
 
-@pytest.fixture(params=["all-layers", "hook-only"])
+@pytest.fixture(params=["sandboxed", "unsandboxed"])
 def run_python(request):
-    """Run a program with every layer this machine grants, or with the limits and audit hook only.
+    """Run a program in the sandbox, or with the limits and the audit hook only.
 
-    The second shows that the innermost layers contain each program even where the kernel
-    grants no network namespace and Python cannot run as another user.
+    The second shows that the inner layers contain these programs on their own, as long as
+    nothing switches the hook off.
     """
-    isolation = sandbox_info() if request.param == "all-layers" else SandboxInfo(False, sandbox._current_user())
+    sandboxed = request.param == "sandboxed"
+    if sandboxed:
+        request.getfixturevalue("code_sandbox")
 
     def run(code, limits=None):
-        return sandbox.run_python(code, limits or Limits(), isolation)
+        return sandbox.run_python(code, limits or Limits(), sandboxed=sandboxed)
 
     return run
 
@@ -48,9 +52,9 @@ def test_a_failing_program_fails_with_its_traceback(run_python):
 
 
 def test_an_infinite_loop_is_killed_by_the_cpu_limit(run_python):
-    start = time.monotonic()
-    result = run_python("while True:\n    pass\n", QUICK)
-    assert result.outcome == "failed" and time.monotonic() - start < QUICK.wall_s + 2
+    # A wall clock far from the CPU limit: on a busy machine 1 s of CPU can take several seconds.
+    result = run_python("while True:\n    pass\n", Limits(wall_s=30.0, cpu_s=1))
+    assert result.outcome == "failed" and result.wall_s < 30
     assert result.returncode in (-9, -24)  # SIGKILL or SIGXCPU
 
 
@@ -206,10 +210,44 @@ def test_native_code_and_limit_changes_are_refused(run_python):
     assert "ESCAPED" not in result.stdout
 
 
-def test_the_layers_in_force_are_reported():
-    info = sandbox_info()
-    assert info.audit_hook and info.user
-    assert "audit hook" in info.describe() and "rlimits" in info.describe()
+def test_an_early_exit_with_status_0_is_not_a_pass(run_python):
+    for code in (
+        "raise SystemExit\n",
+        "raise SystemExit(0)\n",
+        "import sys\nsys.exit(0)\n",
+        "import os\nprint('partial')\nos._exit(0)\n",
+        "import atexit, os\natexit.register(os._exit, 0)\nassert False\n",
+    ):
+        result = run_python(code)
+        assert result.returncode == 0 and not result.completed and result.outcome == "failed", code
+
+
+def test_the_completion_marker_is_removed_from_the_output(run_python):
+    result = run_python("print('no newline at the end', end='')\n")
+    assert result.passed and result.completed and result.stdout == "no newline at the end"
+
+
+def test_without_the_sandbox_code_is_refused_unless_allowed(no_sandbox):
+    assert no_sandbox.startswith("bubblewrap (bwrap) is not installed: install it")
+    with pytest.raises(SandboxUnavailable, match=r"apt-get install bubblewrap"):
+        sandbox.run_python("print(1)\n")
+    with pytest.raises(SandboxUnavailable, match=r"--allow-unsandboxed"):
+        sandbox.sandboxed()
+    with sandbox.unsandboxed_allowed():
+        assert sandbox.sandboxed() is False
+        assert humaneval.process_results(PROBLEM, [PROBLEM["canonical_solution"]]) == {"pass@1": 1.0}
+    with pytest.raises(SandboxUnavailable):
+        humaneval.process_results(PROBLEM, [PROBLEM["canonical_solution"]])
+    assert "UNSANDBOXED" in sandbox.describe(False) and "bwrap" in sandbox.describe(True)
+
+
+PROBLEM = {
+    "task_id": "HumanEval/x",
+    "prompt": 'def add(a: int, b: int) -> int:\n    """Return a + b."""\n',
+    "canonical_solution": "    return a + b\n",
+    "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n",
+    "entry_point": "add",
+}
 
 
 def _canonical_results(limit: int | None) -> list[tuple[str, bool]]:
@@ -224,14 +262,14 @@ def _canonical_results(limit: int | None) -> list[tuple[str, bool]]:
 
 
 @pytest.mark.network
-def test_canonical_humaneval_solutions_pass_in_the_sandbox():
+def test_canonical_humaneval_solutions_pass_in_the_sandbox(code_sandbox):
     results = _canonical_results(12)
     assert len(results) == 12 and all(ok for _, ok in results), [t for t, ok in results if not ok]
 
 
 @pytest.mark.slow
 @pytest.mark.network
-def test_all_164_canonical_humaneval_solutions_pass_in_the_sandbox():
+def test_all_164_canonical_humaneval_solutions_pass_in_the_sandbox(code_sandbox):
     results = _canonical_results(None)
     assert len(results) == 164 and all(ok for _, ok in results), [t for t, ok in results if not ok]
 
@@ -251,3 +289,21 @@ def test_rebinding_builtins_and_library_functions_does_not_blind_the_hook(run_py
     result = run_python(code)
     assert result.passed, result.stderr
     assert "ESCAPED" not in result.stdout and not os.path.exists(target) and tmp_path.is_dir()
+
+
+def test_an_old_bubblewrap_is_named_with_the_version_needed(monkeypatch):
+    from lorahpo.evaluation import bwrap
+
+    assert bwrap.version_tuple("0.8.0") == (0, 8, 0) and bwrap.version_tuple("x") == ()
+    real = bwrap.subprocess.run
+
+    def old_bwrap(argv, **kwargs):
+        if argv == ["bwrap", "--version"]:
+            return bwrap.subprocess.CompletedProcess(argv, 0, "bubblewrap 0.6.1\n", "")
+        return real(argv, **kwargs)
+
+    monkeypatch.setattr(bwrap.subprocess, "run", old_bwrap)
+    monkeypatch.setattr(bwrap, "which", lambda name: "/usr/bin/bwrap")
+    assert bwrap.problem() == (
+        "bubblewrap 0.6.1 is too old: the sandbox needs 0.8.0 or later (--disable-userns, --size)"
+    )

@@ -71,7 +71,7 @@ def test_subtask_test_rows_are_capped_and_sampled_with_a_fixed_seed(monkeypatch)
     assert bbh.build_subtask("word_sorting", {"examples": spec["examples"][:3]}) is None  # nothing left to test
 
 
-def test_humaneval_offline_reads_the_wheel_and_scores_in_the_sandbox(task_cache):
+def test_humaneval_offline_reads_the_wheel_and_scores_in_the_sandbox(task_cache, code_sandbox):
     folder = humaneval.prepare_offline()
     assert _rows(folder / "HumanEval.jsonl") == PROBLEMS
     text = (folder / "task.yaml").read_text()

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lorahpo.preference.store import ANSWERS_FILE, VOTES_FILE, Vote, preference_dir
+from lorahpo.preference.answers import ANSWERS_FILE, preference_dir
+from lorahpo.preference.store import VOTES_FILE, Vote
 
 MODELS = ["zeta-base", "zeta-best", "zeta-worst"]
 PROMPTS = {f"q{i}": f"Question number {i}: explain <b>something</b>." for i in range(1, 5)}

@@ -6,6 +6,7 @@ and stopped with Ctrl-C (SIGINT), which must end it cleanly.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -23,6 +24,8 @@ from lorahpo.preference.store import VoteStore
 from .conftest import XSS, votes_db
 
 CHROMIUM = Path("/usr/bin/chromium")
+# Set to a PNG path to keep a picture of the results page.
+SCREENSHOT = os.environ.get("LORAHPO_RESULTS_SCREENSHOT")
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -62,7 +65,7 @@ def _free_port() -> int:
 
 @pytest.fixture
 def server(study):
-    """The URL of ``preference serve`` running on the study; stopped with SIGINT afterwards."""
+    """The raters' URL and the organiser's link printed by ``preference serve``; stopped with SIGINT afterwards."""
     port = _free_port()
     proc = subprocess.Popen(
         # A fixed pair order: which items carol (the contrary rater) repeats decides the ranking.
@@ -71,6 +74,8 @@ def server(study):
         stderr=subprocess.STDOUT,
         text=True,
     )
+    printed = [proc.stdout.readline() for _ in range(3)]  # the title, the raters' and the organiser's links
+    assert printed[1].split() == ["raters:", f"http://127.0.0.1:{port}/"], printed
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -81,7 +86,7 @@ def server(study):
                 proc.kill()
                 pytest.fail(f"server did not start: {proc.communicate()[0]}")
             time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}"
+    yield f"http://127.0.0.1:{port}", printed[2].split()[1]
     proc.send_signal(signal.SIGINT)
     output, _ = proc.communicate(timeout=20)
     assert proc.returncode == 0, output
@@ -143,7 +148,8 @@ def table(page, selector: str) -> list[list[str]]:
     return [row.locator("td").all_inner_texts() for row in page.locator(f"{selector} tbody tr").all()]
 
 
-def test_raters_vote_in_a_real_browser_and_the_results_match_the_stored_votes(server, page, study):
+def test_raters_vote_in_a_real_browser_and_the_results_match_the_stored_votes(server, page, study, browser):
+    server, organiser_link = server
     dialogs = []
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
 
@@ -162,7 +168,15 @@ def test_raters_vote_in_a_real_browser_and_the_results_match_the_stored_votes(se
     assert Counter((tuple(sorted((v.left, v.right))), v.winner) for v in votes) == Counter(meant)
     assert Counter(v.rater for v in votes) == {"alice": 6, "bob": 6, "carol": 4}
 
-    page.click("text=Results")
+    # A rater's pages do not lead to the results, and the results refuse a rater.
+    assert page.locator("a[href*=results]").count() == 0 and "You have cast 4 of 12 votes." in page.content()
+    assert page.goto(server + "/results").status == 403
+
+    # The organiser opens the printed link in their own browser.
+    organiser = browser.new_context()
+    page = organiser.new_page()
+    page.goto(organiser_link)
+    assert page.url == server + "/results"
     summary = summarise(votes)
     assert page.inner_text("#totals") == "16 votes by 3 raters"
     assert table(page, "#win-rates") == [
@@ -182,11 +196,17 @@ def test_raters_vote_in_a_real_browser_and_the_results_match_the_stored_votes(se
         [a.rater, str(a.votes), str(a.items), str(a.agreed), percent(a.rate)] for a in summary.agreement
     ]
     assert table(page, "#ranking")[0][1] == "zeta-best"
+    alpha = summary.alpha
+    assert table(page, "#alpha") == [[f"{alpha.value:.3f}", str(alpha.items), str(alpha.values)]]
+    assert table(page, "#votes-needed")[1] == ["60.0%", "194"]
+    if SCREENSHOT:
+        page.screenshot(path=SCREENSHOT, full_page=True)
+    organiser.close()
     assert dialogs == []
 
 
 def test_xss_in_an_answer_renders_as_text(server, page):
-    sign_in(page, server, "dave")
+    sign_in(page, server[0], "dave")
     dialogs = []
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
     for _ in range(12):  # every item comes once; the payload is in two of them
@@ -202,6 +222,7 @@ def test_xss_in_an_answer_renders_as_text(server, page):
 
 
 def test_a_vote_without_a_valid_token_is_refused(server, page, study):
+    server = server[0]
     sign_in(page, server, "erin")
     page.eval_on_selector(".choices input[name=csrf]", "el => el.value = 'forged'")
     with page.expect_navigation():

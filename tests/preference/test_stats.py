@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 
 import numpy as np
 import pytest
 
-from lorahpo.preference.stats import bradley_terry, percent, rater_agreement, summarise, votes_csv, win_rates
+from lorahpo.preference.stats import (
+    bradley_terry,
+    krippendorff_alpha,
+    percent,
+    rater_agreement,
+    summarise,
+    votes_csv,
+    votes_needed,
+    win_rates,
+)
 
 from .conftest import vote
 
@@ -102,11 +112,53 @@ def test_rater_agreement_with_the_majority_of_other_raters():
     assert result == {"r1": (3, 1, 1, 1.0), "r2": (2, 1, 1, 1.0), "r3": (2, 1, 0, 0.0)}
 
 
+def test_krippendorff_alpha_by_hand():
+    votes = [
+        # q1, A vs B: r1 and r2 prefer A (r2 saw it on the right), r3 prefers B.
+        vote("r1", "q1", "A", "B", "A"),
+        vote("r2", "q1", "B", "A", "B"),
+        vote("r3", "q1", "A", "B", "B"),
+        # q2: both call it a tie.
+        vote("r1", "q2", "B", "A", "tie"),
+        vote("r2", "q2", "A", "B", "tie"),
+        # q3: one rater only, left out.
+        vote("r1", "q3", "A", "C", "A"),
+    ]
+    # Coincidences (first, second, tie): q1 has values first, first, second (m = 3), giving
+    # first-first 2/2, first-second 2/2, second-first 2/2; q2 gives tie-tie 2/1. Row sums
+    # n = (2, 1, 2), total 5. Observed disagreement 2, expected sum n_c n_k = 25 - 9 = 16:
+    # alpha = 1 - 4 * 2 / 16 = 0.5.
+    alpha = krippendorff_alpha(votes)
+    assert (alpha.value, alpha.items, alpha.values) == (pytest.approx(0.5), 2, 5)
+
+
+def test_krippendorff_alpha_extremes():
+    agree = [vote(r, p, "A", "B", c) for p, c in [("q1", "A"), ("q2", "B"), ("q3", "tie")] for r in ("r1", "r2")]
+    assert krippendorff_alpha(agree).value == pytest.approx(1.0)
+    # Each item split between its two raters: disagreement exceeds chance, alpha < 0.
+    split = [vote("r1", p, "A", "B", "A") for p in ("q1", "q2")] + [vote("r2", p, "A", "B", "B") for p in ("q1", "q2")]
+    assert krippendorff_alpha(split).value == pytest.approx(1 - 3 * 4 / 8)
+    # Everyone always says A: no variation, alpha undefined; no shared items: undefined.
+    assert krippendorff_alpha([vote(r, "q1", "A", "B", "A") for r in ("r1", "r2")]).value is None
+    assert krippendorff_alpha(_votes([("A", "B", "A")])).value is None
+
+
+def test_votes_needed_matches_the_normal_approximation():
+    # (1.959964 * 0.5 + 0.841621 * sqrt(0.6 * 0.4)) / 0.1 = 13.923; squared 193.85 -> 194.
+    assert votes_needed(0.6) == 194
+    assert votes_needed(0.4) == 194  # symmetric about 50%
+    assert votes_needed(0.7) == 47 and votes_needed(0.55) == 783
+    assert votes_needed(0.6, power=0.5) == math.ceil((1.959964 * 0.5 / 0.1) ** 2)  # z_0.5 = 0
+    with pytest.raises(ValueError):
+        votes_needed(0.5)
+
+
 def test_summary_and_csv_export():
     votes = _votes([("A", "B", "A"), ("B", "A", "tie")])
     summary = summarise(votes)
     assert (summary.votes, summary.raters) == (2, 1)
     assert [r.model for r in summary.win_rates] == [s.model for s in summary.ranking] == ["A", "B"]
+    assert summary.alpha.value is None and [(n.rate, n.votes) for n in summary.votes_needed][1] == (0.6, 194)
 
     rows = list(csv.DictReader(io.StringIO(votes_csv(votes))))
     assert [(r["left_model"], r["right_model"], r["choice"], r["winner"]) for r in rows] == [

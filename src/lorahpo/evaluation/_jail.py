@@ -1,15 +1,21 @@
 """Start-up script of a sandboxed program: ``python -I -S -B _jail.py FOLDER PROGRAM SETTINGS``.
 
-Trusted code runs first and confines the process, as SETTINGS (JSON) asks:
+Trusted code runs first: it sets the resource limits SETTINGS (JSON) asks for (CPU seconds,
+address space, file size, open files, processes, no core), installs an audit hook, and runs
+PROGRAM (a file in FOLDER) as ``__main__``. Limits that cannot be set end the process with exit
+code 97 before PROGRAM runs.
 
-1. resource limits (CPU seconds, address space, file size, open files, processes, no core);
-2. a new, empty network namespace (``unshare``), when asked;
-3. when asked and started as root: import the standard-library modules such programs use, then
-   become ``nobody`` (imports after that need files ``nobody`` can read);
+**The completion marker.** When PROGRAM's module code has run to its end without an exception,
+and only then, this script reads a random token from the file descriptor ``marker_fd`` of
+SETTINGS and writes it as the last line of standard output. The caller counts a run as
+completed only when that line is there: ``SystemExit``, ``os._exit``, an exit handler or a
+signal end the process before it is written. The token is not in the program's file, its
+arguments or its environment, and this script reads it only after the program has finished.
 
-then it installs an audit hook and runs PROGRAM (a file in FOLDER) as ``__main__``. A layer
-that was asked for and cannot be set up ends the process with exit code 97 before PROGRAM runs.
-The hook refuses, by raising ``PermissionError``:
+The audit hook is an extra layer inside the operating system's sandbox (``bwrap``), never the
+boundary: audit hooks are not a security boundary (Python's documentation says so), and a
+program can reach the hook's globals through a traceback and switch it off. It refuses, by
+raising ``PermissionError``:
 
 - opening a file for writing, or any directory, outside FOLDER (``/dev/null`` excepted);
 - deleting, renaming, or changing modes, owners or times of paths outside FOLDER; links; and
@@ -17,9 +23,6 @@ The hook refuses, by raising ``PermissionError``:
 - creating processes (fork, exec, spawn, ``subprocess``, ``os.system``) and sending signals;
 - sockets of any kind, and loading native code (``ctypes``, ``_posixsubprocess``);
 - raising limits, and walking the garbage collector's object graph (a way to reach the hook).
-
-Audit hooks are not a security boundary on their own (Python's documentation says so): they are
-the inner layer, under the limits, the network namespace and the unprivileged user.
 """
 
 import builtins
@@ -34,14 +37,6 @@ from os import fspath
 from posixpath import abspath, isdir, realpath
 
 SETUP_FAILED = 97
-_CLONE_NEWUSER = 0x10000000
-_CLONE_NEWNET = 0x40000000
-_PRELOAD = (
-    "abc", "array", "bisect", "calendar", "cmath", "collections", "contextlib", "copy", "dataclasses", "datetime",
-    "decimal", "enum", "fractions", "functools", "hashlib", "heapq", "io", "itertools", "json", "math", "numbers",
-    "operator", "pprint", "random", "re", "statistics", "string", "struct", "textwrap", "time", "typing",
-    "unicodedata",
-)
 
 # The work folder, set in the hook's private namespace by _install.
 _ROOT = _PREFIX = ""
@@ -154,8 +149,8 @@ def _install(root: str) -> None:
     sys.addaudithook(private["_hook"])
 
 
-def _confine(settings: dict) -> None:
-    """Apply the limits, the network namespace and the user that ``settings`` ask for."""
+def _limit(settings: dict) -> None:
+    """Apply the resource limits that ``settings`` ask for (soft and hard: they cannot be raised)."""
     mib = 1024 * 1024
     for which, value in (
         (resource.RLIMIT_CPU, settings["cpu_s"]),
@@ -166,22 +161,6 @@ def _confine(settings: dict) -> None:
         (resource.RLIMIT_CORE, 0),
     ):
         resource.setrlimit(which, (value, value))
-    if settings["network_namespace"]:
-        import ctypes
-
-        flags = _CLONE_NEWNET | (_CLONE_NEWUSER if os.geteuid() != 0 else 0)
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.unshare(flags) != 0:
-            raise OSError(ctypes.get_errno(), "unshare: " + os.strerror(ctypes.get_errno()))
-        # Forget ctypes, so that the program's own import of it reaches the hook.
-        for name in [m for m in sys.modules if m.split(".")[0] in ("ctypes", "_ctypes")]:
-            del sys.modules[name]
-    if settings["uid"] is not None:
-        for name in _PRELOAD:
-            __import__(name)
-        os.setgroups([])
-        os.setgid(settings["gid"])
-        os.setuid(settings["uid"])
 
 
 def main() -> None:
@@ -190,14 +169,20 @@ def main() -> None:
     with open(program, encoding="utf-8") as fh:
         code = compile(fh.read(), program, "exec")
     try:
-        _confine(settings)
+        _limit(settings)
     except (OSError, ValueError) as exc:
         print(f"sandbox: setup failed: {exc}", file=sys.stderr)
         sys.stderr.flush()
         os._exit(SETUP_FAILED)
-    del sys.argv[1:]
+    marker_fd = settings["marker_fd"]
+    del sys.argv[1:], settings
     _install(folder)
     exec(code, {"__name__": "__main__", "__builtins__": __builtins__})
+    # Reached only when the program's module code returned: an exception, SystemExit or an exit
+    # of the process skip it.
+    token = os.read(marker_fd, 256)
+    sys.stdout.flush()
+    os.write(1, b"\n" + token + b"\n")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,9 @@ tasks (comma- or space-separated; default: bbh-bigbench,humaneval-offline):
   humaneval          HumanEval with the hub's data, run in the sandbox
   any other lm-eval task name, passed through
 
+HumanEval runs the model's code in a sandbox made with bubblewrap (apt-get install bubblewrap);
+where it cannot run, the command refuses unless --allow-unsandboxed is given.
+
 examples:
   lorahpo evaluate runs/default --limit 5           # a quick look: 5 rows of each (sub)task
   lorahpo evaluate runs/default --top 5 --tasks mmlu,bbh,drop,humaneval
@@ -47,6 +50,12 @@ def add_arguments(subparsers: Any) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--batch-size", type=int, default=8, help="rows per forward pass (default 8)")
     p.add_argument("--dry-run", action="store_true", help="list what would be evaluated, and stop")
+    p.add_argument(
+        "--allow-unsandboxed",
+        action="store_true",
+        help="where the sandbox (bubblewrap) cannot run, run HumanEval's generated code without it "
+        "(limits and an audit hook only) instead of refusing: only for models you trust",
+    )
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -78,7 +87,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     try:
         api.evaluate(args.study_dir, args.tasks, top=args.top, limit=args.limit, device=args.device,
-                     batch_size=args.batch_size, on_result=report, progress=sys.stderr.isatty())
+                     batch_size=args.batch_size, on_result=report, progress=sys.stderr.isatty(),
+                     allow_unsandboxed=args.allow_unsandboxed)
     except KeyboardInterrupt:
         print("interrupted: finished (model, task) pairs are stored; run the same command to resume", file=sys.stderr)
         return 130

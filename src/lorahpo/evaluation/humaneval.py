@@ -9,8 +9,11 @@ Two lm-eval tasks share one config and one scorer, :func:`process_results`:
 The model continues the function's signature and docstring greedily and stops at the first
 line that starts a new top-level block (as in the HumanEval paper); the program ``prompt +
 completion + tests + check(entry_point)`` then runs in :mod:`lorahpo.evaluation.sandbox`. It
-passes when it exits cleanly within the limits. lm-eval's own ``humaneval`` task is never used:
-it runs generated code without these limits.
+passes when ``check`` returned within the limits: the sandbox's completion marker, printed only
+after the program's last line has run, must come back (an exit with status 0 before that, by
+``SystemExit``, ``os._exit`` or an exit handler, is a failure). The comparisons are HumanEval's
+own (its ``check`` functions, unchanged), so scores stay comparable with published ones.
+lm-eval's own ``humaneval`` task is never used: it runs generated code without a sandbox.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any
 import yaml
 
 from lorahpo.cache import cache_dir, pip_download
-from lorahpo.evaluation.sandbox import Limits, run_python
+from lorahpo.evaluation.sandbox import Limits, run_python, sandboxed
 
 VERSION = 1
 OFFLINE_TASK = "lorahpo_humaneval_offline"
@@ -84,8 +87,12 @@ def program(doc: dict[str, Any], completion: str) -> str:
 
 
 def process_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
-    """lm-eval's per-row scorer: 1.0 when the completion passes its tests in the sandbox."""
-    return {"pass@1": float(run_python(program(doc, results[0]), LIMITS).passed)}
+    """lm-eval's per-row scorer: 1.0 when the completion passes its tests in the sandbox.
+
+    Raises:
+        SandboxUnavailable: The sandbox cannot run here and unsandboxed runs were not allowed.
+    """
+    return {"pass@1": float(run_python(program(doc, results[0]), LIMITS, sandboxed=sandboxed()).passed)}
 
 
 def _write_folder(folder: Path, task: str, data: Any) -> Path:

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from lorahpo.config import ConfigError
+from lorahpo.errors import UserError
+from lorahpo.evaluation import sandbox
 from lorahpo.evaluation.store import BASE, EvaluationStore, TaskResult, model_key
 from lorahpo.evaluation.tasks import TaskSpec
 
@@ -131,6 +133,7 @@ def evaluate(
     batch_size: int = 8,
     on_result: Callable[[TaskResult], None] | None = None,
     progress: bool = True,
+    allow_unsandboxed: bool = False,
 ) -> Plan:
     """Evaluate a study's models on ``tasks``; store each result as soon as it is known.
 
@@ -143,9 +146,15 @@ def evaluate(
         batch_size: Rows per forward pass.
         on_result: Called with each new result.
         progress: Show a progress bar.
+        allow_unsandboxed: Where the sandbox cannot run, run generated code (HumanEval) without it
+            instead of refusing.
 
     Returns:
         The plan that was carried out.
+
+    Raises:
+        UserError: A task runs generated code, the sandbox cannot run here, and
+            ``allow_unsandboxed`` is False (nothing is evaluated).
     """
     from lorahpo.evaluation import harness
     from lorahpo.study import Study
@@ -157,13 +166,19 @@ def evaluate(
     base_model = study.config.objective.lora.model
     store = EvaluationStore(study_dir)
     if plan.todo:
+        if any(_runs_code(spec) for _, spec in plan.todo):
+            _check_sandbox(allow_unsandboxed)
         include = [spec.prepare() for spec in tasks if spec.prepare is not None]
         manager = harness.task_manager(include, with_lm_eval_tasks=any(s.prepare is None for s in tasks))
         store.folder.mkdir(parents=True, exist_ok=True)
         # lm-eval and transformers draw progress bars and warnings of their own on stderr, and lm-eval
         # runs git: all of it goes to a log file, so that it neither clutters the output nor breaks
         # the bar drawn here.
-        with _Bar(len(plan.todo), enabled=progress) as bar, open(store.folder / LOG_FILE, "a") as log:
+        with (
+            _Bar(len(plan.todo), enabled=progress) as bar,
+            open(store.folder / LOG_FILE, "a") as log,
+            sandbox.unsandboxed_allowed(allow_unsandboxed),
+        ):
             for entry in plan.models:
                 pairs = [spec for e, spec in plan.todo if e is entry]
                 if not pairs:
@@ -208,14 +223,26 @@ def _run_pair(
     return result, scores.samples
 
 
+def _runs_code(spec: TaskSpec) -> bool:
+    """Whether the task runs generated code (in the sandbox)."""
+    return spec.name.startswith("humaneval")
+
+
+def _check_sandbox(allow_unsandboxed: bool) -> None:
+    """Refuse, in one line naming the fix, to run generated code where the sandbox cannot run."""
+    with sandbox.unsandboxed_allowed(allow_unsandboxed):
+        try:
+            sandbox.sandboxed()
+        except sandbox.SandboxUnavailable as exc:
+            raise UserError(f"HumanEval runs generated code: {exc}") from None
+
+
 def _details(spec: TaskSpec) -> dict[str, Any]:
     from importlib.metadata import version
 
     details: dict[str, Any] = {"lm_eval": version("lm_eval"), "lm_eval_task": spec.lm_eval_name}
-    if spec.name.startswith("humaneval"):
-        from lorahpo.evaluation.sandbox import sandbox_info
-
-        details["sandbox"] = sandbox_info().describe()
+    if _runs_code(spec):
+        details["sandbox"] = sandbox.describe(sandbox.sandboxed())
     return details
 
 

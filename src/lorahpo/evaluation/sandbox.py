@@ -1,25 +1,25 @@
 """Run untrusted Python code (model-generated programs) in a sandbox.
 
-Each program runs in its own process, in a fresh temporary folder that is deleted afterwards,
-with these layers, outermost first:
+Each program runs in its own process, with these layers, outermost first:
 
-1. **Limits** (``setrlimit``): CPU seconds, address space (memory), size of any file written,
-   open files, no core dumps; and a wall-clock timeout after which the whole process group is
-   killed.
-2. **No network**: the process gets its own, empty network namespace (``unshare``) where the
-   kernel allows it (root, or unprivileged user namespaces); it cannot reach any address, not
-   even this machine's loopback.
-3. **Another user**: started as root, the interpreter imports the standard-library modules such
-   programs use and then becomes ``nobody`` (so it works even when Python lives in a folder only
-   root can read, such as ``/root/.pyenv``; other modules then fail to import there); file
-   permissions protect the system and the process-count limit stops fork bombs.
-4. **Audit hook** (:mod:`lorahpo.evaluation._jail`): inside the interpreter, writes outside the
-   folder, deletions, process creation, sockets and native code are refused.
+1. **The operating system's sandbox** (:mod:`lorahpo.evaluation.bwrap`): bubblewrap starts the
+   program in new user, mount, PID, IPC, UTS and network namespaces, on a read-only view of the
+   system and of the Python installation, with a size-limited tmpfs as the only writable place
+   and a seccomp filter; every process it leaves ends with the run. This is the boundary.
+2. **Limits** (``setrlimit``): CPU seconds, address space (memory), size of any file written,
+   open files, no core dumps; and a wall-clock timeout after which the run is killed.
+3. **Audit hook** (:mod:`lorahpo.evaluation._jail`): inside the interpreter, writes outside the
+   folder, process creation, sockets and native code are refused. An extra layer only: a
+   program can switch it off.
 
-:func:`sandbox_info` says which layers are active on this machine. Layer 4 always is; it is what
-stops a fork bomb or a write to ``/tmp`` when layers 2 and 3 are not available, and it is not a
-boundary against a determined attacker who finds a hole in the interpreter. Run evaluations of
-models you do not trust in a container or VM as well.
+A run counts as completed only when the program's module code returned: the start-up script
+then prints a random token, read from a pipe only after the program has finished, as the last
+line; early exits (``SystemExit``, ``os._exit``, exit handlers) never print it.
+
+Where bubblewrap or user namespaces are not available, :func:`run_python` refuses to run code
+(:class:`SandboxUnavailable`, one line naming the fix) unless the caller asks for an
+unsandboxed run explicitly (``sandboxed=False``: layers 2 and 3 only, in a temporary folder
+of the host; for code you trust).
 """
 
 from __future__ import annotations
@@ -28,16 +28,19 @@ import contextlib
 import functools
 import json
 import os
-import pwd
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
+
+from lorahpo.evaluation import bwrap
 
 _JAIL = Path(__file__).with_name("_jail.py")
 _TAIL_BYTES = 2000
@@ -45,23 +48,30 @@ _TAIL_BYTES = 2000
 Outcome = Literal["passed", "failed", "timeout"]
 
 
+class SandboxUnavailable(RuntimeError):
+    """The sandbox cannot run on this machine; the message names the fix, in one line."""
+
+
 @dataclass(frozen=True)
 class Limits:
     """Resource limits of one sandboxed program.
 
     Attributes:
-        wall_s: Wall-clock seconds before the process group is killed.
+        wall_s: Wall-clock seconds before the run is killed.
         cpu_s: CPU seconds (the kernel kills the process past them).
         memory_mb: Address space in MiB (allocations past it raise ``MemoryError``).
         file_mb: Largest file the program may write, in MiB (stdout and stderr included).
+        disk_mb: All the program may write, in MiB (the size of its tmpfs; sandboxed runs only).
         open_files: Most file descriptors open at once.
-        processes: Most processes of the sandbox user (enforced for non-root users only).
+        processes: Most processes of the user (unsandboxed runs of a non-root user; in the
+            sandbox no process can be created).
     """
 
     wall_s: float = 10.0
     cpu_s: int = 5
     memory_mb: int = 1024
     file_mb: int = 8
+    disk_mb: int = 64
     open_files: int = 64
     processes: int = 16
 
@@ -71,12 +81,14 @@ class RunResult:
     """What a sandboxed program did.
 
     Attributes:
-        outcome: ``passed`` (exit code 0), ``failed`` (non-zero exit, a signal, a limit) or
-            ``timeout`` (killed after the wall-clock limit).
+        outcome: ``passed`` (its module code returned, then exit code 0), ``failed`` (an
+            exception, an early exit of any status, a signal, a limit) or ``timeout`` (killed
+            after the wall-clock limit).
         returncode: The exit code; negative for a signal (``-9``: killed, ``-24``: CPU limit).
-        stdout: The last bytes of standard output, decoded.
+        stdout: The last bytes of standard output, decoded, without the completion marker.
         stderr: The last bytes of standard error, decoded.
         wall_s: How long it ran.
+        completed: Whether the program's module code returned (the completion marker came).
     """
 
     outcome: Outcome
@@ -84,122 +96,179 @@ class RunResult:
     stdout: str
     stderr: str
     wall_s: float
+    completed: bool = False
 
     @property
     def passed(self) -> bool:
         return self.outcome == "passed"
 
 
-@dataclass(frozen=True)
-class SandboxInfo:
-    """Which isolation layers this machine grants (see the module documentation)."""
-
-    network_namespace: bool
-    user: str
-    audit_hook: bool = True
-
-    def describe(self) -> str:
-        net = "own network namespace" if self.network_namespace else "sockets refused by audit hook only"
-        return f"user {self.user}; {net}; rlimits; audit hook"
-
-
-def run_python(code: str, limits: Limits = Limits(), isolation: SandboxInfo | None = None) -> RunResult:
-    """Run ``code`` as a Python program in the sandbox and report how it ended.
+def run_python(code: str, limits: Limits = Limits(), *, sandboxed: bool = True) -> RunResult:
+    """Run ``code`` as a Python program and report how it ended.
 
     Args:
         code: The program's source.
         limits: Resource limits.
-        isolation: The layers to use; default :func:`sandbox_info`, all that work here. Tests
-            pass fewer, to show that the inner layers contain a program on their own.
+        sandboxed: Run it in the operating system's sandbox (the default). False runs it with the
+            limits and the audit hook only, in a temporary folder of the host: for code you trust.
 
     Returns:
         The outcome; exceptions of the program are a ``failed`` outcome, never raised here.
+
+    Raises:
+        SandboxUnavailable: ``sandboxed`` and the sandbox cannot run here.
     """
-    info = isolation or sandbox_info()
-    folder = Path(tempfile.mkdtemp(prefix="lorahpo-sandbox-"))
+    if not sandboxed:
+        return _run_unsandboxed(code, limits)
+    reason = sandbox_problem()
+    if reason is not None:
+        raise SandboxUnavailable(reason)
+    return _run_sandboxed(code, limits)
+
+
+@functools.cache
+def sandbox_problem() -> str | None:
+    """Why the sandbox cannot run here (one line naming the fix), or None when it can; probed once."""
+    reason = bwrap.problem()
+    if reason is not None:
+        return reason
+    probe = _run_sandboxed("import math\n", Limits(wall_s=60.0))
+    if not probe.passed:
+        last = (probe.stderr.strip().splitlines() or [f"exit code {probe.returncode}"])[-1]
+        return f"the sandbox cannot start Python here ({last}): see the sandbox section of docs/evaluation.md"
+    return None
+
+
+def _run_sandboxed(code: str, limits: Limits) -> RunResult:
+    with _memfd("program", code.encode("utf-8")) as program, _memfd("seccomp", bwrap.seccomp_filter()) as rules:
+
+        def command(settings: str) -> list[str]:
+            return bwrap.command(bwrap.interpreter(), _JAIL, settings, program, rules, limits.disk_mb)
+
+        return _run(command, limits, None, (program, rules))
+
+
+def _run_unsandboxed(code: str, limits: Limits) -> RunResult:
+    folder = Path(tempfile.mkdtemp(prefix="lorahpo-unsandboxed-"))
     try:
         (folder / "program.py").write_text(code, encoding="utf-8")
-        if info.user == "nobody":
-            ids = _nobody()
-            if ids is None:
-                raise RuntimeError("the sandbox should run as nobody, but there is no user nobody")
-            os.chown(folder, *ids)
-        return _run(folder, "program.py", _settings(limits, info), limits.wall_s)
+
+        def command(settings: str) -> list[str]:
+            return [sys.executable, "-I", "-S", "-B", str(_JAIL), str(folder), "program.py", settings]
+
+        return _run(command, limits, folder, ())
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-@functools.cache
-def sandbox_info() -> SandboxInfo:
-    """Probe once which isolation layers work here: a network namespace, running as ``nobody``."""
-    with tempfile.TemporaryDirectory(prefix="lorahpo-sandbox-probe-") as tmp:
-        (Path(tmp) / "probe.py").write_text("import math\n")
-        os.chmod(tmp, 0o755)
-
-        def works(info: SandboxInfo) -> bool:
-            return _run(Path(tmp), "probe.py", _settings(Limits(), info), 30.0).passed
-
-        network = works(SandboxInfo(network_namespace=True, user=_current_user()))
-        nobody = os.geteuid() == 0 and _nobody() is not None and works(SandboxInfo(False, "nobody"))
-    return SandboxInfo(network_namespace=network, user="nobody" if nobody else _current_user())
+_allow_unsandboxed = False
 
 
-def _settings(limits: Limits, info: SandboxInfo) -> dict[str, object]:
-    uid, gid = (_nobody() or (None, None)) if info.user == "nobody" else (None, None)
-    return {
+@contextlib.contextmanager
+def unsandboxed_allowed(allowed: bool = True) -> Iterator[None]:
+    """Within this block, :func:`sandboxed` lets code run unsandboxed where the sandbox cannot run."""
+    global _allow_unsandboxed
+    saved, _allow_unsandboxed = _allow_unsandboxed, allowed
+    try:
+        yield
+    finally:
+        _allow_unsandboxed = saved
+
+
+def sandboxed() -> bool:
+    """Whether scorers should run code in the sandbox: True where it runs.
+
+    Raises:
+        SandboxUnavailable: It cannot run here, and unsandboxed runs were not allowed
+            (:func:`unsandboxed_allowed`).
+    """
+    reason = sandbox_problem()
+    if reason is None:
+        return True
+    if _allow_unsandboxed:
+        return False
+    raise SandboxUnavailable(f"{reason}; or accept running generated code unsandboxed (--allow-unsandboxed)")
+
+
+def describe(sandboxed: bool = True) -> str:
+    """The layers a run gets, in words (stored with results)."""
+    if not sandboxed:
+        return "UNSANDBOXED: rlimits and audit hook only"
+    return (
+        "bwrap: user/mount/pid/ipc/uts/net namespaces, read-only system, tmpfs work folder, seccomp; "
+        "rlimits; audit hook"
+    )
+
+
+def _run(argv: Callable[[str], list[str]], limits: Limits, host_folder: Path | None, fds: tuple[int, ...]) -> RunResult:
+    """Start the program and wait for its end.
+
+    Args:
+        argv: The command line, given the start-up script's settings (JSON).
+        limits: The limits.
+        host_folder: The work folder on the host of an unsandboxed run; None in the sandbox.
+        fds: Descriptors the command reads (passed on to it).
+    """
+    token = secrets.token_hex(16)
+    marker_read, marker_write = os.pipe()
+    os.write(marker_write, token.encode())
+    os.close(marker_write)
+    settings = {
         "cpu_s": limits.cpu_s,
         "memory_mb": limits.memory_mb,
         "file_mb": limits.file_mb,
         "open_files": limits.open_files,
         "processes": limits.processes,
-        "network_namespace": info.network_namespace,
-        "uid": uid,
-        "gid": gid,
+        "marker_fd": marker_read,
     }
-
-
-def _run(folder: Path, program: str, settings: dict[str, object], wall_s: float) -> RunResult:
     # Output goes to anonymous files (capped by the file-size limit), not to pipes a program
     # could flood, nor to paths it could replace.
-    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(folder), "TMPDIR": str(folder)}
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        start = time.monotonic()
-        proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-B", str(_JAIL), str(folder), program, json.dumps(settings)],
-            cwd=folder,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-            close_fds=True,
-            start_new_session=True,  # own process group: the timeout kills all of it
-        )
-        outcome: Outcome
-        returncode: int | None
-        try:
-            returncode = proc.wait(timeout=wall_s)
-            outcome = "passed" if returncode == 0 else "failed"
-        except subprocess.TimeoutExpired:
-            returncode, outcome = None, "timeout"
-        finally:
-            _kill_group(proc)
-        wall = time.monotonic() - start
-        return RunResult(outcome, returncode, _tail(out), _tail(err), wall)
-
-
-def _nobody() -> tuple[int, int] | None:
+    home = str(host_folder) if host_folder is not None else bwrap.WORK
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": home, "TMPDIR": home}
     try:
-        entry = pwd.getpwnam("nobody")
-    except KeyError:
-        return None
-    return entry.pw_uid, entry.pw_gid
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            start = time.monotonic()
+            proc = subprocess.Popen(
+                argv(json.dumps(settings)),
+                cwd=host_folder or "/",
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                pass_fds=(marker_read, *fds),
+                start_new_session=True,  # own process group: the timeout kills all of it
+            )
+            returncode: int | None
+            try:
+                returncode = proc.wait(timeout=limits.wall_s)
+                if host_folder is None and returncode > 128:  # bwrap reports a program's signal N as 128 + N
+                    returncode = 128 - returncode
+            except subprocess.TimeoutExpired:
+                returncode = None
+            finally:
+                _kill_group(proc)
+            wall = time.monotonic() - start
+            stdout, marker = _tail(out), f"\n{token}\n"
+            completed = stdout.endswith(marker)
+            if completed:
+                stdout = stdout[: -len(marker)]
+            stderr = _tail(err)
+    finally:
+        os.close(marker_read)
+    outcome: Outcome = "timeout" if returncode is None else "passed" if completed and returncode == 0 else "failed"
+    return RunResult(outcome, returncode, stdout, stderr, wall, completed)
 
 
-def _current_user() -> str:
+@contextlib.contextmanager
+def _memfd(name: str, data: bytes) -> Iterator[int]:
+    """An anonymous in-memory file holding ``data``, positioned at its start: its descriptor."""
+    fd = os.memfd_create(f"lorahpo-{name}")  # close-on-exec, but passed to bwrap (pass_fds)
     try:
-        return pwd.getpwuid(os.geteuid()).pw_name
-    except KeyError:
-        return str(os.geteuid())
+        os.write(fd, data)
+        os.lseek(fd, 0, os.SEEK_SET)
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -212,3 +281,4 @@ def _tail(fh: BinaryIO) -> str:
     size = fh.seek(0, os.SEEK_END)
     fh.seek(max(size - _TAIL_BYTES, 0))
     return fh.read().decode("utf-8", "replace")
+

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from lorahpo.finetune.config import ModelConfig
-from lorahpo.preference.store import read_answers
+from lorahpo.preference.answers import read_answers
 
 Template = Literal["chat", "alpaca"]
 
