@@ -18,6 +18,8 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "eval": ("lm_eval",),
     "report": ("matplotlib",),
     "cluster": ("ray", "psycopg2"),
+    "dataframe": ("pandas",),
+    "tracking": ("mlflow", "wandb", "tensorboard"),
 }
 
 
