@@ -140,6 +140,14 @@ def test_other_optimizers_start_from_x0_and_finish(tmp_path, objectives_module, 
         assert records[0].params == {"x": 2, "y": 0}
 
 
+def test_a_grid_smaller_than_the_budget_is_searched_once_and_the_study_ends(tmp_path, objectives_module):
+    space = {"params": {"x": {"type": "choice", "values": [-1, 2]}, "y": {"type": "int", "low": 0, "high": 1}}}
+    study = Study.open(tmp_path / "s", make_config({"python": "testobj:quad"}, optimizer="grid", space=space, budget=9))
+    summary = study.run()
+    assert summary.finished == 4 and summary.stopped == "exhausted"
+    assert sorted(tuple(r.params.values()) for r in study.records()) == [(-1, 0), (-1, 1), (2, 0), (2, 1)]
+
+
 def test_python_objective_returning_metrics(tmp_path, objectives_module):
     study = Study.open(tmp_path / "s", make_config({"python": "testobj:metrics", "metric": "size"}, budget=2))
     study.run()

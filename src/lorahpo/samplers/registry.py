@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,6 +15,8 @@ from optuna.distributions import (
     IntDistribution,
 )
 from optuna.samplers import BaseSampler, GridSampler, NSGAIISampler, RandomSampler, TPESampler
+from optuna.study import Study
+from optuna.trial import FrozenTrial, TrialState
 
 from lorahpo.samplers.seeded import TrialSeededSampler
 
@@ -89,10 +92,7 @@ def make_sampler(
     if name == "grid":
         if n_objectives > 1:
             raise ValueError("grid search has a single objective")
-        grid = grid_values(distributions)
-        # The seed shuffles the grid's numbering, so every trial needs the same one; a fresh
-        # sampler per trial then picks its point as a function of the unvisited points alone.
-        return TrialSeededSampler(lambda _: GridSampler(grid, seed=seed), seed, shared=shared)
+        return GridSearch(grid_values(distributions), seed, shared=shared)
     if ":" in name or "." in name:
         cls = _import(name)
         if "seed" in inspect.signature(cls).parameters:
@@ -100,6 +100,33 @@ def make_sampler(
         _check_kwargs(cls, options, name, reserved=())
         return cls(**options)
     raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)} or give an import path")
+
+
+class GridSearch(TrialSeededSampler):
+    """Optuna's grid sampler in the study loop: each point of ``grid`` once, then nothing more.
+
+    Optuna's GridSampler ends Optuna's own ``optimize`` loop with ``study.stop()`` once every
+    point is taken, which raises in any other loop; here the loop asks :meth:`ready` instead.
+    The seed shuffles the grid's numbering, so every trial needs the same one; a fresh sampler per
+    trial then picks its point as a function of the points not yet taken alone.
+    """
+
+    def __init__(self, grid: dict[str, list[Any]], seed: int, *, shared: bool = False) -> None:
+        super().__init__(lambda _: _GridPoints(grid, seed=seed), seed, shared=shared)
+        self._size = math.prod(len(values) for values in grid.values())
+
+    def ready(self, study: Study) -> bool:
+        """Whether a point is left that no finished or running trial has taken."""
+        states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
+        taken = {t.system_attrs.get("grid_id") for t in study.get_trials(deepcopy=False, states=states)}
+        return len(taken - {None}) < self._size
+
+
+class _GridPoints(GridSampler):
+    def after_trial(
+        self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
+    ) -> None:
+        """Nothing: Optuna's would stop its own loop (see :class:`GridSearch`)."""
 
 
 def grid_values(distributions: dict[str, BaseDistribution]) -> dict[str, list[Any]]:
