@@ -293,6 +293,8 @@ def markdown(result: dict[str, Any]) -> str:
     for metric, s in result["spearman"].items():
         ci = f"[{s['ci'][0]:.2f}, {s['ci'][1]:.2f}]" if s["ci"] else "-"
         lines.append(f"| {metric} | {_fmt(s['rho'])} | {ci} | {s['n']} |")
+    if not result["arms"]:
+        return "\n".join(lines + _gaps(result)) + "\n"
     lines += ["", "## Chosen adapters by arm (NOMAD, budget "
               f"{result['config']['budget']}, bound retention_drop <= {result['config']['bound']})", "",
               "| arm | seed | validation loss | retention | bbh-bigbench ± se |", "|---|---|---|---|---|"]
@@ -309,11 +311,13 @@ def markdown(result: dict[str, Any]) -> str:
         for arm, a in result["summary"].items():
             lines.append(f"| {arm} | {a['runs']} | {_fmt(a['val_loss'])} | {_fmt(a['retention'])} | {_fmt(a['bbh'])} "
                          f"| {a['bbh_not_worse_than_base']} | {a['val_loss_within_10pct_of_loss_arm']} |")
-    gaps = {part: count for part, count in result.get("missing", {}).items() if count}
-    if gaps:
-        lines += ["", "Not measured yet: " + ", ".join(f"{count} {part}" for part, count in gaps.items())
-                  + " (design points, bbh-bigbench scores, arm runs)."]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _gaps(result)) + "\n"
+
+
+def _gaps(result: dict[str, Any]) -> list[str]:
+    what = {"design": "design points", "bbh": "bbh-bigbench scores", "arms": "arm runs"}
+    gaps = [f"{count} {what[part]}" for part, count in result.get("missing", {}).items() if count]
+    return ["", "Not measured yet: " + ", ".join(gaps) + "."] if gaps else []
 
 
 def _metric(point: Measurement, name: str) -> float | None:

@@ -85,7 +85,7 @@ def test_shards_fill_the_caches_that_one_process_would_and_replay_counts_what_is
     half = bench.main(args(shared, "--replay", "--seeds", "0", "1"), blackbox=None)
     assert half["missing"] == {"design": 3, "bbh": 0, "arms": 6}  # points 1, 3, 5; no search replays whole
     assert half["spearman"]["retention"]["n"] == 3 and "bbh-bigbench" not in half["spearman"]
-    assert "Not measured yet: 3 design, 6 arms" in (shared / "downstream.md").read_text()
+    assert "Not measured yet: 3 design points, 6 arm runs." in (shared / "downstream.md").read_text()
     bench.main(args(shared, "--shard", "1/2", "--seeds", "1"), blackbox=fake_blackbox)
     bench.main(args(shared, "--shard", "0/2", "--seeds", "0"), blackbox=fake_blackbox)
     again = bench.main(args(shared, "--replay", "--seeds", "0", "1"), blackbox=None)
