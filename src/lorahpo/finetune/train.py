@@ -149,8 +149,7 @@ def _attempt(config: LoraTrialConfig, trial_dir: Path | None, reporter: Reporter
         setup = load(config)
         model = add_lora(setup.model, config.lora, config.training.seed)
         if config.training.gradient_checkpointing:
-            # Non-reentrant: gradients reach the adapters though the frozen inputs need none.
-            model.get_base_model().gradient_checkpointing_enable({"use_reentrant": False})
+            checkpointing(model.get_base_model())
         adapters_follow_autocast(model, setup.precision)
         progress.metrics["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
         untrained = _untrained_loss_file(config, setup, trial_dir)
@@ -250,6 +249,16 @@ def target_modules(model: Any, spec: list[str] | str) -> list[str] | str:
     if not paths:
         raise ModelError(f"lora.target_modules {spec}: the model has no linear layer in such blocks; list them by name")
     return paths
+
+
+def checkpointing(model: Any) -> None:
+    """Recompute each decoder layer's activations in the backward pass instead of keeping them.
+
+    Non-reentrant checkpointing: gradients reach the adapters though the frozen inputs need none.
+    """
+    # transformers 5 renamed the method; 4.x has only the old name.
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable({"use_reentrant": False})
 
 
 def optimizer_groups(model: Any, learning_rate: float, loraplus_lr_ratio: float) -> list[dict[str, Any]]:
