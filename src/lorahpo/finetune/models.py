@@ -118,7 +118,7 @@ def load_model_and_tokenizer(cfg: ModelConfig, dtype: Any, device: Any) -> tuple
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source, kwargs = resolve_model(cfg)
-    loading = {**kwargs, **_compute_options(cfg, dtype, device)}
+    loading = {**kwargs, **loading_options(cfg, dtype, device)}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **loading)
@@ -139,7 +139,7 @@ def load_model_and_tokenizer(cfg: ModelConfig, dtype: Any, device: Any) -> tuple
     return model, tokenizer
 
 
-def _compute_options(cfg: ModelConfig, dtype: Any, device: Any) -> dict[str, Any]:
+def loading_options(cfg: ModelConfig, dtype: Any, device: Any) -> dict[str, Any]:
     """``from_pretrained`` options for the attention kernel and quantized base weights.
 
     Raises:
