@@ -112,6 +112,7 @@ ADDED_FIELDS: tuple[tuple[str, ...], ...] = (
     ("lora", "init"),
     ("lora", "loraplus_lr_ratio"),
     ("training", "gradient_checkpointing"),
+    ("training", "packing"),
     ("training", "auto_batch"),
 )
 

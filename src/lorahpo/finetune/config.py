@@ -136,6 +136,12 @@ class TrainingConfig(_Strict):
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass: less memory, about a third more compute."
     )
+    packing: bool = Field(
+        False,
+        description="Train each micro-batch as one sequence: its examples end to end, no padding, position ids "
+        "restarting at each example and no attention across examples (variable-length attention with "
+        "flash_attention_2). The same loss as padded batches.",
+    )
     auto_batch: bool = Field(
         False,
         description="On out of memory, retry the trial at half the batch_size (same effective batch) "
@@ -241,7 +247,7 @@ class LoraTrialConfig(_Strict):
 
 
 #: Training fields that change where or how fast a trial computes, not what it learns.
-_NOT_TUNABLE = ("device", "precision", "gradient_checkpointing", "auto_batch")
+_NOT_TUNABLE = ("device", "precision", "gradient_checkpointing", "packing", "auto_batch")
 
 #: Search-space names that map onto a trial-config field, by section.
 TUNABLE: dict[str, str] = {

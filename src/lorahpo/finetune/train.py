@@ -48,7 +48,7 @@ import torch.nn.functional as F
 
 from lorahpo.evaluation import in_trial as evaluators
 from lorahpo.files import write_atomic
-from lorahpo.finetune.batching import Batch, collate, length_grouped
+from lorahpo.finetune.batching import Batch, collate, length_grouped, pack
 from lorahpo.finetune.config import LoraConfig, LoraTrialConfig, TrainingConfig
 from lorahpo.finetune.data import IGNORE_INDEX, DataError, Example, build_splits
 from lorahpo.finetune.device import Precision, describe, resolve_device, resolve_precision
@@ -341,7 +341,12 @@ def fit(
     model.train()
     for step, micro_batches in enumerate(_step_batches(setup.train, cfg, accumulation, total_steps), start=1):
         tic = time.perf_counter()
-        batches = [collate(setup.train, indices, setup.tokenizer.pad_token_id, device) for indices in micro_batches]
+        batches = [
+            pack(setup.train, indices, device)
+            if cfg.packing
+            else collate(setup.train, indices, setup.tokenizer.pad_token_id, device)
+            for indices in micro_batches
+        ]
         targets = sum(b.targets for b in batches)
         loss_sum = torch.zeros((), device=device)
         for batch in batches:
@@ -474,15 +479,24 @@ def response_loss_sum(model: Any, batch: Batch) -> torch.Tensor:
     For architectures with a plain head, the decoder runs without the padding mask: padding
     is on the right and attention is causal, so no real token attends to a pad, and attention
     takes its fast causal path. The head then runs only at the positions the loss reads.
+    A packed batch passes its position ids and no mask: transformers then confines attention
+    to each example (a block-diagonal mask, or variable-length flash attention), as long as
+    no key/value cache is asked for.
     """
     targets = batch.labels[:, 1:]
     keep = targets != IGNORE_INDEX
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    packed = batch.position_ids is not None
     if base.config.model_type in _PLAIN_HEAD:
-        hidden = base.get_decoder()(input_ids=batch.input_ids).last_hidden_state
+        decoder = base.get_decoder()
+        hidden = decoder(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).last_hidden_state
         logits = base.get_output_embeddings()(hidden[:, :-1][keep])
     else:
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1][keep]
+        mask = None if packed else batch.attention_mask
+        logits = model(
+            input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids, use_cache=False
+        ).logits
+        logits = logits[:, :-1][keep]
     return F.cross_entropy(logits.float(), targets[keep], reduction="sum")
 
 
