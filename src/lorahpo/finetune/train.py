@@ -21,6 +21,8 @@ the loss reads and is left out (attention takes its fast causal path).
 
 Failures are results: out of memory, a non-finite loss, a divergence, bad data or a missing
 model return ``TrialResult(status="failed", reason=...)``; nothing here exits the process.
+With ``training.auto_batch`` a trial out of memory first runs again at half the micro-batch
+(the same effective batch), down to one example.
 
 ``LORAHPO_NUM_THREADS`` sets the CPU threads of a trial (else torch's default, or
 ``OMP_NUM_THREADS``): trials that share a CPU should split its cores rather than fight over them.
@@ -113,7 +115,9 @@ def run_trial(config: LoraTrialConfig, trial_dir: Path | None = None, reporter: 
         mean over the last epoch's worth of optimizer steps), ``runtime_s`` (training time
         without evaluation), ``train_tokens`` (non-pad tokens trained on),
         ``train_tokens_per_s``, ``peak_memory_mb`` (CUDA peak allocation, or the process's peak
-        resident memory on CPU), ``trainable_params``, ``steps`` and ``epochs``; then each
+        resident memory on CPU), ``trainable_params``, ``steps``, ``epochs`` and
+        ``micro_batch_size`` (the batch size that ran: smaller than configured when
+        ``training.auto_batch`` retried after running out of memory); then each
         evaluator's metrics (``config.evaluate``, :mod:`lorahpo.evaluation.in_trial`) and
         ``evaluation_s``, the time they took.
     """
