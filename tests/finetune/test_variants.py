@@ -393,3 +393,41 @@ def test_a_packed_trial_learns_what_a_padded_one_learns(tiny):
     assert packed.metrics["train_tokens"] == padded.metrics["train_tokens"]
     assert packed.metrics["train_loss"] == pytest.approx(padded.metrics["train_loss"], rel=1e-4)
     assert packed.metrics["validation_loss"] == pytest.approx(padded.metrics["validation_loss"], rel=1e-4)
+
+
+# --- on a CUDA GPU ----------------------------------------------------------------------------------
+
+
+def needs_cuda():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+
+
+@pytest.mark.gpu
+def test_qlora_on_a_gpu_trains_with_checkpointing_and_packing(tiny64):
+    needs_cuda()
+    pytest.importorskip("bitsandbytes")
+    config = short(tiny64, device="cuda", precision="bf16", gradient_checkpointing=True, packing=True)
+    config.model.quantization = "4bit"
+    result = run_trial(config)
+    assert result.status == "complete", result.reason
+    assert result.metrics["validation_loss"] < result.metrics["initial_validation_loss"] - 0.02
+
+
+@pytest.mark.gpu
+def test_packed_rows_under_flash_attention_have_the_loss_of_padded_batches(tiny64):
+    from transformers import AutoModelForCausalLM
+
+    from lorahpo.finetune.batching import collate, pack
+
+    needs_cuda()
+    pytest.importorskip("flash_attn")
+    cuda = torch.device("cuda")
+    rows = packing_examples()
+    indices = list(range(len(rows)))
+    losses = []
+    for kernel, batch in (("sdpa", collate(rows, indices, 0, cuda)), ("flash_attention_2", pack(rows, indices, cuda))):
+        model = AutoModelForCausalLM.from_pretrained(tiny64.model_dir, dtype=torch.bfloat16, attn_implementation=kernel)
+        with torch.no_grad():
+            losses.append(train.response_loss_sum(model.to(cuda), batch).item())
+    assert losses[1] == pytest.approx(losses[0], rel=1e-2)  # bf16 kernels
