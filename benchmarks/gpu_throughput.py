@@ -27,6 +27,7 @@ Results: ``results/gpu_throughput.json`` and ``.md`` (or ``--out``), with the GP
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import tempfile
 import time
@@ -115,7 +116,8 @@ def random_model(shape: str, length: int, quantization: str, device: torch.devic
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     if quantization == "none":
         return model.eval()
-    model.save_pretrained(folder)
+    if not (folder / "config.json").is_file():  # saved once per case, loaded by both arms
+        model.save_pretrained(folder)
     del model
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -184,16 +186,18 @@ def run_case(shape: str, length: int, batch: int, quantization: str, steps: int,
     per_token = flops_per_token(SHAPES[shape], length, response_share=0.5)
     row: dict[str, Any] = {"shape": shape, "length": length, "batch": batch, "quantization": quantization,
                            "precision": precision.name, "steps": steps, "flops_per_token": per_token}
-    for arm, measure in (("run_trial", measure_run_trial), ("trainer", measure_trainer)):
-        with tempfile.TemporaryDirectory(prefix="gpu-throughput-") as folder:
+    with tempfile.TemporaryDirectory(prefix="gpu-throughput-") as folder:
+        for arm, measure in (("run_trial", measure_run_trial), ("trainer", measure_trainer)):
             model = random_model(shape, length, quantization, device, precision.dtype, Path(folder))
             result = measure(model, data, batch, steps, warmup, device, precision)
-        del model
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        result["mfu"] = result["tokens_per_s"] * per_token / (peak * 1e12) if peak else None
-        row[arm] = result
-        print(f"{shape} seq {length} x {batch} {quantization} {arm}: {result['tokens_per_s']:.0f} tokens/s", flush=True)
+            del model
+            gc.collect()  # the trainer and optimizer of the arm hold the model until collected
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            result["mfu"] = result["tokens_per_s"] * per_token / (peak * 1e12) if peak else None
+            row[arm] = result
+            print(f"{shape} seq {length} x {batch} {quantization} {arm}: {result['tokens_per_s']:.0f} tokens/s",
+                  flush=True)
     row["speedup"] = row["run_trial"]["tokens_per_s"] / row["trainer"]["tokens_per_s"]
     return row
 
