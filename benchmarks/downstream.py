@@ -49,8 +49,8 @@ from _machine import machine, write_results
 from lora_hpo import replay_study, stamped, trial_config
 
 from lorahpo import config as cfg
+from lorahpo.api import default_config_path
 from lorahpo.cache import cache_dir
-from lorahpo.cli import default_config_path
 from lorahpo.executors.replay import Blackbox, Measurement, Measurements, ReplayExecutor, Stop, config_key
 from lorahpo.report import stats
 from lorahpo.result import TrialRecord

@@ -142,7 +142,7 @@ def measure_run_trial(model: Any, data: list[Any], batch: int, steps: int, warmu
                              warmup_ratio=0.0, divergence_factor=1e9)
         progress = Progress()
         _reset_peak(device)
-        fit(model, setup, cfg, progress, None, None)
+        fit(model, setup, cfg, progress, None, lambda **record: None)
         done = [progress.metrics["train_tokens_per_s"], progress.metrics["train_tokens"]]
     return {"tokens_per_s": done[0], "tokens": done[1], "peak_memory_mb": _peak_mb(device)}
 

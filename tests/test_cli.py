@@ -247,3 +247,25 @@ def test_best_names_evaluators_base_values_drops_and_the_constraints_met(tmp_pat
     assert json.loads(lines[4]) == {"initial_validation_loss": 1.5, "retention_logprob": -1.2,
                                     "retention_logprob_drop": 0.01, "evaluation_s": 3.0}
     assert len(lines) == 5
+
+
+def test_status_counts_the_trials_sampled_at_random_for_lack_of_a_nomad_point(tmp_path, capsys):
+    from optuna.trial import create_trial
+    from studies import evaluated_study
+
+    from lorahpo.samplers.nomad import FALLBACK_ATTR
+
+    study = evaluated_study(tmp_path / "s")
+    conf = study.config
+    for alpha in (2, 4):  # as NomadSampler marks a trial it had no point for (an exhausted space)
+        study.optuna_study.add_trial(create_trial(
+            params=dict(conf.space.x0(), alpha=alpha), distributions=conf.space.distributions(), values=[1.0],
+            user_attrs={"status": "complete", "metrics": {conf.objective.metric_name: 1.0}},
+            system_attrs={FALLBACK_ATTR: "exhausted"},
+        ))
+    assert main(["status", str(tmp_path / "s")]) == 0
+    out = capsys.readouterr().out
+    assert "2 trial(s) sampled at random, the optimizer having no point (2 exhausted)" in out
+    assert main(["status", str(tmp_path / "s"), "--json"]) == 0
+    dumped = json.loads(capsys.readouterr().out)
+    assert [t["fallback"] for t in dumped][-3:] == [None, "exhausted", "exhausted"]

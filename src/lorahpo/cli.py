@@ -9,7 +9,6 @@ import argparse
 import json
 import signal
 import sys
-from importlib import resources
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -75,9 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_arguments(w)
     w.set_defaults(func=cmd_worker)
 
-    s = sub.add_parser("status", help="every trial of a study, in order")
+    s = sub.add_parser("status", help="every trial of a study, in order", description=_STATUS_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("study_dir", metavar="DIR", help="study folder")
-    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.add_argument("--format", choices=["table", "csv", "json"], default="table",
+                   help="table (default), csv (one column per hyperparameter and metric) or json")
+    s.add_argument("--json", action="store_const", const="json", dest="format", help="the same as --format json")
     s.set_defaults(func=cmd_status)
 
     b = sub.add_parser("best", help="the best trials of a study")
@@ -115,6 +117,19 @@ examples:
 """
 
 
+_STATUS_HELP = """\
+Every trial of a study, in order: status, objective, in-trial evaluators against the base model,
+constraints, duration, hyperparameters and the reason of a failure; then, for a LoRA study, what
+its training data gave (rows read, used, malformed, truncated; the split).
+
+formats:
+  table  for people (default)
+  csv    one row per trial: number, status, value, duration_s, params_<name>..., metrics_<name>...,
+         reason, fallback, start, end
+  json   a list of trials, each with its params and metrics as objects
+"""
+
+
 _WORKER_HELP = """\
 Run trials of a study whose store is shared (PostgreSQL, or SQLite on one machine) until the
 store holds the budget. Start as many workers as you like, on any machines; each asks the store
@@ -135,33 +150,26 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray-address", help="Ray cluster of the ray executor: auto, HOST:PORT or ray://HOST:PORT")
 
 
-def default_config_path() -> Path:
-    return Path(str(resources.files("lorahpo") / "defaults" / "default.yaml"))
-
-
 def cmd_tune(args: argparse.Namespace) -> int:
-    from lorahpo import config as cfg
+    from lorahpo import api
 
-    path = Path(args.config) if args.config else default_config_path()
-    overrides = {"optimizer": args.optimizer, "budget": args.budget, "seed": args.seed}
-    conf = cfg.load(path, {**overrides, **_run_overrides(args)})
-    study_dir = Path(args.study_dir or Path("runs") / (path.stem if args.config else "default"))
-    return _run_study(conf, study_dir, new=args.new)
+    overrides = {"optimizer": args.optimizer, "budget": args.budget, "seed": args.seed, **_run_overrides(args)}
+    conf, default_dir = api.study_config(args.config, **overrides)
+    return _run_study(conf, Path(args.study_dir) if args.study_dir else default_dir, new=args.new)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from lorahpo import config as cfg
+    from lorahpo import api
 
-    path = Path(args.config)
-    conf = cfg.load(path, {"storage": args.storage, **_run_overrides(args)})
+    conf, default_dir = api.study_config(args.config, storage=args.storage, **_run_overrides(args))
     if conf.storage is None:
-        raise cfg.ConfigError("a worker needs a shared store: set `storage:` in the config or give --storage URL")
+        raise UserError("a worker needs a shared store: set `storage:` in the config or give --storage URL")
     if conf.optimizer == "nomad":
-        raise cfg.ConfigError(
+        raise UserError(
             "nomad keeps its state in one process and cannot be shared by workers; "
             "run one `lorahpo tune --executor ray` to spread its trials"
         )
-    return _run_study(conf, Path(args.study_dir or Path("runs") / path.stem), new=False)
+    return _run_study(conf, Path(args.study_dir) if args.study_dir else default_dir, new=False)
 
 
 def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -172,26 +180,13 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run_study(conf: Any, study_dir: Path, *, new: bool) -> int:
-    from lorahpo.extras import require
-    from lorahpo.progress import Progress, fmt_params
-    from lorahpo.study import Study
+    from lorahpo import api
+    from lorahpo.progress import fmt_params
 
-    if conf.executor == "ray":
-        require("cluster", "ray")
-    if conf.objective.lora is not None:
-        require("lora")
-        _prepare_lora(conf)
-    study = Study.open(study_dir, conf, new=new)
-    where = f" · {conf.executor}" if conf.executor != "local" else ""
-    print(
-        f"study {study_dir} · {conf.optimizer} · budget {conf.budget} · parallel {conf.parallel}{where}",
-        file=sys.stderr,
-    )
     signal.signal(signal.SIGTERM, _raise_interrupt)  # `kill` stops as cleanly as Ctrl-C
-    best = study.best(1)
-    with Progress(conf.budget, study.finished_count(), best[0] if best else None, conf.objective.direction,
-                  conf.feasible, conf.evaluators) as bar:
-        summary = study.run(on_event=bar)
+    results = api.tune(conf, study_dir, new=new)
+    summary = results.run
+    assert summary is not None
     metric = conf.objective.metric_name
     if summary.stopped == "interrupted":
         print(
@@ -215,9 +210,8 @@ def _run_study(conf: Any, study_dir: Path, *, new: bool) -> int:
     if summary.best is not None and (summary.best.directory / "adapter").exists():
         print(f"adapter  {summary.best.directory / 'adapter'}")
     if conf.objective.secondary:
-        front = study.best(summary.finished)
         names = ", ".join(conf.objective.metric_names)
-        print(f"pareto   {len(front)} trial(s) on the front of {names}: lorahpo best {study_dir}")
+        print(f"pareto   {len(results.pareto_front)} trial(s) on the front of {names}: lorahpo best {study_dir}")
     return EXIT_INTERRUPTED if summary.stopped == "interrupted" else 0
 
 
@@ -254,26 +248,27 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _prepare_lora(conf: Any) -> None:
-    """Check the model and data once, before any trial runs (one-line errors, exit code 2)."""
-    from lorahpo.config import ConfigError
-    from lorahpo.finetune.prepare import prepare
-
-    try:
-        prepare(conf.objective.lora)
-    except (ValueError, OSError) as e:
-        raise ConfigError(str(e)) from None
-
-
 def cmd_status(args: argparse.Namespace) -> int:
+    from collections import Counter
+
     from lorahpo.progress import fmt_evaluator, fmt_params
     from lorahpo.study import Study, dump_records
 
     study = Study.load(args.study_dir)
     conf = study.config
     records = study.records()
-    if args.json:
+    if args.format == "json":
         print(dump_records(records))
+        return 0
+    if args.format == "csv":
+        import csv
+
+        from lorahpo.result import records_table
+
+        columns, rows = records_table(records)
+        writer = csv.DictWriter(sys.stdout, columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
         return 0
     from rich.console import Console
     from rich.table import Table
@@ -296,6 +291,13 @@ def cmd_status(args: argparse.Namespace) -> int:
             r.reason or "",
         )
     Console().print(table)
+    fallbacks = Counter(r.fallback for r in records if r.fallback)
+    if fallbacks:
+        why = ", ".join(f"{n} {reason}" for reason, n in sorted(fallbacks.items()))
+        print(f"{sum(fallbacks.values())} trial(s) sampled at random, the optimizer having no point ({why})")
+    data = study.data_summary()
+    if data is not None:
+        print(data)
     return 0
 
 
@@ -354,18 +356,9 @@ def _evaluator_line(metrics: dict[str, float], name: str) -> str:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from lorahpo.extras import require
-    from lorahpo.finetune.export import export_adapter
-    from lorahpo.study import resolve_model_spec
+    from lorahpo import api
 
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out: {out} exists and is not a folder")
-    if args.merge:
-        require("lora")
-    model, adapter = resolve_model_spec(args.study_dir, "best" if args.trial is None else f"trial:{args.trial}")
-    assert adapter is not None
-    out = export_adapter(adapter.parent, out, merge=args.merge, model_cfg=model)
+    out = api.export(args.study_dir, args.out, trial=args.trial, merge=args.merge)
     print(f"{'merged model' if args.merge else 'adapter'} written to {out}")
     return 0
 

@@ -20,7 +20,9 @@ from lorahpo.result import VIOLATED
 from lorahpo.space import SpaceSpec
 
 #: Fields that may change between runs of one study without making it a different study.
-RUN_FIELDS = ("budget", "parallel", "gpus_per_trial", "trial_timeout", "executor", "ray", "keep_adapters")
+RUN_FIELDS = (
+    "budget", "parallel", "gpus_per_trial", "trial_timeout", "executor", "ray", "keep_adapters", "tracking"
+)
 
 
 class ConfigError(UserError, ValueError):
@@ -47,6 +49,39 @@ class RayOptions(_Strict):
         default_factory=dict,
         description="Ray runtime environment of the trials, e.g. `{working_dir: .}` to ship your objective's code.",
     )
+
+
+class MlflowTracking(_Strict):
+    """An MLflow experiment: the study a parent run, each trial a child run (docs/tracking.md)."""
+
+    tracking_uri: str = Field(
+        description="MLflow tracking URI: `sqlite:///mlflow.db` (a local file), `http://host:5000` (a server)..."
+    )
+    experiment: str | None = Field(None, description="Experiment name (default: the study name).")
+
+
+class WandbTracking(_Strict):
+    """A Weights & Biases project: each trial a run, grouped by study (docs/tracking.md)."""
+
+    project: str = Field(description="W&B project.")
+    mode: Literal["online", "offline", "disabled"] = Field(
+        "online", description="online: upload as it runs; offline: write run folders for `wandb sync` later."
+    )
+    dir: str | None = Field(None, description="Folder of W&B's run files (default: W&B's own, ./wandb).")
+
+
+class TensorboardTracking(_Strict):
+    """TensorBoard event files: one run per trial, `<dir>/<study name>/trial-<N>` (docs/tracking.md)."""
+
+    dir: str = Field(description="Log folder, as given to `tensorboard --logdir`.")
+
+
+class TrackingConfig(_Strict):
+    """Experiment trackers each trial is logged to; none by default (docs/tracking.md)."""
+
+    mlflow: MlflowTracking | None = Field(None, description="Log to MLflow.")
+    wandb: WandbTracking | None = Field(None, description="Log to Weights & Biases.")
+    tensorboard: TensorboardTracking | None = Field(None, description="Log TensorBoard event files.")
 
 
 class StudyConfig(_Strict):
@@ -82,6 +117,10 @@ class StudyConfig(_Strict):
     )
     space: SpaceSpec = Field(description="The search space.")
     objective: ObjectiveSpec = Field(description="The blackbox.")
+    tracking: TrackingConfig = Field(
+        default_factory=TrackingConfig,
+        description="Experiment trackers each trial is logged to: mlflow, wandb, tensorboard (docs/tracking.md).",
+    )
     constraints: dict[str, float] = Field(
         default_factory=dict,
         description=(
@@ -188,10 +227,17 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> StudyConf
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}:{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
-    if isinstance(data, dict):
-        for k, v in (overrides or {}).items():
-            if isinstance(v, dict) and isinstance(data.get(k), dict):
-                data[k] = {**data[k], **v}
-            elif v is not None:
-                data[k] = v
-    return parse(data, str(path))
+    return parse(with_overrides(data, overrides), str(path))
+
+
+def with_overrides(data: Any, overrides: dict[str, Any] | None) -> Any:
+    """``data`` with ``overrides`` set: a None override is left out, a mapping updates a mapping."""
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    for k, v in (overrides or {}).items():
+        if isinstance(v, dict) and isinstance(data.get(k), dict):
+            data[k] = {**data[k], **v}
+        elif v is not None:
+            data[k] = v
+    return data

@@ -44,7 +44,7 @@ def section(title: str, model: type[BaseModel], skip_sections: bool = False) -> 
 
 
 def reference() -> str:
-    from lorahpo.config import RayOptions, StudyConfig
+    from lorahpo.config import MlflowTracking, RayOptions, StudyConfig, TensorboardTracking, WandbTracking
     from lorahpo.finetune import config as ft
     from lorahpo.objectives import ObjectiveSpec
     from lorahpo.space import ParamSpec, SpaceSpec
@@ -53,6 +53,9 @@ def reference() -> str:
         _INTRO,
         section("Study (top level)", StudyConfig),
         section("ray", RayOptions),
+        section("tracking.mlflow", MlflowTracking),
+        section("tracking.wandb", WandbTracking),
+        section("tracking.tensorboard", TensorboardTracking),
         section("space", SpaceSpec),
         section("space.params.NAME", ParamSpec),
         section("objective", ObjectiveSpec),

@@ -19,6 +19,8 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "report": ("matplotlib",),
     "quant": ("bitsandbytes",),
     "cluster": ("ray", "psycopg2"),
+    "dataframe": ("pandas",),
+    "tracking": ("mlflow", "wandb", "tensorboard"),
 }
 
 

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -75,12 +76,17 @@ class ObjectiveSpec(BaseModel):
 
 
 def evaluate(
-    objective: ObjectiveSpec, params: dict[str, Any], trial_dir: Path, report: Reporter | None = None
+    objective: ObjectiveSpec,
+    params: dict[str, Any],
+    trial_dir: Path,
+    report: Reporter | None = None,
+    curve: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrialResult:
     """Evaluate ``objective`` at ``params``; artefacts and logs go into ``trial_dir``.
 
     ``report(step, value)`` receives intermediate values of the objective: from a LoRA trial
     at each validation, from a Python function that takes a ``report`` argument when it calls it.
+    ``curve(step, values)`` receives a LoRA trial's training and validation curves by step.
     """
     try:
         if objective.kind == "python":
@@ -91,7 +97,7 @@ def evaluate(
         from lorahpo.finetune.train import run_trial
 
         assert objective.lora is not None
-        return run_trial(apply_hyperparameters(objective.lora, params), trial_dir, reporter=report)
+        return run_trial(apply_hyperparameters(objective.lora, params), trial_dir, reporter=report, curve=curve)
     except Exception as e:  # a failure is a result
         traceback.print_exc()
         return TrialResult.failure(f"{type(e).__name__}: {e}")

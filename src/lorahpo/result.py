@@ -121,6 +121,8 @@ class TrialRecord:
     start: dt.datetime | None
     end: dt.datetime | None
     directory: Path
+    last_step: int | None = None  # of its last intermediate value, if it reported any
+    fallback: str | None = None  # why the optimizer gave no point: the params were sampled at random
 
     @property
     def duration_s(self) -> float | None:
@@ -134,11 +136,41 @@ class TrialRecord:
             "value": self.value,
             "reason": self.reason,
             "metrics": self.metrics,
-            "start": self.start.isoformat() if self.start else None,
-            "end": self.end.isoformat() if self.end else None,
+            "start": _iso(self.start),
+            "end": _iso(self.end),
             "duration_s": self.duration_s,
             "directory": str(self.directory),
+            "fallback": self.fallback,
         }
+
+
+def records_table(records: list[TrialRecord]) -> tuple[list[str], list[dict[str, Any]]]:
+    """Trials as flat rows, one column per hyperparameter and per metric (``lorahpo status --format csv``,
+    ``to_dataframe``).
+
+    Columns: ``number``, ``status``, ``value``, ``duration_s``, ``params_<name>`` and
+    ``metrics_<name>`` in the order they first appear, then ``reason``, ``fallback`` (why its
+    point was sampled at random, if it was), ``start`` and ``end`` (ISO 8601). A trial without a
+    hyperparameter or metric has no entry for it.
+    """
+    params: dict[str, None] = {}
+    metrics: dict[str, None] = {}
+    for r in records:
+        params.update(dict.fromkeys(f"params_{k}" for k in r.params))
+        metrics.update(dict.fromkeys(f"metrics_{k}" for k in r.metrics))
+    columns = ["number", "status", "value", "duration_s", *params, *metrics, "reason", "fallback", "start", "end"]
+    rows = []
+    for r in records:
+        row: dict[str, Any] = {"number": r.number, "status": r.status, "value": r.value, "duration_s": r.duration_s}
+        row.update({f"params_{k}": v for k, v in r.params.items()})
+        row.update({f"metrics_{k}": v for k, v in r.metrics.items()})
+        row.update(reason=r.reason, fallback=r.fallback, start=_iso(r.start), end=_iso(r.end))
+        rows.append(row)
+    return columns, rows
+
+
+def _iso(when: dt.datetime | None) -> str | None:
+    return when.isoformat() if when else None
 
 
 def _jsonable(x: Any) -> Any:

@@ -190,6 +190,14 @@ def decode(dist: BaseDistribution, x: float) -> Any:
     raise TypeError(f"unsupported distribution {type(dist).__name__}")
 
 
+def contains(dist: BaseDistribution, value: Any) -> bool:
+    """Whether ``value`` is one of ``dist``'s values."""
+    try:
+        return bool(dist._contains(dist.to_internal_repr(value)))
+    except (ValueError, TypeError):
+        return False
+
+
 def center(dist: BaseDistribution) -> float:
     """The middle of a variable's NOMAD range (integers rounded down): the default X0."""
     var = nomad_variable(dist)

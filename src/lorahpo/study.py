@@ -41,10 +41,13 @@ from lorahpo.result import (
     settle,
 )
 from lorahpo.samplers import protocol
+from lorahpo.samplers.nomad import FALLBACK_ATTR
 from lorahpo.samplers.registry import OPTIMIZERS
 from lorahpo.store import TrialStore
 
 CONFIG_FILE = "config.yaml"
+#: What the data of a LoRA study gave (rows read, used, malformed, truncated; the split), written once per run.
+DATA_FILE = "data.json"
 _STATE_STATUS: dict[TrialState, TrialStatus] = {
     TrialState.COMPLETE: "complete",
     TrialState.FAIL: "failed",
@@ -167,6 +170,15 @@ class Study:
     def finished_count(self) -> int:
         return self._census(set())[0]
 
+    def data_summary(self) -> str | None:
+        """What the training data gave, in one paragraph (a LoRA study that has run), else None."""
+        from lorahpo.finetune.data import DataReport
+
+        path = self.directory / DATA_FILE
+        if not path.is_file():
+            return None
+        return DataReport.from_dict(json.loads(path.read_text())).summary()
+
     def _record(self, t: FrozenTrial) -> TrialRecord:
         status: TrialStatus = t.user_attrs.get(STATUS_ATTR) or _STATE_STATUS.get(t.state, "running")
         if t.system_attrs.get(INTERRUPTED_ATTR):
@@ -181,6 +193,8 @@ class Study:
             start=t.datetime_start,
             end=t.datetime_complete,
             directory=self.trial_dir(t.number),
+            last_step=max(t.intermediate_values, default=None),
+            fallback=t.system_attrs.get(FALLBACK_ATTR),
         )
 
     # ------------------------------------------------------------------ running
@@ -217,6 +231,7 @@ class Study:
         study.pruner = make_pruner(conf.pruner, conf.pruner_options)
         pruning = conf.pruner != "none"
         executor = executor or make_executor(conf)
+        tracker = _tracker(conf, self.directory)
         running: dict[Future[TrialResult], Trial] = {}
         start, new, stopped = time.monotonic(), 0, "budget"
         try:
@@ -237,6 +252,7 @@ class Study:
                         self.trial_dir(trial.number),
                         conf.trial_timeout,
                         pruning=pruning,
+                        tracking=tracker.start_trial(trial.number, dict(trial.params)) if tracker else {},
                     )
                     running[executor.submit(task)] = trial
                     new += 1
@@ -262,6 +278,8 @@ class Study:
                         record = self._tell(trial, result)
                     except optuna.exceptions.UpdateFinishedTrialError:
                         continue  # another process took it for dead and interrupted it
+                    if tracker:
+                        tracker.finish_trial(record)
                     notify("finish", record)
                 if done and conf.objective.lora is not None:
                     self._prune_adapters()
@@ -269,10 +287,14 @@ class Study:
             executor.shutdown(kill=True)
             for trial in running.values():
                 store.tell_interrupted(trial)
+                if tracker:
+                    tracker.finish_trial(self._record(store.snapshot(trial)))
             stopped = "interrupted"
         finally:
             executor.shutdown()
             protocol.close(sampler)
+            if tracker:
+                tracker.close(stopped)
         best = self.best(1)
         return RunSummary(
             finished=self.finished_count(),
@@ -324,6 +346,13 @@ class Study:
             adapter = record.directory / "adapter"
             if record.number not in keep and record.status != "running" and adapter.is_dir():
                 shutil.rmtree(adapter)
+
+
+def _tracker(conf: cfg.StudyConfig, directory: Path) -> Any:
+    """The study's experiment trackers (lorahpo.tracking, loaded only when the config names one), or None."""
+    from lorahpo import tracking
+
+    return tracking.StudyTracker.open(conf, directory) if tracking.enabled(conf.tracking) else None
 
 
 def _report(trial: Trial, reports: list[Report]) -> None:

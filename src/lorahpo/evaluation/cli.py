@@ -6,12 +6,11 @@ Only argparse is imported here; lm-eval and torch load inside the command.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from lorahpo.errors import EXIT_FAILURE, UserError, print_error
+from lorahpo.errors import EXIT_FAILURE, print_error
 from lorahpo.extras import require
 
 _DESCRIPTION = """\
@@ -62,22 +61,12 @@ def add_arguments(subparsers: Any) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``lorahpo evaluate``: plan, run what is missing, print the table of scores."""
-    from lorahpo.evaluation.tasks import parse_tasks
+    from lorahpo import api
+    from lorahpo.evaluation.runner import EvaluationError, make_plan
 
-    if args.top < 0 or (args.limit is not None and args.limit < 1) or args.batch_size < 1:
-        raise UserError("--top must be >= 0, --limit and --batch-size >= 1")
-    try:
-        tasks = parse_tasks(args.tasks)
-    except ValueError as exc:
-        raise UserError(f"--tasks: {exc}") from None
+    tasks = api.evaluation_tasks(args.tasks, top=args.top, limit=args.limit, batch_size=args.batch_size)
     if not args.dry_run:  # a dry run only plans: it needs no lm-eval
         require("eval")
-    if all(spec.offline for spec in tasks):
-        # Nothing needs the hub: fail fast instead of waiting on network time-outs.
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-    from lorahpo.evaluation.runner import EvaluationError, evaluate, make_plan
 
     plan = make_plan(args.study_dir, tasks, args.top, args.limit)
     for line in plan.skipped:
@@ -97,10 +86,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
               file=sys.stderr)
 
     try:
-        evaluate(
-            args.study_dir, tasks, top=args.top, limit=args.limit, device=args.device, batch_size=args.batch_size,
-            on_result=report, progress=sys.stderr.isatty(), allow_unsandboxed=args.allow_unsandboxed,
-        )
+        api.evaluate(args.study_dir, args.tasks, top=args.top, limit=args.limit, device=args.device,
+                     batch_size=args.batch_size, on_result=report, progress=sys.stderr.isatty(),
+                     allow_unsandboxed=args.allow_unsandboxed)
     except KeyboardInterrupt:
         print("interrupted: finished (model, task) pairs are stored; run the same command to resume", file=sys.stderr)
         return 130

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +42,12 @@ class TrialTask:
     trial_dir: Path
     timeout: float | None = None
     pruning: bool = False  # the trial waits for the study's verdict after each report
+    tracking: dict[str, Any] = field(default_factory=dict)  # the runs it logs its curves into (lorahpo.tracking)
 
     def write(self) -> None:
         self.trial_dir.mkdir(parents=True, exist_ok=True)
-        spec = {"number": self.number, "params": self.params, "objective": self.objective, "pruning": self.pruning}
+        spec = {"number": self.number, "params": self.params, "objective": self.objective, "pruning": self.pruning,
+                "tracking": self.tracking}
         (self.trial_dir / "trial.json").write_text(json.dumps(spec, indent=1))
 
 

@@ -139,6 +139,7 @@ class RayExecutor:
             "objective": task.objective,
             "timeout": task.timeout,
             "pruning": task.pruning,
+            "tracking": task.tracking,
         }
         ref = self._remote.remote(spec, self._num_cpus, self._board)
         with self._lock:

@@ -12,10 +12,12 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from lorahpo.executors.intermediate import reporter
 from lorahpo.executors.local import PARENT_ENV
 from lorahpo.objectives import ObjectiveSpec, evaluate
+from lorahpo.result import Reporter
 
 
 def _die_with_parent() -> None:
@@ -33,9 +35,29 @@ def main(trial_dir: Path) -> None:
     objective = ObjectiveSpec.model_validate(task["objective"])
     start = time.monotonic()
     report = reporter(trial_dir, wait=bool(task.get("pruning")))
-    result = evaluate(objective, task["params"], trial_dir, report)
+    curve = None
+    if task.get("tracking"):
+        from lorahpo.tracking import CurveLogger
+
+        curves = CurveLogger(task["tracking"])
+        curve = curves.log
+        if objective.kind != "lora":  # a LoRA trial logs its own curves; another objective's are its reports
+            report = _logged(report, curves, objective.metric_name)
+    result = evaluate(objective, task["params"], trial_dir, report, curve)
     result.duration_s = result.duration_s or time.monotonic() - start
     result.save(trial_dir / "result.json")
+    if curve is not None:
+        curves.close()
+
+
+def _logged(report: Reporter, curves: Any, metric: str) -> Reporter:
+    """``report``, whose values are also logged as the curve of ``metric``."""
+
+    def both(step: int, value: float) -> bool:
+        curves.log(step, {metric: value})
+        return report(step, value)
+
+    return both
 
 
 if __name__ == "__main__":

@@ -110,6 +110,11 @@ class DataReport:
         """Plain data for JSON files and study attributes."""
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DataReport:
+        sources = [SourceReport(**s) for s in data.get("sources", [])]
+        return cls(sources, int(data.get("train", 0)), int(data.get("validation", 0)))
+
 
 @dataclass
 class DataSplits:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,28 +117,48 @@ def load_model_and_tokenizer(cfg: ModelConfig, dtype: Any, device: Any) -> tuple
     Raises:
         ModelError: The model or tokenizer could not be found, downloaded or loaded.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
+    tokenizer = load_tokenizer(cfg)
     source, kwargs = resolve_model(cfg)
-    loading = {**kwargs, **loading_options(cfg, dtype, device)}
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **loading)
-    except OSError as exc:
-        raise ModelError(f"model {cfg.name!r} could not be found or downloaded: {_first_line(exc)}") from exc
-    except (ValueError, KeyError, ImportError) as exc:
-        raise ModelError(f"model {cfg.name!r} could not be loaded: {_first_line(exc)}") from exc
-
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise ModelError(f"tokenizer of {cfg.name!r} has neither a pad nor an end-of-sequence token")
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "right"
+    options = loading_options(cfg, dtype, device)
+    with _loading(cfg):
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs, **options)
     model.config.use_cache = False  # no generation during training: the key/value cache only costs memory
     if cfg.quantization == "none":  # a quantized model was placed by device_map; it cannot be moved
         model.to(device)
     model.eval()
     return model, tokenizer
+
+
+def load_tokenizer(cfg: ModelConfig) -> Any:
+    """The model's tokenizer, padding on the right (with the end-of-sequence token when it has no pad token).
+
+    Raises:
+        ModelError: The tokenizer could not be found, downloaded or loaded.
+    """
+    from transformers import AutoTokenizer
+
+    source, kwargs = resolve_model(cfg)
+    with _loading(cfg):
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ModelError(f"tokenizer of {cfg.name!r} has neither a pad nor an end-of-sequence token")
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+@contextmanager
+def _loading(cfg: ModelConfig) -> Iterator[None]:
+    """Loading errors of ``from_pretrained`` as one-line ModelErrors naming the model."""
+    try:
+        yield
+    except OSError as exc:
+        raise ModelError(f"model {cfg.name!r} could not be found or downloaded: {_first_line(exc)}") from exc
+    except (ValueError, KeyError, ImportError) as exc:
+        raise ModelError(f"model {cfg.name!r} could not be loaded: {_first_line(exc)}") from exc
 
 
 def loading_options(cfg: ModelConfig, dtype: Any, device: Any) -> dict[str, Any]:

@@ -74,6 +74,12 @@ _OOM_MESSAGES = ("out of memory", "can't allocate memory", "not enough memory")
 _OOM_REASON = "out of memory"
 
 
+#: ``curve(step, values)``: the training curves of a trial, by step, as they are measured.
+Curve = Callable[[int, dict[str, float]], None]
+#: Names of the curves for the fields of ``train_log.jsonl``.
+_CURVE_NAMES = {"loss": "train_loss", "lr": "learning_rate", "tokens": "train_tokens"}
+
+
 class TrialFailure(Exception):
     """The trial ran but its outcome is unusable (non-finite loss, divergence)."""
 
@@ -98,7 +104,12 @@ class Progress:
     intermediate: list[tuple[int, float]] = field(default_factory=list)
 
 
-def run_trial(config: LoraTrialConfig, trial_dir: Path | None = None, reporter: Reporter | None = None) -> TrialResult:
+def run_trial(
+    config: LoraTrialConfig,
+    trial_dir: Path | None = None,
+    reporter: Reporter | None = None,
+    curve: Curve | None = None,
+) -> TrialResult:
     """Fine-tune one LoRA adapter and measure its validation loss.
 
     Args:
@@ -108,6 +119,9 @@ def run_trial(config: LoraTrialConfig, trial_dir: Path | None = None, reporter: 
         reporter: Called with ``(step, validation_loss)`` after every intermediate evaluation
             (each epoch, or every ``training.eval_every`` steps); returning True stops the
             trial with status ``pruned``. A stop request after the last step is ignored.
+        curve: Called with ``(step, values)`` at each optimizer step (``train_loss``,
+            ``learning_rate``, ``train_tokens``) and each validation (``validation_loss``): the
+            curves of ``train_log.jsonl``, as they are measured (experiment tracking).
 
     Returns:
         The trial's result. Its metrics are ``validation_loss`` (the objective),
@@ -124,7 +138,7 @@ def run_trial(config: LoraTrialConfig, trial_dir: Path | None = None, reporter: 
     start = time.perf_counter()
     if trial_dir is not None:
         trial_dir.mkdir(parents=True, exist_ok=True)
-    result = _attempt(config, trial_dir, reporter)
+    result = _attempt(config, trial_dir, reporter, curve)
     while config.training.auto_batch and (result.reason or "").startswith(_OOM_REASON):
         smaller = smaller_batch_size(config.training)
         if smaller is None:
@@ -132,7 +146,7 @@ def run_trial(config: LoraTrialConfig, trial_dir: Path | None = None, reporter: 
         _say(f"out of memory at batch_size {config.training.batch_size}: retrying at {smaller}")
         training = config.training.model_copy(update={"batch_size": smaller})
         config = config.model_copy(update={"training": training})
-        result = _attempt(config, trial_dir, reporter)
+        result = _attempt(config, trial_dir, reporter, curve)
     result.duration_s = time.perf_counter() - start
     _say(f"trial {result.status}" + (f": {result.reason}" if result.reason else ""))
     return result
@@ -146,7 +160,9 @@ def smaller_batch_size(cfg: TrainingConfig) -> int | None:
     return size or None
 
 
-def _attempt(config: LoraTrialConfig, trial_dir: Path | None, reporter: Reporter | None) -> TrialResult:
+def _attempt(
+    config: LoraTrialConfig, trial_dir: Path | None, reporter: Reporter | None, curve: Curve | None
+) -> TrialResult:
     """One run of the trial at its batch size; every failure becomes a failed result."""
     progress = Progress()
     try:
@@ -162,7 +178,7 @@ def _attempt(config: LoraTrialConfig, trial_dir: Path | None, reporter: Reporter
                 model, setup.tokenizer, setup.device, setup.precision, config.data.template, setup.validation
             )
             base = evaluators.base_values(context, config.evaluate, config, trial_dir.parent if trial_dir else None)
-        with _train_log(trial_dir) as log:
+        with _train_log(trial_dir, curve) as log:
             stopped = fit(
                 model, setup, config.training, progress, reporter, log, untrained, config.lora.loraplus_lr_ratio
             )
@@ -302,7 +318,7 @@ def fit(
     cfg: TrainingConfig,
     progress: Progress,
     reporter: Reporter | None,
-    log: TextIO | None,
+    log: Callable[..., None],
     untrained_file: Path | None = None,
     loraplus_lr_ratio: float = 1.0,
 ) -> bool:
@@ -381,7 +397,7 @@ def fit(
             steps=step,
             epochs=step / steps_per_epoch,
         )
-        _log(log, step=step, loss=step_loss / targets, lr=lr, tokens=tokens)
+        log(step=step, loss=step_loss / targets, lr=lr, tokens=tokens)
         if step % print_every == 0 or step == total_steps:
             _say(
                 f"step {step}/{total_steps} loss {step_loss / targets:.4f} lr {lr:.2e} "
@@ -391,7 +407,7 @@ def fit(
             value = validate(model, setup.validation, setup, eval_batch_size(cfg))
             progress.intermediate.append((step, value))
             metrics.update(validation_loss=value, peak_memory_mb=_peak_memory_mb(device))
-            _log(log, step=step, validation_loss=value)
+            log(step=step, validation_loss=value)
             _say(f"step {step} validation loss {value:.4f}")
             if reporter is not None and reporter(step, value) and step < total_steps:
                 return True
@@ -518,19 +534,23 @@ def _say(message: str) -> None:
     print(message, flush=True)
 
 
-def _log(log: TextIO | None, **record: float) -> None:
-    if log is not None:
-        log.write(json.dumps(record) + "\n")
-
-
 @contextmanager
-def _train_log(trial_dir: Path | None) -> Iterator[TextIO | None]:
-    """``train_log.jsonl`` in the trial folder, line-buffered so a killed trial keeps its log."""
-    if trial_dir is None:
-        yield None
-        return
-    with (trial_dir / "train_log.jsonl").open("w", buffering=1) as log:
+def _train_log(trial_dir: Path | None, curve: Curve | None) -> Iterator[Callable[..., None]]:
+    """``log(step=..., **values)``: a line of ``train_log.jsonl`` in the trial folder (line-buffered,
+    so a killed trial keeps its log), and the same values to ``curve``."""
+    file: TextIO | None = None if trial_dir is None else (trial_dir / "train_log.jsonl").open("w", buffering=1)
+
+    def log(step: int, **values: float) -> None:
+        if file is not None:
+            file.write(json.dumps({"step": step, **values}) + "\n")
+        if curve is not None:
+            curve(step, {_CURVE_NAMES.get(k, k): float(v) for k, v in values.items()})
+
+    try:
         yield log
+    finally:
+        if file is not None:
+            file.close()
 
 
 def _one_line(exc: BaseException) -> str:

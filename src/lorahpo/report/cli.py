@@ -39,16 +39,10 @@ def add_arguments(subparsers: Any) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """``lorahpo report``: extract the data, render it, print where it went."""
-    from lorahpo.report.data import study_report
-    from lorahpo.report.render import write_report
+    """``lorahpo report``: write it (:func:`lorahpo.api.report`), print where it went."""
+    from lorahpo import api
 
-    if args.top < 1:
-        raise UserError("--top must be at least 1")
-    out = _out_folder(args.out or args.study_dir / "report")
-    require("report")
-    report = study_report(args.study_dir, top=args.top)
-    paths = write_report(report, out)
+    paths = api.report(args.study_dir, args.out, top=args.top)
     print(f"report: {paths['html']}")
     print(f"summary: {paths['markdown']}")
     return 0

@@ -112,6 +112,7 @@ class StudyReport:
     pareto: list[TrialRecord] = field(default_factory=list)  # with several objectives: the feasible front
     infeasible: list[int] = field(default_factory=list)  # completed trials over a constraint
     evaluators: list[EvaluatorSummary] = field(default_factory=list)  # in-trial downstream metrics
+    data_summary: str | None = None  # what a LoRA study's training data gave (read, used, malformed, split)
 
     @property
     def best(self) -> TrialRecord | None:
@@ -199,6 +200,7 @@ def study_report(directory: str | Path, top: int = 10) -> StudyReport:
         pareto=study.best(len(trials)) if conf.objective.secondary else [],
         infeasible=[t.number for t in trials if t.status == "complete" and not conf.feasible(t.metrics)],
         evaluators=evaluator_summaries(conf.evaluators, trials, conf.constraints),
+        data_summary=study.data_summary(),
     )
 
 

@@ -227,6 +227,8 @@ def compare_table(compare: CompareReport) -> tuple[list[str], list[list[str]]]:
 def study_html(report: StudyReport, figures: Figures) -> str:
     best = report.best
     parts = [f"<h1>lorahpo report: {_e(report.name)}</h1>", f'<p class="lead">{_e(_summary(report))}</p>']
+    if report.data_summary:
+        parts.append(f'<p class="note" id="data">{_e(report.data_summary)}</p>')
     parts += ["<h2>Search progress</h2>", _img(figures, "best_so_far", "best value so far against evaluation number")]
     if report.pareto:
         names = " and ".join(m for m, _ in report.objectives)
@@ -354,6 +356,8 @@ def _e(text: str) -> str:
 
 def study_markdown(report: StudyReport, files: dict[str, str]) -> str:
     lines = [f"# lorahpo report: {report.name}", "", _summary(report), ""]
+    if report.data_summary:
+        lines += [report.data_summary, ""]
     lines += _md_image(files, "best_so_far", "best so far")
     header, rows = top_table(report)
     lines += ["## Top trials and baselines", "", *_md_table(header, [cells for _, cells in rows]), ""]

@@ -1,9 +1,15 @@
 """NOMAD's MADS algorithm as an Optuna sampler.
 
 ``PyNomad.optimize`` drives the search itself and calls a blackbox function. We turn that
-inside out: NOMAD runs in a child process (:mod:`lorahpo.samplers._nomad_worker`) whose blackbox
+inside out (:mod:`lorahpo.samplers._nomad_engine`): NOMAD runs in a child process whose blackbox
 sends its points to :meth:`NomadSampler.sample_relative` and waits for the values that
 :meth:`after_trial` brings back. The Optuna study stays in charge of asking, telling and storing.
+
+NOMAD is told a value only for a point it proposed, by a trial evaluated at that point. A trial
+evaluated elsewhere (a parameter outside the sampler's space, a value fixed by the study) is
+kept in the study, and known to NOMAD should it propose that point, but the point handed to it
+is proposed again. Parameters the study fixes (``PartialFixedSampler``, enqueued values) are
+NOMAD fixed variables: each set of fixed values is a search of its own.
 
 Resume is exact because NOMAD is deterministic for a given seed and sequence of results, and
 never evaluates a point twice: a new sampler on an existing study restarts NOMAD, answers every
@@ -11,28 +17,23 @@ point the study already holds from the store, and hands out the first point it d
 the one an uninterrupted run would have proposed next. A point the store holds is recognised by
 :func:`lorahpo.space.same_point` (reals within a relative 1e-9), so a study resumed on another
 CPU, where NOMAD's arithmetic may differ in the last bits, does not evaluate its points again.
+The same makes the sampler picklable: a copy holds no process and resumes from the study.
 
-Restart policy: when NOMAD stops on its own (mesh converged, no more points) before the study's
-budget is spent, it is restarted from the best point found so far with the next seed
-(``seed + 1``, ``seed + 2``, ...); points already evaluated are answered from the store, never
-re-run. After ``max_idle_restarts`` restarts in a row that produce no new point, the space is
-taken as exhausted: :attr:`NomadSampler.exhausted` becomes True and further trials fall back to
-random sampling with a warning (the lorahpo study loop stops instead).
+Restarts (see :meth:`Search._restart`): when NOMAD stops on its own before the study's budget
+is spent, it is restarted from the best point found so far with the next seed (``seed + 1``,
+``seed + 2``, ...). An all-integer space is exhausted once every point has been tried; one with
+a real variable after ``max_idle_restarts`` restarts in a row that produce no new point. Then
+:attr:`NomadSampler.exhausted` becomes True and further trials get random points, each marked
+in the trial system attribute ``nomad:fallback`` (the lorahpo study loop stops instead).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import random
-import subprocess
-import sys
-import tempfile
 import threading
 import warnings
-from collections import deque
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from optuna.distributions import BaseDistribution
@@ -42,12 +43,26 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lorahpo import space
 from lorahpo.result import INTERRUPTED_ATTR, VIOLATED
+from lorahpo.samplers._nomad_engine import Outputs, Point, Problem, Search
 
 #: Trial system attribute holding the trial's point in NOMAD's coordinates.
 POINT_ATTR = "nomad:x"
+#: Trial system attribute: the parameters NOMAD held fixed for the trial, in NOMAD's coordinates.
+FIXED_ATTR = "nomad:fixed"
+#: Trial system attribute: why NOMAD gave the trial no point (``exhausted``, ``busy``, ``outside``);
+#: the trial's parameters were sampled at random.
+FALLBACK_ATTR = "nomad:fallback"
+#: NOMAD searches kept running at once, one per set of fixed values; the least recently used ends
+#: first (it resumes from the study if needed again).
+MAX_SEARCHES = 4
 
-Point = tuple[float, ...]
-Outputs = tuple[float, ...]  # what NOMAD's blackbox returns: objectives, then constraints
+_FALLBACKS = {
+    "exhausted": "the search space is exhausted",
+    "busy": "NOMAD waits for the results of running trials",
+    "outside": "a value fixed by the study is outside the sampler's space",
+}
+
+Key = tuple[tuple[str, float], ...]  # a search: its fixed parameters and their NOMAD coordinates
 
 
 class NomadSampler(BaseSampler):
@@ -60,10 +75,12 @@ class NomadSampler(BaseSampler):
         x0: Starting point as a dict of parameter values. Default: the middle of each range.
         seed: NOMAD's ``SEED``.
         block_size: Points NOMAD may hand out before it needs results (``BB_MAX_BLOCK_SIZE``):
-            set it to the number of trials run in parallel.
+            set it to the number of trials run in parallel. More trials at once restart NOMAD
+            with a larger block.
         nomad_params: Extra NOMAD parameter lines, e.g. ``["DIRECTION_TYPE ORTHO N+1 QUAD"]``.
             Without them NOMAD runs with its defaults.
-        max_idle_restarts: Restarts without a new point before the space counts as exhausted.
+        max_idle_restarts: Restarts without a new point before a space with a real variable
+            counts as exhausted.
         constraints: Names of the constraints each trial sets with ``trial.set_constraint``
             (met when <= 0; one not set counts as violated). NOMAD gets them as ``PB`` outputs
             (progressive barrier).
@@ -118,8 +135,26 @@ class NomadSampler(BaseSampler):
         self._constraints = list(constraints)
         self._n_objectives = 1  # set from the study when NOMAD starts
         self._random = RandomSampler(seed=seed)
-        self._engine: _Engine | None = None
-        self._warned = False
+        self._started = False  # a NOMAD search has started: its seed is settled
+        self._warned: set[str] = set()
+        self._init_runtime()
+
+    def _init_runtime(self) -> None:
+        """What lives only in this process: NOMAD's searches and the lock around them."""
+        self._searches: dict[Key, Search] = {}  # most recently used last
+        self._last: Key = ()
+        self._pinned: dict[int, dict[str, Any]] = {}  # trial id -> values chosen for fixed parameters
+        self._lock = threading.RLock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for name in ("_searches", "_last", "_pinned", "_lock"):
+            del state[name]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._init_runtime()
 
     # ---------------------------------------------------------------- Optuna sampler contract
 
@@ -129,98 +164,165 @@ class NomadSampler(BaseSampler):
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
-        if not search_space or "fixed_params" in trial.system_attrs:
+        """NOMAD's point for the parameters of ``search_space`` (those of the sampler's space).
+
+        The sampler's parameters outside ``search_space``, or enqueued for the trial, are fixed
+        for NOMAD at the trial's values.
+        """
+        wanted = [n for n in self._names if n in search_space]
+        if not wanted:
             return {}
-        point = self._ensure_engine(study).next_point()
-        if point is None:
-            if not self._warned:
-                self._warned = True
-                why = "the search space is exhausted" if self.exhausted else (
-                    f"NOMAD needs the results of running trials first (block_size={self._block_size})"
+        fixed = self._fixed_values(study, trial, search_space)
+        if fixed is None:
+            self._fall_back(study, trial, "outside")
+            return {}
+        if len(fixed) == len(self._names):
+            return {}  # nothing left to choose
+        with self._lock:
+            search = self._search(study, fixed)
+            restarts = search.early_restarts
+            point = search.next_point(early=True)
+            if search.early_restarts > restarts:
+                self._warn_once(
+                    "early",
+                    f"NomadSampler restarted NOMAD with a block of {search.block_size}: "
+                    f"more trials at once than NOMAD had points (block_size={self._block_size})",
                 )
-                warnings.warn(f"NomadSampler falls back to random sampling: {why}", stacklevel=2)
+        if point is None:
+            self._fall_back(study, trial, "exhausted" if search.exhausted else "busy")
             return {}
         study._storage.set_trial_system_attr(trial._trial_id, POINT_ATTR, list(point))
-        return self.decode(point)
+        if fixed:
+            study._storage.set_trial_system_attr(trial._trial_id, FIXED_ATTR, dict(self._key(fixed)))
+        params = self.decode(point)
+        return {n: params[n] for n in wanted}
 
     def sample_independent(
         self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
     ) -> Any:
+        pinned = self._pinned.get(trial._trial_id, {})
+        if param_name in pinned:
+            return pinned[param_name]
         return self._random.sample_independent(study, trial, param_name, param_distribution)
 
     def after_trial(
         self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
     ) -> None:
+        outputs = self._nomad_value(study, trial, state, values)
         point = trial.system_attrs.get(POINT_ATTR)
-        if point is None or self._engine is None:
-            return
-        self._engine.tell(tuple(point), self._nomad_value(study, trial, state, values))
+        with self._lock:
+            self._pinned.pop(trial._trial_id, None)
+            key = tuple((n, x) for n, x in trial.system_attrs.get(FIXED_ATTR, {}).items())
+            search = self._searches.get(key) if point is not None else None
+            if point is not None and self._evaluated_at(trial, state, point):
+                if search is not None:
+                    search.tell(tuple(point), outputs)
+                return
+            if point is not None:
+                if search is not None:
+                    search.give_back(tuple(point))
+                self._warn_once(
+                    "elsewhere",
+                    f"trial {trial.number} was evaluated away from NOMAD's point (a parameter outside the "
+                    "sampler's space, or set by other means): NOMAD is not told its value and proposes the point again",
+                )
+            evaluated = self._evaluated(trial, state, outputs)
+            if evaluated is not None:
+                for s in self._searches.values():
+                    s.remember(*evaluated)
 
     def reseed_rng(self) -> None:
+        """Reseed the random fallback, and NOMAD's seed if no NOMAD search has started yet.
+
+        A started search keeps its seed: NOMAD cannot change it mid-run. The new seed is below
+        100000: NOMAD 4.6 takes time in proportion to its seed to set it (30 s for 10**9).
+        """
         self._random.reseed_rng()
+        if not self._started:
+            self._seed = random.SystemRandom().randrange(1, 100_000)
 
     # ---------------------------------------------------------------- lorahpo extensions
 
     @property
     def exhausted(self) -> bool:
-        """True when NOMAD can propose no new point, even after restarts."""
-        return self._engine is not None and self._engine.exhausted
+        """True when NOMAD can propose no new point, even after restarts (the last search asked)."""
+        search = self._searches.get(self._last)
+        return search is not None and search.exhausted
 
     def ready(self, study: Study) -> bool:
         """Whether a trial asked now gets a NOMAD point without waiting for running trials.
 
         Blocks only while NOMAD computes its next points (milliseconds).
         """
-        return self._ensure_engine(study).wait_ready()
+        with self._lock:
+            return self._search(study, {}).wait_ready()
 
     def close(self) -> None:
-        """End the NOMAD process (it also ends with the interpreter)."""
-        if self._engine is not None:
-            self._engine.close()
+        """End the NOMAD processes (they also end with the sampler, or the interpreter)."""
+        with self._lock:
+            for search in self._searches.values():
+                search.close()
+            self._searches.clear()
 
     def decode(self, point: Sequence[float]) -> dict[str, Any]:
         return {n: space.decode(self._space[n], x) for n, x in zip(self._names, point, strict=True)}
 
     def nomad_problem(self) -> tuple[list[float], list[float], list[float], list[str]]:
         """``(x0, lower, upper, params)`` exactly as given to ``PyNomad.optimize`` (first run)."""
-        return list(self._x0), [v.lower for v in self._vars], [v.upper for v in self._vars], self._params(self._seed)
+        lower, upper = [v.lower for v in self._vars], [v.upper for v in self._vars]
+        return list(self._x0), lower, upper, self._params(self._seed, self._block_size)
 
-    def starting_points(self) -> list[list[float]]:
-        """Where NOMAD's first run starts: x0, and with ``block_size`` k > 1, k - 1 more.
+    def starting_points(self, count: int | None = None) -> list[list[float]]:
+        """Where NOMAD's first run starts: x0, and with a block of k > 1 points, k - 1 more.
 
         NOMAD evaluates its starting points before anything else, in one block. x0 alone would
         leave k - 1 workers idle for a whole trial; instead they evaluate seeded random points
         of the box at the same time, and NOMAD goes on from the best of the k.
         """
+        count = self._block_size if count is None else count
         points = [list(self._x0)]
         rng = random.Random(self._seed)
-        lower, upper = [v.lower for v in self._vars], [v.upper for v in self._vars]
-        for _ in range(100 * self._block_size):
-            if len(points) >= self._block_size:
+        for _ in range(100 * count):
+            if len(points) >= count:
                 break
-            x = _random_box_point(self._vars, lower, upper, rng)
+            x = [
+                float(rng.randint(int(v.lower), int(v.upper))) if v.type == "I" else rng.uniform(v.lower, v.upper)
+                for v in self._vars
+            ]
             if self._startable(x) and x not in points:
                 points.append(x)
         return points
 
     # ---------------------------------------------------------------- internals
 
-    def _params(self, seed: int) -> list[str]:
+    def _params(self, seed: int, block_size: int, fixed: dict[int, float] | None = None) -> list[str]:
         types = " ".join(v.type for v in self._vars)
         outputs = " ".join(["OBJ"] * self._n_objectives + ["PB"] * len(self._constraints))
         multi = ["DMULTIMADS_OPTIMIZATION yes"] if self._n_objectives > 1 else []
-        if multi and not self._has("DIRECTION_TYPE"):
-            multi.append("DIRECTION_TYPE ORTHO 2N")  # DMultiMADS refuses NOMAD's default poll
+        direction = None if self._has("DIRECTION_TYPE") else "ORTHO N+1 QUAD"  # NOMAD's default
+        if multi and direction is not None:
+            direction = "ORTHO 2N"  # DMultiMADS refuses NOMAD's default poll
+        free = [v for i, v in enumerate(self._vars) if i not in (fixed or {})]
+        if direction is not None and (len(free) == 1 or all(v.type == "I" for v in free)):
+            # NOMAD 4.6's default poll throws "ArrayOfDouble: Array is not defined" from some
+            # starts of all-integer problems (docs/nomad.md); its 2N poll does not. In one
+            # dimension both poll the same two directions.
+            direction = "ORTHO 2N"
+        lines = [f"DIRECTION_TYPE {direction}"] if direction not in (None, "ORTHO N+1 QUAD") else []
         # NOMAD's search steps propose one point at a time, each evaluated before the poll: with
         # several trials at once, search and poll points go out together so every worker is busy.
-        if self._block_size > 1 and not self._has("MEGA_SEARCH_POLL"):
-            multi.append("MEGA_SEARCH_POLL yes")
+        if block_size > 1 and not self._has("MEGA_SEARCH_POLL"):
+            lines.append("MEGA_SEARCH_POLL yes")
+        if fixed:
+            coords = " ".join(repr(float(fixed[i])) if i in fixed else "-" for i in range(len(self._vars)))
+            lines.append(f"FIXED_VARIABLE ( {coords} )")
         return [
             f"DIMENSION {len(self._vars)}",
             f"BB_INPUT_TYPE ( {types} )",
             f"BB_OUTPUT_TYPE {outputs}",
             *multi,
-            f"BB_MAX_BLOCK_SIZE {self._block_size}",
+            *lines,
+            f"BB_MAX_BLOCK_SIZE {block_size}",
             f"SEED {seed}",
             "DISPLAY_DEGREE 0",
             *self._extra,
@@ -232,6 +334,104 @@ class NomadSampler(BaseSampler):
 
     def _startable(self, x: Sequence[float]) -> bool:
         return any(v.type == "R" for v in self._vars) or any(c != 0 for c in x)
+
+    def _key(self, fixed: dict[str, Any]) -> Key:
+        return tuple((n, float(space.encode(self._space[n], fixed[n]))) for n in self._names if n in fixed)
+
+    def _search(self, study: Study, fixed: dict[str, Any]) -> Search:
+        """The NOMAD search of the problem with ``fixed`` parameters, started when first needed."""
+        key = self._key(fixed)
+        search = self._searches.pop(key, None)
+        if search is None:
+            self._n_objectives = len(study.directions)
+            self._started = True
+            index = {n: i for i, n in enumerate(self._names)}
+            problem = Problem(
+                variables=tuple(self._vars),
+                x0=tuple(self._x0),
+                fixed={index[n]: x for n, x in key},
+                seed=self._seed,
+                block_size=self._block_size,
+                n_objectives=self._n_objectives,
+                max_idle_restarts=self._max_idle_restarts,
+                params=lambda seed, block: self._params(seed, block, problem.fixed),
+                starts=self.starting_points,
+                decode=self.decode,
+            )
+            search = Search(problem, self._store_points(study))
+        self._searches[key] = search
+        while len(self._searches) > MAX_SEARCHES:
+            self._searches.pop(next(iter(self._searches))).close()
+        self._last = key
+        return search
+
+    def _store_points(self, study: Study) -> list[tuple[dict[str, Any], Point, Outputs | None]]:
+        """Every point of the sampler's space the study evaluated, with NOMAD's outputs."""
+        finished = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+        points = []
+        for t in study.get_trials(deepcopy=False, states=finished):
+            if t.system_attrs.get(INTERRUPTED_ATTR):
+                continue  # evaluated again: its result is not a measurement
+            evaluated = self._evaluated(t, t.state, self._nomad_value(study, t, t.state, t.values))
+            if evaluated is not None:
+                points.append(evaluated)
+        return points
+
+    def _evaluated(
+        self, trial: FrozenTrial, state: TrialState, outputs: Outputs | None
+    ) -> tuple[dict[str, Any], Point, Outputs | None] | None:
+        """``(params, point, outputs)`` of a trial evaluated at a point of the space, else None."""
+        point = trial.system_attrs.get(POINT_ATTR)
+        if point is not None and self._evaluated_at(trial, state, point):
+            return {n: trial.params[n] for n in self._names if n in trial.params}, tuple(point), outputs
+        if not all(n in trial.params and space.contains(self._space[n], trial.params[n]) for n in self._names):
+            return None
+        params = {n: trial.params[n] for n in self._names}
+        return params, tuple(float(space.encode(self._space[n], params[n])) for n in self._names), outputs
+
+    def _evaluated_at(self, trial: FrozenTrial, state: TrialState, point: Sequence[float]) -> bool:
+        """Whether the trial was evaluated at ``point`` (a failed trial may lack parameters)."""
+        proposed = self.decode(point)
+        given = {n: trial.params[n] for n in self._names if n in trial.params}
+        if len(given) < len(self._names) and state != TrialState.FAIL:
+            return False
+        return space.same_point(given, {n: proposed[n] for n in given})
+
+    def _fixed_values(
+        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any] | None:
+        """The sampler's parameters fixed for this trial, with their values; None if one is outside.
+
+        Enqueued values are the trial's own. A parameter outside ``search_space`` takes the
+        value the study's sampler gives it (``PartialFixedSampler``'s fixed value), or, with no
+        sampler around this one, a random value this sampler then gives it.
+        """
+        enqueued = trial.system_attrs.get("fixed_params", {})
+        fixed = {}
+        for name in self._names:
+            dist = self._space[name]
+            if name in enqueued:
+                value = enqueued[name]
+            elif name in search_space:
+                continue
+            elif study.sampler is not self:
+                value = study.sampler.sample_independent(study, trial, name, dist)
+            else:
+                value = self._random.sample_independent(study, trial, name, dist)
+                self._pinned.setdefault(trial._trial_id, {})[name] = value
+            if not space.contains(dist, value):
+                return None
+            fixed[name] = value
+        return fixed
+
+    def _fall_back(self, study: Study, trial: FrozenTrial, reason: str) -> None:
+        study._storage.set_trial_system_attr(trial._trial_id, FALLBACK_ATTR, reason)
+        self._warn_once(reason, f"NomadSampler falls back to random sampling: {_FALLBACKS[reason]}")
+
+    def _warn_once(self, what: str, message: str) -> None:
+        if what not in self._warned:
+            self._warned.add(what)
+            warnings.warn(message, stacklevel=3)
 
     def _nomad_value(
         self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
@@ -245,164 +445,3 @@ class NomadSampler(BaseSampler):
         constraints = [given.get(name, VIOLATED) for name in self._constraints]
         outputs = (*objectives, *(c if math.isfinite(c) else VIOLATED for c in constraints))
         return outputs if all(math.isfinite(v) for v in objectives) else None
-
-    def _ensure_engine(self, study: Study) -> _Engine:
-        if self._engine is None:
-            self._n_objectives = len(study.directions)
-            known: dict[Point, Outputs | None] = {}
-            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)):
-                point = t.system_attrs.get(POINT_ATTR)
-                if point is not None and not t.system_attrs.get(INTERRUPTED_ATTR):
-                    known[tuple(point)] = self._nomad_value(study, t, t.state, t.values)
-            self._engine = _Engine(self, known)
-        return self._engine
-
-
-class _Engine:
-    """PyNomad.optimize in a child process; its blackbox calls become a queue of points.
-
-    No threads: the parent reads NOMAD's next block only when asked for a point, so all state
-    changes happen in the caller's thread (guarded by a lock for Optuna's ``n_jobs``).
-    """
-
-    def __init__(self, sampler: NomadSampler, known: dict[Point, Outputs | None]) -> None:
-        self._sampler = sampler
-        self._known = known  # every evaluated point, with its value (None = failed)
-        self._stored = [(sampler.decode(p), p) for p in known]  # the store's points, as params
-        self._queue: deque[Point] = deque()  # proposed by NOMAD, not handed out yet
-        self._block: list[Point] = []  # the block NOMAD waits on
-        self._lock = threading.RLock()
-        self._rng = random.Random(sampler._seed)
-        self._run = 0
-        self._idle_runs = 0
-        self._new_in_run = 0
-        self.exhausted = False
-        self._proc = self._spawn()
-        x0, lower, upper, params = sampler.nomad_problem()
-        self._lower, self._upper, self._x0 = lower, upper, tuple(x0)
-        starts = sampler.starting_points()
-        self._send({"run": [starts if len(starts) > 1 else x0, lower, upper, params]})
-
-    def next_point(self) -> Point | None:
-        """The next point to evaluate; None while NOMAD needs results, or when exhausted."""
-        with self._lock:
-            while not self._queue:
-                if self.exhausted or self._block:
-                    return None
-                self._pump()
-            return self._queue.popleft()
-
-    def wait_ready(self) -> bool:
-        with self._lock:
-            while not self._queue and not self._block and not self.exhausted:
-                self._pump()
-            return bool(self._queue)
-
-    def tell(self, point: Point, value: Outputs | None) -> None:
-        with self._lock:
-            self._known[point] = value
-            self._answer_if_complete()
-
-    def close(self) -> None:
-        if self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait()
-
-    def __del__(self) -> None:
-        self.close()
-
-    def _spawn(self) -> subprocess.Popen[str]:
-        # NOMAD's chatter, read only if it dies; open as long as the process runs, so no `with`.
-        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115
-        return subprocess.Popen(
-            # Run as a file, not ``-m``: importing the package would import Optuna (~1 s) for nothing.
-            [sys.executable, str(Path(__file__).with_name("_nomad_worker.py"))],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            text=True,
-            bufsize=1,
-            # Its own session: a Ctrl-C meant for the study must not reach NOMAD, which would end
-            # its run quietly and change the search. The study decides; NOMAD ends with stdin.
-            start_new_session=True,
-        )
-
-    def _pump(self) -> None:
-        """Read NOMAD's next message: a block of points, or the end of a run."""
-        assert self._proc.stdout is not None
-        line = self._proc.stdout.readline()
-        if not line:
-            # NOMAD 4.6 occasionally throws an internal exception on small integer problems
-            # (seen natively too). Treat it like NOMAD stopping: the restart policy goes on.
-            self._stderr.seek(0)
-            why = self._stderr.read().decode(errors="replace").strip().splitlines()[-1:]
-            warnings.warn(f"NOMAD ended with an error and is restarted: {' '.join(why)}", stacklevel=2)
-            self._proc.wait()
-            self._proc = self._spawn()
-            line = '{"done": "error"}'
-        msg = json.loads(line)
-        if "block" in msg:
-            self._block = [tuple(p) for p in msg["block"]]
-            for p in self._block:
-                self._recall(p)
-            fresh = [p for p in self._block if p not in self._known]
-            fresh.sort(key=lambda p: p != self._x0)  # x0 first: the study's first trial is its start
-            self._new_in_run += len(fresh)
-            self._queue.extend(fresh)
-            self._answer_if_complete()  # a block of points already in the store (replay)
-            return
-        # NOMAD stopped on its own: restart from the best point (see the module docstring).
-        self._idle_runs = self._idle_runs + 1 if self._new_in_run == 0 else 0
-        if self._idle_runs > self._sampler._max_idle_restarts:
-            self.exhausted = True
-            self.close()
-            return
-        self._run += 1
-        self._new_in_run = 0
-        x0 = self._best()
-        if x0 is None or not self._sampler._startable(x0):
-            x0 = self._random_point()
-        self._send({"run": [x0, self._lower, self._upper, self._sampler._params(self._sampler._seed + self._run)]})
-
-    def _recall(self, point: Point) -> None:
-        """Know ``point`` when the store holds the same point (``space.same_point``) in other bits."""
-        if point in self._known or not self._stored:
-            return
-        params = self._sampler.decode(point)
-        stored = next((p for seen, p in self._stored if space.same_point(params, seen)), None)
-        if stored is not None:
-            self._known[point] = self._known[stored]
-
-    def _answer_if_complete(self) -> None:
-        if self._block and all(p in self._known for p in self._block):
-            self._send({"values": [self._known[p] for p in self._block]})
-            self._block = []
-
-    def _send(self, msg: dict[str, Any]) -> None:
-        assert self._proc.stdin is not None
-        self._proc.stdin.write(json.dumps(msg) + "\n")
-        self._proc.stdin.flush()
-
-    def _best(self) -> list[float] | None:
-        """Where a restart starts: the least constraint violation, then the first objective."""
-        n = self._sampler._n_objectives
-        scored = [(sum(max(c, 0.0) ** 2 for c in v[n:]), v[0], p) for p, v in self._known.items() if v is not None]
-        return list(min(scored)[2]) if scored else None
-
-    def _random_point(self) -> list[float]:
-        # NOMAD stops when its starting point fails; with no successful point yet, restart
-        # from a random point of the box (one NOMAD can start from).
-        while True:
-            x = _random_box_point(self._sampler._vars, self._lower, self._upper, self._rng)
-            if self._sampler._startable(x):
-                return x
-
-
-def _random_box_point(
-    variables: Sequence[space.NomadVariable], lower: Sequence[float], upper: Sequence[float], rng: random.Random
-) -> list[float]:
-    """A uniformly random point of NOMAD's box (integers for integer variables)."""
-    return [
-        float(rng.randint(int(lo), int(hi))) if v.type == "I" else rng.uniform(lo, hi)
-        for v, lo, hi in zip(variables, lower, upper, strict=True)
-    ]
