@@ -99,18 +99,38 @@ def trial_folder(trial: dict[str, Any]) -> Path:
     return Path(_TRIALS.name) / config_key(trial)
 
 
-def trial_config(conf: cfg.StudyConfig, params: dict[str, Any]) -> dict[str, Any]:
-    """The complete trial config of ``params``, as its measurement's key hashes it.
+#: Trial-config fields added after the committed caches were measured, as (section, field), or
+#: (field,) at the top level. A key leaves each out while it holds its default, so those
+#: measurements, made before the field existed, are still found: they are of the same blackbox.
+#: A field added to the trial config later joins this list.
+ADDED_FIELDS: tuple[tuple[str, ...], ...] = (
+    ("evaluate",),
+    ("model", "quantization"),
+    ("model", "attn_implementation"),
+    ("lora", "use_rslora"),
+    ("lora", "use_dora"),
+    ("lora", "init"),
+    ("lora", "loraplus_lr_ratio"),
+    ("training", "gradient_checkpointing"),
+    ("training", "packing"),
+    ("training", "auto_batch"),
+)
 
-    A field added to the trial config after measurements were made leaves the key alone while it
-    has its default (``evaluate: []``): those measurements are still of the same blackbox.
-    """
-    from lorahpo.finetune.config import apply_hyperparameters
+
+def trial_config(conf: cfg.StudyConfig, params: dict[str, Any]) -> dict[str, Any]:
+    """The complete trial config of ``params``, as its measurement's key hashes it, without the
+    :data:`ADDED_FIELDS` that hold their defaults."""
+    from lorahpo.finetune.config import LoraTrialConfig, apply_hyperparameters
 
     assert conf.objective.lora is not None
     config = apply_hyperparameters(conf.objective.lora, params).model_dump(mode="json")
-    if not config["evaluate"]:
-        del config["evaluate"]
+    defaults = LoraTrialConfig().model_dump(mode="json")
+    for *sections, name in ADDED_FIELDS:
+        holder, default = config, defaults
+        for section in sections:
+            holder, default = holder[section], default[section]
+        if holder[name] == default[name]:
+            del holder[name]
     return config
 
 

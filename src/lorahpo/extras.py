@@ -17,6 +17,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "web": ("starlette", "uvicorn", "jinja2", "itsdangerous"),
     "eval": ("lm_eval",),
     "report": ("matplotlib",),
+    "quant": ("bitsandbytes",),
     "cluster": ("ray", "psycopg2"),
     "dataframe": ("pandas",),
     "tracking": ("mlflow", "wandb", "tensorboard"),

@@ -131,3 +131,15 @@ def test_evaluator_cost_is_the_evaluation_share_of_the_rest_of_a_trial(load_benc
     assert summary["first"]["trial"] == 0  # it also measured the base model: not in the median
     assert summary["median_overhead"] == pytest.approx((10 / 100 + 30 / 90) / 2)
     assert summary["max_overhead"] == pytest.approx(30 / 90)
+
+
+def test_every_committed_measurement_is_found_again_by_its_params(bench):
+    """Trial configs gained fields since the points were measured: the key of each must not move."""
+    from lorahpo.executors.replay import config_key
+
+    conf = bench.study_config("loss", 0, 20, 0.02)
+    lines = (bench.RESULTS / "downstream_cache.jsonl").read_text().splitlines()
+    assert lines
+    for line in lines:
+        point = json.loads(line)
+        assert config_key(bench.trial_config(conf, point["params"])) == point["key"], point["params"]

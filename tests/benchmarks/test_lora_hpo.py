@@ -80,3 +80,18 @@ def test_the_committed_cache_still_holds_the_start_point_of_every_search(load_be
         x0 = conf.space.x0()
         assert x0 is not None
         assert cache.get(config_key(bench.trial_config(conf, x0))) is not None
+
+
+def test_an_added_field_joins_the_key_only_when_it_leaves_its_default(load_benchmark):
+    from lorahpo.finetune.config import LoraTrialConfig, apply_hyperparameters
+
+    bench = load_benchmark("lora_hpo")
+    conf = bench.study_config(bench.PRESETS["cpu"], "nomad", 0, 20)
+    x0 = conf.space.x0()
+    plain = bench.trial_config(conf, x0)
+    assert "use_dora" not in plain["lora"] and "quantization" not in plain["model"]
+    # the blackbox reads the keyed config back with the defaults filled in: the same trial
+    assert LoraTrialConfig.model_validate(plain) == apply_hyperparameters(conf.objective.lora, x0)
+    dora = bench.trial_config(conf, {**x0, "use_dora": True})
+    assert dora["lora"]["use_dora"] is True
+    assert {k: v for k, v in dora["lora"].items() if k != "use_dora"} == plain["lora"]

@@ -76,7 +76,7 @@ def build_tokenizer(texts: list[str]) -> Any:
     return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", pad_token="<pad>")
 
 
-def build_model(folder: Path, tokenizer: Any, seed: int = 0, max_positions: int = 256) -> Path:
+def build_model(folder: Path, tokenizer: Any, seed: int = 0, max_positions: int = 256, hidden_size: int = 32) -> Path:
     """Save a random 2-layer Llama and ``tokenizer`` into ``folder``, loadable by ``from_pretrained``."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -84,8 +84,8 @@ def build_model(folder: Path, tokenizer: Any, seed: int = 0, max_positions: int 
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,

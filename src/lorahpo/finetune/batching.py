@@ -2,7 +2,8 @@
 
 Batches are grouped by length (little padding) in an order fixed by a seed, so every trial of a
 study sees the same batches in the same order; validation batches are sorted by length with no
-shuffle, so they are the same every time.
+shuffle, so they are the same every time. With packing (:func:`pack`) a batch's examples form
+one unpadded row instead.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class Batch:
     attention_mask: torch.Tensor
     tokens: int  # non-pad tokens
     targets: int  # response tokens the loss covers
+    position_ids: torch.Tensor | None = None  # packed: positions restart at each example
 
 
 def length_grouped(examples: list[Example], batch_size: int, seed: str | None) -> list[list[int]]:
@@ -65,3 +67,31 @@ def collate(examples: list[Example], indices: list[int], pad_id: int, device: to
         mask[i, :n] = 1
     targets = int((labels[:, 1:] != IGNORE_INDEX).sum())
     return Batch(input_ids.to(device), labels.to(device), mask.to(device), int(mask.sum()), targets)
+
+
+def pack(examples: list[Example], indices: list[int], device: torch.device) -> Batch:
+    """A batch as one row: the examples end to end, no padding, positions restarting at each.
+
+    The first token of each example after the first is no target: it would be predicted from
+    the end of the example before, which it does not follow. So a packed batch has exactly the
+    targets of the padded one, and attention confined to each example (the position ids mark
+    where one starts) gives the same loss.
+    """
+    rows = [examples[i] for i in indices]
+    input_ids = [t for r in rows for t in r.input_ids]
+    labels: list[int] = []
+    positions: list[int] = []
+    for row in rows:
+        labels += [IGNORE_INDEX, *row.labels[1:]] if labels else row.labels
+        positions += range(len(row.input_ids))
+    ids = torch.tensor([input_ids], dtype=torch.long)
+    label_tensor = torch.tensor([labels], dtype=torch.long)
+    targets = int((label_tensor[:, 1:] != IGNORE_INDEX).sum())
+    return Batch(
+        ids.to(device),
+        label_tensor.to(device),
+        torch.ones_like(ids).to(device),
+        len(input_ids),
+        targets,
+        torch.tensor([positions], dtype=torch.long).to(device),
+    )

@@ -25,6 +25,7 @@ METRIC_KEYS = (
     "trainable_params",
     "steps",
     "epochs",
+    "micro_batch_size",
 )
 
 
@@ -40,6 +41,16 @@ class ModelConfig(_Strict):
     gguf_file: str | None = Field(None, description="GGUF file inside `name` (a folder or hub repo).")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
     trust_remote_code: bool = Field(False, description="Allow model code from the hub. Off unless you trust it.")
+    quantization: Literal["none", "8bit", "4bit"] = Field(
+        "none",
+        description="Frozen base weights in 8 bits or 4 bits (NF4, double quantization, bf16 compute: QLoRA); "
+        "needs bitsandbytes (the `quant` extra).",
+    )
+    attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = Field(
+        "auto",
+        description="Attention kernel; auto is the library's choice (sdpa where supported). "
+        "flash_attention_2 needs the flash-attn package and a CUDA GPU.",
+    )
 
 
 class DataSource(_Strict):
@@ -73,13 +84,28 @@ class DataConfig(_Strict):
         return self
 
 
+#: Named sets of modules that get adapters; the model's own layer names are found at load time.
+TARGET_PRESETS = ("attention", "mlp", "all-linear")
+
+
 class LoraConfig(_Strict):
     rank: int = Field(8, ge=1, description="LoRA rank r.")
-    alpha: float = Field(16, gt=0, description="LoRA scaling alpha (scale = alpha / rank).")
+    alpha: float = Field(16, gt=0, description="LoRA scaling alpha (scale = alpha / rank, or alpha / sqrt(rank)).")
     dropout: float = Field(0.05, ge=0, le=1, description="Dropout on the LoRA input.")
-    target_modules: list[str] | Literal["all-linear"] = Field(
+    target_modules: list[str] | Literal["attention", "mlp", "all-linear"] = Field(
         default_factory=lambda: list(PAPER_TARGET_MODULES),
-        description="Modules that get adapters: the paper's q/k/v/o projections, a list, or all-linear.",
+        description="Modules that get adapters: a list of layer names (default: the paper's q/k/v/o), "
+        "or a preset: attention (every linear layer of attention), mlp (of the feed-forward blocks), all-linear.",
+    )
+    use_rslora: bool = Field(False, description="rsLoRA: scale by alpha / sqrt(rank), stable across ranks.")
+    use_dora: bool = Field(False, description="DoRA: learn a magnitude vector per output beside the LoRA direction.")
+    init: Literal["default", "gaussian", "pissa", "olora"] = Field(
+        "default",
+        description="Adapter initialisation: default (A uniform, B zero), gaussian (A normal, B zero), pissa "
+        "(the principal singular vectors of each base weight; the base keeps the residual), olora (its QR factors).",
+    )
+    loraplus_lr_ratio: float = Field(
+        1.0, ge=1, description="LoRA+: the B matrices learn at this multiple of the learning rate (1: plain LoRA)."
     )
 
 
@@ -106,6 +132,20 @@ class TrainingConfig(_Strict):
     seed: int = Field(0, description="Seed of LoRA init, dropout and data order; the same in every trial of a study.")
     divergence_factor: float = Field(
         3.0, gt=1, description="A validation loss above this multiple of the untrained loss is a divergence (failed)."
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass: less memory, about a third more compute."
+    )
+    packing: bool = Field(
+        False,
+        description="Train each micro-batch as one sequence: its examples end to end, no padding, position ids "
+        "restarting at each example and no attention across examples (variable-length attention with "
+        "flash_attention_2). The same loss as padded batches.",
+    )
+    auto_batch: bool = Field(
+        False,
+        description="On out of memory, retry the trial at half the batch_size (same effective batch) "
+        "down to 1 before it fails; the result records the batch size used.",
     )
 
     @model_validator(mode="after")
@@ -187,6 +227,12 @@ class LoraTrialConfig(_Strict):
     save_adapter: bool = Field(True, description="Write the trained adapter into the trial folder.")
 
     @model_validator(mode="after")
+    def _pissa_needs_full_weights(self) -> LoraTrialConfig:
+        if self.lora.init == "pissa" and self.model.quantization != "none":
+            raise ValueError("lora.init pissa rewrites the base weights and needs model.quantization: none")
+        return self
+
+    @model_validator(mode="after")
     def _unique_metrics(self) -> LoraTrialConfig:
         names = list(self.metric_names())
         repeated = sorted({n for n in names if names.count(n) > 1})
@@ -200,10 +246,13 @@ class LoraTrialConfig(_Strict):
         return [*METRIC_KEYS, *evaluated, *(["evaluation_s"] if self.evaluate else [])]
 
 
+#: Training fields that change where or how fast a trial computes, not what it learns.
+_NOT_TUNABLE = ("device", "precision", "gradient_checkpointing", "packing", "auto_batch")
+
 #: Search-space names that map onto a trial-config field, by section.
 TUNABLE: dict[str, str] = {
     **{name: "lora" for name in LoraConfig.model_fields},
-    **{name: "training" for name in TrainingConfig.model_fields if name not in ("device", "precision")},
+    **{name: "training" for name in TrainingConfig.model_fields if name not in _NOT_TUNABLE},
 }
 
 
@@ -214,7 +263,7 @@ def apply_hyperparameters(config: LoraTrialConfig, params: dict[str, Any]) -> Lo
         section = TUNABLE.get(name)
         if section is None:
             raise KeyError(f"{name!r} is not a tunable hyperparameter; choose from {sorted(TUNABLE)}")
-        if name == "target_modules" and isinstance(value, str) and value != "all-linear":
+        if name == "target_modules" and isinstance(value, str) and value not in TARGET_PRESETS:
             value = [m.strip() for m in value.split(",")]
         data[section][name] = value
     return LoraTrialConfig.model_validate(data)

@@ -121,10 +121,12 @@ def load_model_and_tokenizer(cfg: ModelConfig, dtype: Any, device: Any) -> tuple
 
     tokenizer = load_tokenizer(cfg)
     source, kwargs = resolve_model(cfg)
+    options = loading_options(cfg, dtype, device)
     with _loading(cfg):
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs, **options)
     model.config.use_cache = False  # no generation during training: the key/value cache only costs memory
-    model.to(device)
+    if cfg.quantization == "none":  # a quantized model was placed by device_map; it cannot be moved
+        model.to(device)
     model.eval()
     return model, tokenizer
 
@@ -157,6 +159,44 @@ def _loading(cfg: ModelConfig) -> Iterator[None]:
         raise ModelError(f"model {cfg.name!r} could not be found or downloaded: {_first_line(exc)}") from exc
     except (ValueError, KeyError, ImportError) as exc:
         raise ModelError(f"model {cfg.name!r} could not be loaded: {_first_line(exc)}") from exc
+
+
+def loading_options(cfg: ModelConfig, dtype: Any, device: Any) -> dict[str, Any]:
+    """``from_pretrained`` options for the attention kernel and quantized base weights.
+
+    Raises:
+        ModelError: The option needs a package or hardware that is missing.
+    """
+    import torch
+
+    options: dict[str, Any] = {}
+    if cfg.attn_implementation != "auto":
+        if cfg.attn_implementation == "flash_attention_2" and torch.device(device).type != "cuda":
+            raise ModelError("model.attn_implementation flash_attention_2 needs a CUDA GPU and the flash-attn package")
+        options["attn_implementation"] = cfg.attn_implementation
+    if cfg.quantization != "none":
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError as exc:
+            raise ModelError(
+                f"model.quantization {cfg.quantization} needs bitsandbytes: pip install 'lorahpo[quant]'"
+            ) from exc
+        from transformers import BitsAndBytesConfig
+
+        # QLoRA: NF4 weights, their scales quantized again, products in half precision.
+        compute = dtype if dtype != torch.float32 else torch.bfloat16
+        options["quantization_config"] = (
+            BitsAndBytesConfig(load_in_8bit=True)
+            if cfg.quantization == "8bit"
+            else BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=compute,
+            )
+        )
+        options["device_map"] = {"": torch.device(device)}
+    return options
 
 
 def without_gguf_tag(model: Any) -> Any:

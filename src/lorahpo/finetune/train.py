@@ -21,6 +21,8 @@ the loss reads and is left out (attention takes its fast causal path).
 
 Failures are results: out of memory, a non-finite loss, a divergence, bad data or a missing
 model return ``TrialResult(status="failed", reason=...)``; nothing here exits the process.
+With ``training.auto_batch`` a trial out of memory first runs again at half the micro-batch
+(the same effective batch), down to one example.
 
 ``LORAHPO_NUM_THREADS`` sets the CPU threads of a trial (else torch's default, or
 ``OMP_NUM_THREADS``): trials that share a CPU should split its cores rather than fight over them.
@@ -28,6 +30,7 @@ model return ``TrialResult(status="failed", reason=...)``; nothing here exits th
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import math
@@ -47,7 +50,7 @@ import torch.nn.functional as F
 
 from lorahpo.evaluation import in_trial as evaluators
 from lorahpo.files import write_atomic
-from lorahpo.finetune.batching import Batch, collate, length_grouped
+from lorahpo.finetune.batching import Batch, collate, length_grouped, pack
 from lorahpo.finetune.config import LoraConfig, LoraTrialConfig, TrainingConfig
 from lorahpo.finetune.data import IGNORE_INDEX, DataError, Example, build_splits
 from lorahpo.finetune.device import Precision, describe, resolve_device, resolve_precision
@@ -66,6 +69,9 @@ _PLAIN_HEAD = frozenset(
 
 #: How allocation failures read when they are not a ``torch.OutOfMemoryError`` (the CPU allocator's).
 _OOM_MESSAGES = ("out of memory", "can't allocate memory", "not enough memory")
+
+#: How the reason of a trial that ran out of memory starts.
+_OOM_REASON = "out of memory"
 
 
 #: ``curve(step, values)``: the training curves of a trial, by step, as they are measured.
@@ -123,17 +129,47 @@ def run_trial(
         mean over the last epoch's worth of optimizer steps), ``runtime_s`` (training time
         without evaluation), ``train_tokens`` (non-pad tokens trained on),
         ``train_tokens_per_s``, ``peak_memory_mb`` (CUDA peak allocation, or the process's peak
-        resident memory on CPU), ``trainable_params``, ``steps`` and ``epochs``; then each
+        resident memory on CPU), ``trainable_params``, ``steps``, ``epochs`` and
+        ``micro_batch_size`` (the batch size that ran: smaller than configured when
+        ``training.auto_batch`` retried after running out of memory); then each
         evaluator's metrics (``config.evaluate``, :mod:`lorahpo.evaluation.in_trial`) and
         ``evaluation_s``, the time they took.
     """
     start = time.perf_counter()
-    progress = Progress()
     if trial_dir is not None:
         trial_dir.mkdir(parents=True, exist_ok=True)
+    result = _attempt(config, trial_dir, reporter, curve)
+    while config.training.auto_batch and (result.reason or "").startswith(_OOM_REASON):
+        smaller = smaller_batch_size(config.training)
+        if smaller is None:
+            break
+        _say(f"out of memory at batch_size {config.training.batch_size}: retrying at {smaller}")
+        training = config.training.model_copy(update={"batch_size": smaller})
+        config = config.model_copy(update={"training": training})
+        result = _attempt(config, trial_dir, reporter, curve)
+    result.duration_s = time.perf_counter() - start
+    _say(f"trial {result.status}" + (f": {result.reason}" if result.reason else ""))
+    return result
+
+
+def smaller_batch_size(cfg: TrainingConfig) -> int | None:
+    """The batch size an out-of-memory trial retries at: at most half, and a divisor of the effective batch."""
+    size = cfg.batch_size // 2
+    while size > 1 and cfg.effective_batch_size % size:
+        size -= 1
+    return size or None
+
+
+def _attempt(
+    config: LoraTrialConfig, trial_dir: Path | None, reporter: Reporter | None, curve: Curve | None
+) -> TrialResult:
+    """One run of the trial at its batch size; every failure becomes a failed result."""
+    progress = Progress()
     try:
         setup = load(config)
         model = add_lora(setup.model, config.lora, config.training.seed)
+        if config.training.gradient_checkpointing:
+            checkpointing(model.get_base_model())
         adapters_follow_autocast(model, setup.precision)
         progress.metrics["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
         untrained = _untrained_loss_file(config, setup, trial_dir)
@@ -143,7 +179,9 @@ def run_trial(
             )
             base = evaluators.base_values(context, config.evaluate, config, trial_dir.parent if trial_dir else None)
         with _train_log(trial_dir, curve) as log:
-            stopped = fit(model, setup, config.training, progress, reporter, log, untrained)
+            stopped = fit(
+                model, setup, config.training, progress, reporter, log, untrained, config.lora.loraplus_lr_ratio
+            )
         status: Status = "pruned" if stopped else "complete"
         if status == "complete" and config.evaluate:
             progress.metrics.update(evaluators.trial_metrics(context, config.evaluate, base))
@@ -157,15 +195,14 @@ def run_trial(
         traceback.print_exc(file=sys.stdout)
         text = _one_line(exc)
         if isinstance(exc, torch.OutOfMemoryError) or any(m in text.lower() for m in _OOM_MESSAGES):
-            reason = f"out of memory: {text}"
+            reason = f"{_OOM_REASON}: {text}"
         else:
             reason = f"{type(exc).__name__}: {text}"
         result = TrialResult.failure(reason, metrics=progress.metrics, intermediate=progress.intermediate)
     finally:
         if torch.cuda.is_available():
+            gc.collect()  # the failed attempt's model, before a retry loads another
             torch.cuda.empty_cache()
-    result.duration_s = time.perf_counter() - start
-    _say(f"trial {result.status}" + (f": {result.reason}" if result.reason else ""))
     return result
 
 
@@ -197,13 +234,64 @@ def add_lora(model: PreTrainedModel, cfg: LoraConfig, seed: int) -> Any:
         r=cfg.rank,
         lora_alpha=cfg.alpha,  # type: ignore[arg-type]  # annotated int, but PEFT scales by alpha / r: a float works
         lora_dropout=cfg.dropout,
-        target_modules=cfg.target_modules,
+        target_modules=target_modules(model, cfg.target_modules),
+        use_rslora=cfg.use_rslora,
+        use_dora=cfg.use_dora,
+        init_lora_weights=True if cfg.init == "default" else cfg.init,
         bias="none",
         task_type="CAUSAL_LM",
     )
     # autocast_adapter_dtype keeps adapter weights in fp32 over a bf16/fp16 base: small
     # updates to bf16 weights would round away.
     return get_peft_model(model, peft_cfg, autocast_adapter_dtype=True)
+
+
+#: Words in a module's path that place it in a block of a ``target_modules`` preset.
+_BLOCK_WORDS = {"attention": ("attn", "attention"), "mlp": ("mlp", "feed_forward", "ffn")}
+
+
+def target_modules(model: Any, spec: list[str] | str) -> list[str] | str:
+    """The layers that get adapters: a list as given, ``all-linear`` as PEFT reads it, and the
+    ``attention`` and ``mlp`` presets as the full paths of the linear layers inside the model's
+    attention or feed-forward blocks (found by name, so any architecture's layer names work).
+
+    Raises:
+        ModelError: The model has no linear layer in the preset's blocks.
+    """
+    if not isinstance(spec, str) or spec == "all-linear":
+        return spec
+    words = _BLOCK_WORDS[spec]
+    paths = [
+        path
+        for path, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and any(w in part for part in path.split(".")[:-1] for w in words)
+    ]
+    if not paths:
+        raise ModelError(f"lora.target_modules {spec}: the model has no linear layer in such blocks; list them by name")
+    return paths
+
+
+def checkpointing(model: Any) -> None:
+    """Recompute each decoder layer's activations in the backward pass instead of keeping them.
+
+    Non-reentrant checkpointing: gradients reach the adapters though the frozen inputs need none.
+    """
+    # transformers 5 renamed the method; 4.x has only the old name.
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable({"use_reentrant": False})
+
+
+def optimizer_groups(model: Any, learning_rate: float, loraplus_lr_ratio: float) -> list[dict[str, Any]]:
+    """AdamW parameter groups of the trainable weights; with LoRA+ the B matrices learn faster."""
+    plain: list[torch.nn.Parameter] = []
+    b: list[torch.nn.Parameter] = []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (b if loraplus_lr_ratio != 1 and ".lora_B." in name else plain).append(param)
+    groups = [{"params": plain, "lr": learning_rate}]
+    if b:
+        groups.append({"params": b, "lr": learning_rate * loraplus_lr_ratio})
+    return groups
 
 
 def adapters_follow_autocast(model: Any, precision: Precision) -> None:
@@ -232,6 +320,7 @@ def fit(
     reporter: Reporter | None,
     log: Callable[..., None],
     untrained_file: Path | None = None,
+    loraplus_lr_ratio: float = 1.0,
 ) -> bool:
     """Train ``model`` in place, filling ``progress``; return True when the reporter stopped it.
 
@@ -251,7 +340,8 @@ def fit(
     eval_every = cfg.eval_every or steps_per_epoch
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    groups = optimizer_groups(model, cfg.learning_rate, loraplus_lr_ratio)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = get_scheduler(
         "constant_with_warmup" if cfg.scheduler == "constant" else cfg.scheduler,
         optimizer,
@@ -262,16 +352,21 @@ def fit(
     scaler = torch.amp.GradScaler(device.type, enabled=setup.precision.name == "fp16")
 
     initial = _remembered(untrained_file, lambda: validate(model, setup.validation, setup, eval_batch_size(cfg)))
-    metrics["initial_validation_loss"] = initial
+    metrics.update(initial_validation_loss=initial, micro_batch_size=cfg.batch_size)
     _say(f"initial validation loss {initial:.4f}; {total_steps} steps of {cfg.effective_batch_size} examples")
 
     recent: deque[tuple[float, int]] = deque(maxlen=steps_per_epoch)  # (loss sum, targets) of each step
     tokens, train_time = 0, 0.0
     print_every = max(1, total_steps // 50)
     model.train()
-    for step, groups in enumerate(_step_batches(setup.train, cfg, accumulation, total_steps), start=1):
+    for step, micro_batches in enumerate(_step_batches(setup.train, cfg, accumulation, total_steps), start=1):
         tic = time.perf_counter()
-        batches = [collate(setup.train, indices, setup.tokenizer.pad_token_id, device) for indices in groups]
+        batches = [
+            pack(setup.train, indices, device)
+            if cfg.packing
+            else collate(setup.train, indices, setup.tokenizer.pad_token_id, device)
+            for indices in micro_batches
+        ]
         targets = sum(b.targets for b in batches)
         loss_sum = torch.zeros((), device=device)
         for batch in batches:
@@ -361,9 +456,11 @@ def _untrained_loss_file(config: LoraTrialConfig, setup: Setup, trial_dir: Path 
 
     LoRA's B matrices start at zero, so before training every trial computes the base model's
     loss: the same number for all trials of a study. The file name hashes everything that
-    number depends on (model, precision, device, batch size, the validation tokens).
+    number depends on (model, precision, device, batch size, the validation tokens). Adapters
+    that do not start at zero (PiSSA, OLoRA: the base weights change; DoRA: a rescaling) give
+    the base model's function only up to rounding, so each such trial measures its own.
     """
-    if trial_dir is None:
+    if trial_dir is None or config.lora.init not in ("default", "gaussian") or config.lora.use_dora:
         return None
     key = hashlib.sha256()
     what = [
@@ -402,15 +499,24 @@ def response_loss_sum(model: Any, batch: Batch) -> torch.Tensor:
     For architectures with a plain head, the decoder runs without the padding mask: padding
     is on the right and attention is causal, so no real token attends to a pad, and attention
     takes its fast causal path. The head then runs only at the positions the loss reads.
+    A packed batch passes its position ids and no mask: transformers then confines attention
+    to each example (a block-diagonal mask, or variable-length flash attention), as long as
+    no key/value cache is asked for.
     """
     targets = batch.labels[:, 1:]
     keep = targets != IGNORE_INDEX
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    packed = batch.position_ids is not None
     if base.config.model_type in _PLAIN_HEAD:
-        hidden = base.get_decoder()(input_ids=batch.input_ids).last_hidden_state
+        decoder = base.get_decoder()
+        hidden = decoder(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).last_hidden_state
         logits = base.get_output_embeddings()(hidden[:, :-1][keep])
     else:
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1][keep]
+        mask = None if packed else batch.attention_mask
+        logits = model(
+            input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids, use_cache=False
+        ).logits
+        logits = logits[:, :-1][keep]
     return F.cross_entropy(logits.float(), targets[keep], reduction="sum")
 
 
