@@ -112,14 +112,17 @@ def run_arm(arm: str, seed: int, preset: str, budget_tokens: float, cache: Measu
         answer = executor.answers[number]
         return answer.measurement["curve"][answer.reached - 1][2] if answer.reached else 0.0
 
+    def spent_tokens() -> float:
+        return sum(tokens(n) for n in list(executor.answers))  # a copy: the executor's threads add answers
+
     def show(record: TrialRecord) -> None:
-        spent = sum(tokens(n) for n in executor.answers)
+        spent = spent_tokens()
         value = "" if record.value is None else record.value
         say(f"{arm} seed {seed} [{len(executor.answers)}] {record.status} {value} "
             f"tokens {spent / budget_tokens:.0%} of budget")
 
     records = replay_study(conf, executor, show,
-                           stop_when=lambda: sum(tokens(n) for n in executor.answers) >= budget_tokens - 1e-9)
+                           stop_when=lambda: spent_tokens() >= budget_tokens - 1e-9)
     spent, trace, trials = 0.0, [], []  # trace: (tokens spent, best complete value so far)
     best: float | None = None
     for record in records:
