@@ -527,7 +527,7 @@ def validate(model: Any, examples: list[Example], setup: Setup, batch_size: int)
     """Mean cross-entropy per response token over ``examples`` (token-weighted, dropout off)."""
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
+    total, count = 0.0, 0.0
     # Sorted by length, no shuffle: the least padding, and the same batches every time.
     batches = length_grouped(examples, batch_size, seed=None)
     for indices in batches[setup.rank :: setup.world]:  # data-parallel: this rank's share
