@@ -147,7 +147,7 @@ class StudyConfig(_Strict):
             raise ValueError(f"pruner: {e}") from None
         if self.objective.lora is not None:
             training = self.objective.lora.training
-            if self.gpus_per_trial > 1 and training.processes == 1:
+            if self.executor == "local" and self.gpus_per_trial > 1 and training.processes == 1:
                 training.processes = self.gpus_per_trial  # one data-parallel process per GPU of the trial
             unknown = sorted(set(self.space.resolved()) - set(TUNABLE))
             if unknown:

@@ -255,7 +255,7 @@ class LoraTrialConfig(_Strict):
 
 
 #: Training fields that change where or how fast a trial computes, not what it learns.
-_NOT_TUNABLE = ("device", "precision", "gradient_checkpointing", "packing", "auto_batch")
+_NOT_TUNABLE = ("device", "processes", "precision", "gradient_checkpointing", "packing", "auto_batch")
 
 #: Search-space names that map onto a trial-config field, by section.
 TUNABLE: dict[str, str] = {
