@@ -102,8 +102,8 @@ class StudyConfig(_Strict):
         1,
         ge=1,
         description=(
-            "GPUs each trial gets on the local executor; "
-            "a `command` objective can spread a trial over them (torchrun, accelerate)."
+            "GPUs each trial gets on the local executor; a `lora` objective trains data-parallel over them "
+            "(`training.processes`), a `command` objective can spread a trial over them (torchrun, accelerate)."
         ),
     )
     trial_timeout: float | None = Field(None, gt=0, description="Seconds before a trial is killed (timeout).")
@@ -146,6 +146,9 @@ class StudyConfig(_Strict):
         except ValueError as e:
             raise ValueError(f"pruner: {e}") from None
         if self.objective.lora is not None:
+            training = self.objective.lora.training
+            if self.executor == "local" and self.gpus_per_trial > 1 and training.processes == 1:
+                training.processes = self.gpus_per_trial  # one data-parallel process per GPU of the trial
             unknown = sorted(set(self.space.resolved()) - set(TUNABLE))
             if unknown:
                 raise ValueError(f"space: {unknown} are not LoRA trial hyperparameters; choose from {sorted(TUNABLE)}")

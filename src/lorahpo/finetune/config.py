@@ -129,6 +129,14 @@ class TrainingConfig(_Strict):
         "auto", description="auto: bf16 where the device supports it (CUDA, CPUs with AMX/AVX512-BF16), else fp32."
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    processes: int = Field(
+        1,
+        ge=1,
+        description=(
+            "Data-parallel processes of the trial (one per GPU, NCCL; gloo on a CPU); each takes its share of "
+            "every optimizer step's micro-batches. A study sets it from `gpus_per_trial` (docs/gpu.md)."
+        ),
+    )
     seed: int = Field(0, description="Seed of LoRA init, dropout and data order; the same in every trial of a study.")
     divergence_factor: float = Field(
         3.0, gt=1, description="A validation loss above this multiple of the untrained loss is a divergence (failed)."
@@ -247,7 +255,7 @@ class LoraTrialConfig(_Strict):
 
 
 #: Training fields that change where or how fast a trial computes, not what it learns.
-_NOT_TUNABLE = ("device", "precision", "gradient_checkpointing", "packing", "auto_batch")
+_NOT_TUNABLE = ("device", "processes", "precision", "gradient_checkpointing", "packing", "auto_batch")
 
 #: Search-space names that map onto a trial-config field, by section.
 TUNABLE: dict[str, str] = {

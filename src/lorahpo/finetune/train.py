@@ -24,6 +24,15 @@ model return ``TrialResult(status="failed", reason=...)``; nothing here exits th
 With ``training.auto_batch`` a trial out of memory first runs again at half the micro-batch
 (the same effective batch), down to one example.
 
+With ``training.processes: g > 1`` the trial trains data-parallel over g processes (one per
+GPU with NCCL, or gloo on a CPU): this process is rank 0 and starts the others
+(:func:`_parallel_attempt`). Every rank builds the same micro-batches of each optimizer step
+and takes every g-th of them; the adapter gradients are summed over the ranks (one
+all-reduce of the flattened gradients per step), each rank's loss being divided by the step's
+response tokens over all ranks, so the update is the single-process one, up to float
+rounding. Validation batches are shared out the same way. Rank 0 alone writes the trial
+files, calls the reporter and evaluators, and returns the result.
+
 ``LORAHPO_NUM_THREADS`` sets the CPU threads of a trial (else torch's default, or
 ``OMP_NUM_THREADS``): trials that share a CPU should split its cores rather than fight over them.
 """
@@ -94,6 +103,8 @@ class Setup:
     validation: list[Example]
     device: torch.device
     precision: Precision
+    rank: int = 0  # this process among the trial's data-parallel ones
+    world: int = 1  # how many there are (``training.processes``)
 
 
 @dataclass
@@ -138,7 +149,8 @@ def run_trial(
     start = time.perf_counter()
     if trial_dir is not None:
         trial_dir.mkdir(parents=True, exist_ok=True)
-    result = _attempt(config, trial_dir, reporter, curve)
+    attempt = _attempt if config.training.processes == 1 else _parallel_attempt
+    result = attempt(config, trial_dir, reporter, curve)
     while config.training.auto_batch and (result.reason or "").startswith(_OOM_REASON):
         smaller = smaller_batch_size(config.training)
         if smaller is None:
@@ -146,7 +158,7 @@ def run_trial(
         _say(f"out of memory at batch_size {config.training.batch_size}: retrying at {smaller}")
         training = config.training.model_copy(update={"batch_size": smaller})
         config = config.model_copy(update={"training": training})
-        result = _attempt(config, trial_dir, reporter, curve)
+        result = attempt(config, trial_dir, reporter, curve)
     result.duration_s = time.perf_counter() - start
     _say(f"trial {result.status}" + (f": {result.reason}" if result.reason else ""))
     return result
@@ -160,31 +172,92 @@ def smaller_batch_size(cfg: TrainingConfig) -> int | None:
     return size or None
 
 
-def _attempt(
+def _parallel_attempt(
     config: LoraTrialConfig, trial_dir: Path | None, reporter: Reporter | None, curve: Curve | None
 ) -> TrialResult:
-    """One run of the trial at its batch size; every failure becomes a failed result."""
+    """One data-parallel run of the trial: this process is rank 0 and starts ranks 1 to g - 1.
+
+    A failure on one rank fails the others at their next collective (gloo sees the closed
+    connection; NCCL waits for its timeout), so rank 0's result is the trial's either way.
+    """
+    import socket
+
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    world = config.training.processes
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    backend = "nccl" if resolve_device(config.training.device).type == "cuda" else "gloo"
+    context = mp.get_context("spawn")
+    others = [
+        context.Process(target=_rank_main, args=(rank, world, address, backend, config.model_dump_json()))
+        for rank in range(1, world)
+    ]
+    for proc in others:
+        proc.start()
+    try:
+        dist.init_process_group(backend, init_method=address, rank=0, world_size=world)
+        try:
+            return _attempt(config, trial_dir, reporter, curve, rank=0, world=world)
+        finally:
+            dist.destroy_process_group()
+    finally:
+        for proc in others:
+            proc.join(timeout=60)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join()
+
+
+def _rank_main(rank: int, world: int, address: str, backend: str, config_json: str) -> None:
+    """Rank ``rank`` (> 0) of a data-parallel trial: it trains, and rank 0 writes and reports."""
+    import torch.distributed as dist
+
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115  # rank 0 prints the trial's progress
+    config = LoraTrialConfig.model_validate_json(config_json)
+    dist.init_process_group(backend, init_method=address, rank=rank, world_size=world)
+    try:
+        result = _attempt(config, None, None, None, rank=rank, world=world)
+    finally:
+        dist.destroy_process_group()
+    if result.status == "failed":
+        print(f"rank {rank}: {result.reason}", file=sys.stderr, flush=True)
+
+
+def _attempt(
+    config: LoraTrialConfig,
+    trial_dir: Path | None,
+    reporter: Reporter | None,
+    curve: Curve | None,
+    rank: int = 0,
+    world: int = 1,
+) -> TrialResult:
+    """One run of the trial at its batch size (as rank ``rank`` of ``world``); every failure becomes a failed result."""
     progress = Progress()
     try:
-        setup = load(config)
+        setup = load(config, rank, world)
         model = add_lora(setup.model, config.lora, config.training.seed)
         if config.training.gradient_checkpointing:
             checkpointing(model.get_base_model())
         adapters_follow_autocast(model, setup.precision)
         progress.metrics["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        untrained = _untrained_loss_file(config, setup, trial_dir)
-        if config.evaluate:  # the base model's scores, while the adapters are still zero
+        # Ranks measure the untrained loss together: none may read it from a file alone.
+        untrained = _untrained_loss_file(config, setup, trial_dir) if world == 1 else None
+        evaluate = config.evaluate if rank == 0 else []
+        if evaluate:  # the base model's scores, while the adapters are still zero
             context = evaluators.Context(
                 model, setup.tokenizer, setup.device, setup.precision, config.data.template, setup.validation
             )
-            base = evaluators.base_values(context, config.evaluate, config, trial_dir.parent if trial_dir else None)
+            base = evaluators.base_values(context, evaluate, config, trial_dir.parent if trial_dir else None)
         with _train_log(trial_dir, curve) as log:
             stopped = fit(
                 model, setup, config.training, progress, reporter, log, untrained, config.lora.loraplus_lr_ratio
             )
         status: Status = "pruned" if stopped else "complete"
-        if status == "complete" and config.evaluate:
-            progress.metrics.update(evaluators.trial_metrics(context, config.evaluate, base))
+        if status == "complete" and evaluate:
+            progress.metrics.update(evaluators.trial_metrics(context, evaluate, base))
             _say("evaluated: " + ", ".join(f"{s.name} {progress.metrics[s.name]:.4g}" for s in config.evaluate))
         if status == "complete" and config.save_adapter and trial_dir is not None:
             model.save_pretrained(trial_dir / "adapter")
@@ -206,9 +279,15 @@ def _attempt(
     return result
 
 
-def load(config: LoraTrialConfig) -> Setup:
-    """Load the model, tokenizer and data splits of a trial, on its device and in its precision."""
+def load(config: LoraTrialConfig, rank: int = 0, world: int = 1) -> Setup:
+    """Load the model, tokenizer and data splits of a trial, on its device and in its precision.
+
+    Rank ``rank`` of a data-parallel trial on CUDA computes on GPU ``rank``.
+    """
     device = resolve_device(config.training.device)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", rank)
+        torch.cuda.set_device(device)
     precision = resolve_precision(config.training.precision, device)
     threads = os.environ.get("LORAHPO_NUM_THREADS")
     if threads:
@@ -221,7 +300,7 @@ def load(config: LoraTrialConfig) -> Setup:
     _say(splits.report.summary())
     n_train = max(1, round(len(splits.train) * config.training.train_fraction))
     # The split is already a seeded shuffle: its prefix is a fixed random subset, nested across fractions.
-    return Setup(model, tokenizer, splits.train[:n_train], splits.validation, device, precision)
+    return Setup(model, tokenizer, splits.train[:n_train], splits.validation, device, precision, rank, world)
 
 
 def add_lora(model: PreTrainedModel, cfg: LoraConfig, seed: int) -> Any:
@@ -365,9 +444,11 @@ def fit(
             pack(setup.train, indices, device)
             if cfg.packing
             else collate(setup.train, indices, setup.tokenizer.pad_token_id, device)
-            for indices in micro_batches
+            for indices in micro_batches[setup.rank :: setup.world]  # data-parallel: this rank's share
         ]
-        targets = sum(b.targets for b in batches)
+        targets, step_tokens = sum(b.targets for b in batches), sum(b.tokens for b in batches)
+        if setup.world > 1:
+            targets, step_tokens = (int(v) for v in _summed(setup, [targets, step_tokens]))
         loss_sum = torch.zeros((), device=device)
         for batch in batches:
             with setup.precision.autocast(device):
@@ -375,6 +456,9 @@ def fit(
             scaler.scale(loss / targets).backward()  # token-weighted over the whole effective batch
             loss_sum += loss.detach()
         step_loss = loss_sum.item()
+        if setup.world > 1:
+            _sum_gradients(params)
+            step_loss = _summed(setup, [step_loss])[0]
         if not math.isfinite(step_loss):
             raise TrialFailure(f"non-finite loss at step {step}")
         if cfg.max_grad_norm is not None:
@@ -385,7 +469,7 @@ def fit(
         optimizer.zero_grad(set_to_none=True)
         lr = scheduler.get_last_lr()[0]
         scheduler.step()
-        tokens += sum(b.tokens for b in batches)
+        tokens += step_tokens
         train_time += time.perf_counter() - tic
 
         recent.append((step_loss, targets))
@@ -409,7 +493,10 @@ def fit(
             metrics.update(validation_loss=value, peak_memory_mb=_peak_memory_mb(device))
             log(step=step, validation_loss=value)
             _say(f"step {step} validation loss {value:.4f}")
-            if reporter is not None and reporter(step, value) and step < total_steps:
+            stop = reporter is not None and reporter(step, value) and step < total_steps
+            if setup.world > 1:  # only rank 0 has the reporter: the others learn its answer
+                stop = _summed(setup, [float(stop)])[0] > 0
+            if stop:
                 return True
 
     final = metrics["validation_loss"]
@@ -440,15 +527,46 @@ def validate(model: Any, examples: list[Example], setup: Setup, batch_size: int)
     """Mean cross-entropy per response token over ``examples`` (token-weighted, dropout off)."""
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
+    total, count = 0.0, 0.0
     # Sorted by length, no shuffle: the least padding, and the same batches every time.
-    for indices in length_grouped(examples, batch_size, seed=None):
+    batches = length_grouped(examples, batch_size, seed=None)
+    for indices in batches[setup.rank :: setup.world]:  # data-parallel: this rank's share
         batch = collate(examples, indices, setup.tokenizer.pad_token_id, setup.device)
         with setup.precision.autocast(setup.device):
             total += response_loss_sum(model, batch).item()
         count += batch.targets
     model.train(was_training)
+    if setup.world > 1:
+        total, count = _summed(setup, [total, count])
     return total / max(count, 1)
+
+
+def _summed(setup: Setup, values: list[float]) -> list[float]:
+    """``values`` summed over the ranks of a data-parallel trial (float64)."""
+    import torch.distributed as dist
+
+    tensor = torch.tensor(values, dtype=torch.float64, device=setup.device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def _sum_gradients(params: list[torch.nn.Parameter]) -> None:
+    """Sum the gradients of ``params`` over the ranks, in one all-reduce of them flattened.
+
+    Not DistributedDataParallel: it averages over ranks and expects the same number of
+    backward passes on each, while a step's micro-batches may not share out evenly and each
+    rank's loss is already divided by the step's targets over all ranks. A rank with no
+    micro-batch in a step adds zeros.
+    """
+    import torch.distributed as dist
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.flatten() for g in grads])
+    dist.all_reduce(flat)
+    offset = 0
+    for param in params:
+        param.grad = flat[offset : offset + param.numel()].view_as(param)
+        offset += param.numel()
 
 
 def _untrained_loss_file(config: LoraTrialConfig, setup: Setup, trial_dir: Path | None) -> Path | None:
