@@ -13,7 +13,7 @@ if ! "$VPY" -c "import torch" 2>/dev/null; then
   "$VPY" -m pip install --quiet --disable-pip-version-check torch==2.13.0
 fi
 if [ "${1:-}" = "--test" ]; then
-  "$VPY" -m pip install --quiet --disable-pip-version-check -e '.[lora,web,eval,report,bench,cluster,dataframe,tracking,quant,test]'
+  "$VPY" -m pip install --quiet --disable-pip-version-check -e '.[lora,web,eval,report,bench,cluster,dataframe,tracking,dashboard,quant,test]'
   # The browser test drives Debian's Chromium (no browser download); the shared-store tests start
   # a PostgreSQL server of Debian's packages in a temporary folder; generated code (HumanEval) runs
   # in bubblewrap with a seccomp filter built by libseccomp. Skipped where absent (outside CI).

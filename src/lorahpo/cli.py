@@ -95,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--merge", action="store_true", help="fold the adapter into the base model and save the whole model")
     e.set_defaults(func=cmd_export)
 
+    d = sub.add_parser("dashboard", help="open a study in optuna-dashboard, with each trial's logs and adapter",
+                       description=_DASHBOARD_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d.add_argument("study_dir", metavar="DIR", help="study folder")
+    d.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (default 8080)")
+    d.set_defaults(func=cmd_dashboard)
+
     from lorahpo.evaluation.cli import add_arguments as add_evaluation
     from lorahpo.preference.cli import add_arguments as add_preference
     from lorahpo.report.cli import add_arguments as add_report
@@ -127,6 +133,18 @@ formats:
   csv    one row per trial: number, status, value, duration_s, params_<name>..., metrics_<name>...,
          reason, fallback, start, end
   json   a list of trials, each with its params and metrics as objects
+"""
+
+
+_DASHBOARD_HELP = """\
+Serve optuna-dashboard for a study on http://127.0.0.1:PORT/dashboard/ (this machine only; reach
+it from elsewhere through an SSH tunnel) until Ctrl-C. It reads the study's store and its artifact
+folder (DIR/artifacts), so each trial lists its stdout.log, stderr.log, train_log.jsonl and
+result.json, and its adapter.zip when the adapter was kept, each a link to download.
+Needs the dashboard extra: pip install 'lorahpo[dashboard]'.
+
+example:
+  lorahpo dashboard runs/lora --port 8081
 """
 
 
@@ -246,6 +264,28 @@ def _cell(value: float | None) -> str:
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from lorahpo.extras import require
+
+    require("dashboard")
+    from optuna_dashboard import run_server
+
+    from lorahpo.artifacts import artifact_store
+    from lorahpo.study import Study
+
+    study = Study.load(args.study_dir)
+    if not 0 < args.port < 65536:
+        raise UserError(f"--port must be between 1 and 65535, not {args.port}")
+    print(f"optuna-dashboard: http://127.0.0.1:{args.port}/dashboard/ (Ctrl-C stops it)", flush=True)
+    try:
+        run_server(study.storage_url, host="127.0.0.1", port=args.port, artifact_store=artifact_store(study.directory))
+    except KeyboardInterrupt:
+        pass
+    except OSError as e:  # the port is taken
+        raise UserError(f"cannot serve on 127.0.0.1:{args.port}: {e.strerror or e}") from None
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:

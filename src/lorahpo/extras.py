@@ -21,6 +21,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "cluster": ("ray", "psycopg2"),
     "dataframe": ("pandas",),
     "tracking": ("mlflow", "wandb", "tensorboard"),
+    "dashboard": ("optuna_dashboard",),
 }
 
 

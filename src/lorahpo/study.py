@@ -24,6 +24,7 @@ from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from lorahpo import config as cfg
+from lorahpo.artifacts import TrialUploader
 from lorahpo.executors import Executor, TrialTask, make_executor
 from lorahpo.files import write_atomic
 from lorahpo.pruners import make_pruner
@@ -232,6 +233,7 @@ class Study:
         pruning = conf.pruner != "none"
         executor = executor or make_executor(conf)
         tracker = _tracker(conf, self.directory)
+        uploader = TrialUploader(self.directory)
         running: dict[Future[TrialResult], Trial] = {}
         start, new, stopped = time.monotonic(), 0, "budget"
         try:
@@ -275,7 +277,7 @@ class Study:
                     result = fut.result()
                     _report(trial, executor.reports(trial.number))  # reported just before the end
                     try:
-                        record = self._tell(trial, result)
+                        record = self._tell(trial, result, uploader)
                     except optuna.exceptions.UpdateFinishedTrialError:
                         continue  # another process took it for dead and interrupted it
                     if tracker:
@@ -319,8 +321,12 @@ class Study:
             _report(trial, reports)
             executor.decide(trial.number, go_on=not trial.should_prune())
 
-    def _tell(self, trial: Trial, result: TrialResult) -> TrialRecord:
-        """Record a trial's final status, reason, metrics and values: the one place that decides them."""
+    def _tell(self, trial: Trial, result: TrialResult, uploader: TrialUploader | None = None) -> TrialRecord:
+        """Record a trial's final status, reason, metrics and values: the one place that decides them.
+
+        Its files become Optuna artifacts (:mod:`lorahpo.artifacts`) once its outcome is recorded
+        and before its values are told, the last moment Optuna takes them.
+        """
         study = self.optuna_study
         result, values = settle(result, self.config.objective.metric_names)
         trial.set_user_attr(STATUS_ATTR, result.status)
@@ -328,6 +334,9 @@ class Study:
         trial.set_user_attr(DURATION_ATTR, result.duration_s)
         if result.reason:
             trial.set_user_attr(REASON_ATTR, result.reason)
+        if uploader is not None:
+            kept = values is not None and self._kept(trial.number, result.metrics)
+            uploader.upload(trial, self.trial_dir(trial.number), adapter=kept)
         if values is not None:
             for name, value in self.config.constraint_values(result.metrics).items():
                 trial.set_constraint(name, value)  # where every sampler reads it
@@ -335,6 +344,21 @@ class Study:
         else:
             study.tell(trial, state=TrialState.PRUNED if result.status == "pruned" else TrialState.FAIL)
         return self._record(self.store.snapshot(trial))
+
+    def _kept(self, number: int, metrics: dict[str, float]) -> bool:
+        """Whether a complete trial's adapter is kept now: the start point, or among the ``keep_adapters``
+        best so far by the main objective (feasible ones only)."""
+        if number == 0:  # the start point (the first trial), kept as _prune_adapters does
+            return True
+        keep = self.config.keep_adapters
+        if keep == 0 or not self.config.feasible(metrics):
+            return False
+        best = self.best(keep)
+        if len(best) < keep:
+            return True
+        name = self.config.objective.metric_names[0]
+        sign = -1 if self.config.objective.directions[0] == "maximize" else 1
+        return sign * metrics[name] < sign * best[-1].metrics[name]
 
     def _prune_adapters(self) -> None:
         """Keep adapters of the ``keep_adapters`` best trials and of the start point only."""
