@@ -114,6 +114,7 @@ ADDED_FIELDS: tuple[tuple[str, ...], ...] = (
     ("training", "gradient_checkpointing"),
     ("training", "packing"),
     ("training", "auto_batch"),
+    ("training", "processes"),
 )
 
 
