@@ -13,9 +13,11 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pytest
 from ci import unavailable
 
 
@@ -23,6 +25,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_for_port(proc: subprocess.Popen[str], port: int, what: str, timeout_s: float = 30) -> None:
+    """Wait until ``proc`` accepts connections on 127.0.0.1:``port``; fail the test, with its
+    output, if it ends or does not listen within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"{what} did not start: {proc.communicate()[0]}")
+            time.sleep(0.1)
 
 
 def _pg_bin() -> str | None:

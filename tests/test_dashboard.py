@@ -7,10 +7,8 @@ import importlib.util
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import optuna
 import pytest
 from ci import unavailable
 from optuna.artifacts import download_artifact, get_all_artifact_meta
+from servers import free_port, wait_for_port
 
 import lorahpo
 from lorahpo.artifacts import artifact_store
@@ -134,12 +133,6 @@ def test_dashboard_without_its_package_names_the_extra(study_dir, monkeypatch, c
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def dashboard(study_dir):
     """The URL ``lorahpo dashboard`` prints; stopped with Ctrl-C (SIGINT) afterwards."""
@@ -147,7 +140,7 @@ def dashboard(study_dir):
         unavailable(f"needs Debian's chromium at {CHROMIUM}")
     if importlib.util.find_spec("optuna_dashboard") is None:
         unavailable("optuna-dashboard is not installed (pip install 'lorahpo[dashboard]')")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-c", "import sys; from lorahpo.cli import main; sys.exit(main())",
          "dashboard", str(study_dir), "--port", str(port)],
@@ -158,16 +151,7 @@ def dashboard(study_dir):
     first = proc.stdout.readline()
     url = f"http://127.0.0.1:{port}/dashboard/"
     assert first.split()[:2] == ["optuna-dashboard:", url], first
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"dashboard did not start: {proc.communicate()[0]}")
-            time.sleep(0.1)
+    wait_for_port(proc, port, "dashboard")
     yield url
     proc.send_signal(signal.SIGINT)
     output, _ = proc.communicate(timeout=20)

@@ -103,3 +103,14 @@ def tiny(tmp_path_factory) -> tuple[Path, Path]:
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     get_peft_model(model, lora).save_pretrained(root / "adapter")
     return base, root / "adapter"
+
+
+# Run the package's command-line entry the way the main ``lorahpo`` parser will.
+SERVE = (
+    "import argparse, sys\n"
+    "from lorahpo.preference.cli import add_arguments\n"
+    "parser = argparse.ArgumentParser(prog='lorahpo')\n"
+    "add_arguments(parser.add_subparsers(required=True))\n"
+    "args = parser.parse_args(sys.argv[1:])\n"
+    "sys.exit(args.func(args))\n"
+)

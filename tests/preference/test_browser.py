@@ -8,20 +8,19 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from ci import unavailable
+from servers import free_port, wait_for_port
 
 from lorahpo.preference.stats import percent, summarise
 from lorahpo.preference.store import VoteStore
 
-from .conftest import XSS, votes_db
+from .conftest import SERVE, XSS, votes_db
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Set to a PNG path to keep a picture of the results page.
@@ -39,15 +38,6 @@ CHROMIUM_ARGS = [
 # What the raters prefer, by the first word of an answer ("Excellent answer to q2. ...").
 QUALITY = {"Excellent": 3, "Plain": 2, "Poor": 1}
 MODEL_OF = {"Excellent": "zeta-best", "Plain": "zeta-base", "Poor": "zeta-worst"}
-# Run the package's command-line entry the way the main ``lorahpo`` parser will.
-SERVE = (
-    "import argparse, sys\n"
-    "from lorahpo.preference.cli import add_arguments\n"
-    "parser = argparse.ArgumentParser(prog='lorahpo')\n"
-    "add_arguments(parser.add_subparsers(required=True))\n"
-    "args = parser.parse_args(sys.argv[1:])\n"
-    "sys.exit(args.func(args))\n"
-)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -57,16 +47,10 @@ def chromium() -> None:
         unavailable(f"needs Debian's chromium at {CHROMIUM}")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def server(study):
     """The raters' URL and the organiser's link printed by ``preference serve``; stopped with SIGINT afterwards."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         # A fixed pair order: which items carol (the contrary rater) repeats decides the ranking.
         [sys.executable, "-c", SERVE, "preference", "serve", str(study), "--port", str(port), "--seed", "0"],
@@ -76,16 +60,7 @@ def server(study):
     )
     printed = [proc.stdout.readline() for _ in range(3)]  # the title, the raters' and the organiser's links
     assert printed[1].split() == ["raters:", f"http://127.0.0.1:{port}/"], printed
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"server did not start: {proc.communicate()[0]}")
-            time.sleep(0.1)
+    wait_for_port(proc, port, "server")
     yield f"http://127.0.0.1:{port}", printed[2].split()[1]
     proc.send_signal(signal.SIGINT)
     output, _ = proc.communicate(timeout=20)

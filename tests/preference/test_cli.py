@@ -23,17 +23,7 @@ from lorahpo.finetune.config import ModelConfig
 from lorahpo.preference.cli import add_arguments
 from lorahpo.preference.store import VoteStore
 
-from .conftest import votes_db
-
-# Run the package's command-line entry the way the main ``lorahpo`` parser will.
-SERVE = (
-    "import argparse, sys\n"
-    "from lorahpo.preference.cli import add_arguments\n"
-    "parser = argparse.ArgumentParser(prog='lorahpo')\n"
-    "add_arguments(parser.add_subparsers(required=True))\n"
-    "args = parser.parse_args(sys.argv[1:])\n"
-    "sys.exit(args.func(args))\n"
-)
+from .conftest import SERVE, votes_db
 
 
 def run(*argv: str) -> int:
