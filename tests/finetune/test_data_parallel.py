@@ -19,7 +19,7 @@ def one_thread_per_rank(monkeypatch):
 def test_two_processes_give_the_validation_loss_of_one(tiny, tmp_path):
     # 3 micro-batches of 4 per step: rank 0 takes 2, rank 1 one; the last step of each epoch
     # (38 examples: 10 micro-batches) has a single micro-batch, and rank 1 none.
-    config = tiny.config(effective_batch_size=12, epochs=2)
+    config = tiny.config(effective_batch_size=12, epochs=2, precision="fp32")  # the same on every CPU
     alone = run_trial(config, tmp_path / "alone")
     config.training.processes = 2
     shared = run_trial(config, tmp_path / "shared")
