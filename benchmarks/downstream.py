@@ -15,9 +15,11 @@ on bigbench-instruct, validation loss) with its in-trial ``retention`` evaluator
    on the first ``--bbh-design`` of them (default 15) and on the base model. Spearman's rho of
    validation loss against each downstream metric, with a bootstrap 95% CI.
 2. **arms**: NOMAD with budget ``--budget`` (default 20) for each seed, three ways: on
-   validation loss alone (``loss``); with the forgetting constraint ``retention_drop <= --bound``
-   (``guarded``); on validation loss and retention as two objectives, choosing the lowest
-   validation loss on the front within the bound (``front``). Each run's chosen adapter gets
+   validation loss alone (``loss``); with the forgetting constraint ``--guard <= --bound``
+   (``guarded``; default: ``retention_logprob_drop <= 0``, the right answers of the retention
+   questions no less likely than under the base model); on validation loss and the guard's
+   metric as two objectives, choosing the lowest validation loss on the front within the bound
+   (``front``). Each run's chosen adapter gets
    validation loss, retention and bbh-bigbench with standard errors, next to the base model.
 
 Every trained configuration goes, with all its metrics, into ``results/downstream_cache.jsonl``
@@ -60,9 +62,11 @@ ARMS = ("loss", "guarded", "front")
 METRICS = ("retention", "retention_logprob")
 #: Every model is trained and scored in fp32, on any CPU: one blackbox, whichever machine measures a point.
 PRECISION = "fp32"
+#: The forgetting guard of the guarded arms: (metric, bound), feasible when metric <= bound.
+GUARD = ("retention_logprob_drop", 0.0)
 
 
-def study_config(arm: str, seed: int, budget: int, bound: float) -> cfg.StudyConfig:
+def study_config(arm: str, seed: int, budget: int, bound: float, guard: str = GUARD[0]) -> cfg.StudyConfig:
     """The built-in study (its blackbox, space and x0), as one arm: NOMAD with ``seed`` and ``budget``."""
     import yaml
 
@@ -71,9 +75,9 @@ def study_config(arm: str, seed: int, budget: int, bound: float) -> cfg.StudyCon
     raw["objective"]["lora"]["save_adapter"] = True  # bbh-bigbench reads the chosen adapters
     raw["objective"]["lora"]["training"]["precision"] = PRECISION
     if arm == "guarded":
-        raw["constraints"] = {"retention_drop": bound}
+        raw["constraints"] = {guard: bound}
     elif arm == "front":
-        raw["objective"]["secondary"] = {"retention": "maximize"}
+        raw["objective"]["secondary"] = {guard: "minimize"}
     return cfg.parse(raw, f"downstream {arm}")
 
 
@@ -199,6 +203,9 @@ class BbhScores:
         tic = time.perf_counter()
         lm = harness.load_model(conf.objective.lora.model, adapter, device="cpu", precision=PRECISION, batch_size=8)
         scores = harness.run_task(lm, spec, manager, limit=self.limit)
+        samples = adapter_dir(key) / f"bbh-{self.limit}-samples.json"  # each row's answer, for reading (not committed)
+        samples.parent.mkdir(parents=True, exist_ok=True)
+        samples.write_text(json.dumps(scores.samples, indent=1))
         row = {"key": key, "limit": self.limit, "bbh": scores.score, "bbh_se": scores.stderr, "rows": scores.n,
                "precision": PRECISION, "duration_s": time.perf_counter() - tic, "measured_at": machine()}
         with self.path.open("a") as f:
@@ -211,25 +218,25 @@ class BbhScores:
 # ------------------------------------------------------------------ arms
 
 
-def chosen(records: list[TrialRecord], arm: str, bound: float) -> TrialRecord | None:
+def chosen(records: list[TrialRecord], arm: str, guard: str, bound: float) -> TrialRecord | None:
     """The adapter an arm hands its user: the lowest validation loss (within the bound, for the guarded arms)."""
     done = [r for r in records if r.status == "complete" and r.value is not None]
     if arm != "loss":
-        done = [r for r in done if r.metrics.get("retention_drop", math.inf) <= bound]
+        done = [r for r in done if r.metrics.get(guard, math.inf) <= bound]
     return min(done, key=lambda r: (r.metrics["validation_loss"], r.number), default=None)
 
 
 def run_arm(
     arm: str, seed: int, args: argparse.Namespace, cache: Measurements, blackbox: Blackbox | None
 ) -> dict[str, Any]:
-    conf = study_config(arm, seed, args.budget, args.bound)
+    conf = study_config(arm, seed, args.budget, args.bound, args.guard)
     executor = ReplayExecutor(cache, lambda params: trial_config(conf, params), blackbox and stamped(blackbox))
 
     def show(r: TrialRecord) -> None:
         print(f"{arm} seed {seed} trial {r.number}: {_fmt(r.value)}", flush=True)
 
     records = replay_study(conf, executor, show)
-    pick = chosen(records, arm, args.bound)
+    pick = chosen(records, arm, args.guard, args.bound)
     if pick is None:
         return {"seed": seed, "chosen": None}
     return {
@@ -241,7 +248,8 @@ def run_arm(
         "retention": pick.metrics["retention"],
         "retention_se": pick.metrics["retention_se"],
         "retention_drop": pick.metrics["retention_drop"],
-        "feasible_trials": sum(r.metrics.get("retention_drop", math.inf) <= args.bound for r in records),
+        "retention_logprob_drop": pick.metrics["retention_logprob_drop"],
+        "feasible_trials": sum(r.metrics.get(args.guard, math.inf) <= args.bound for r in records),
     }
 
 
@@ -296,7 +304,7 @@ def markdown(result: dict[str, Any]) -> str:
     if not result["arms"]:
         return "\n".join(lines + _gaps(result)) + "\n"
     lines += ["", "## Chosen adapters by arm (NOMAD, budget "
-              f"{result['config']['budget']}, bound retention_drop <= {result['config']['bound']})", "",
+              f"{result['config']['budget']}, bound {result['config']['guard']} <= {result['config']['bound']})", "",
               "| arm | seed | validation loss | retention | bbh-bigbench ± se |", "|---|---|---|---|---|"]
     for arm, runs in result["arms"].items():
         for r in runs:
@@ -339,7 +347,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--bbh-limit", type=int, default=10, help="rows per bbh-bigbench subtask (24 subtasks)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--budget", type=int, default=20)
-    p.add_argument("--bound", type=float, default=0.02, help="the forgetting bound on retention_drop")
+    p.add_argument("--guard", default=GUARD[0], choices=("retention_drop", "retention_logprob_drop"),
+                   help="the metric the forgetting bound is on")
+    p.add_argument("--bound", type=float, default=GUARD[1], help="the forgetting bound: feasible when guard <= bound")
+    p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="the arms to run")
     p.add_argument("--threads", type=int, help="torch threads (one process per core: --threads 1)")
     p.add_argument("--shard", type=_shard, default=(0, 1), metavar="K/N",
                    help="one of N processes sharing the caches: measure only design points (and their "
@@ -372,7 +383,8 @@ def main(argv: Sequence[str] | None = None, blackbox: Blackbox | None = lora_bla
     conf = study_config("loss", 0, args.budget, args.bound)
     result: dict[str, Any] = {
         "config": {"design": args.design, "bbh_design": args.bbh_design, "bbh_limit": args.bbh_limit,
-                   "seeds": args.seeds, "budget": args.budget, "bound": args.bound},
+                   "seeds": args.seeds, "budget": args.budget, "guard": args.guard,
+                   "bound": args.bound, "arms": args.arms},
         "machine": machine(),
         "base": {},
         "spearman": {},
@@ -408,14 +420,15 @@ def main(argv: Sequence[str] | None = None, blackbox: Blackbox | None = lora_bla
         result["spearman"]["bbh-bigbench"] = spearman([p["value"] for p, _ in scored], [s["bbh"] for _, s in scored])
     if "arms" in args.parts:
         for seed in args.seeds:  # seeds outermost: a partial run already compares the arms
-            for arm in ARMS:
+            for arm in args.arms:
                 try:
                     run = run_arm(arm, seed, args, cache, live)
                 except LookupError:  # replaying a search whose points are not all measured yet
                     missing["arms"] += 1
                     continue
                 if run.get("key"):
-                    score = bbh.get(run["key"], study_config(arm, seed, args.budget, args.bound), run["params"])
+                    score = bbh.get(run["key"], study_config(arm, seed, args.budget, args.bound, args.guard),
+                                    run["params"])
                     if score is None:
                         missing["bbh"] += 1
                     else:

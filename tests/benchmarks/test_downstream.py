@@ -47,7 +47,8 @@ def bench(load_benchmark, monkeypatch):
 
 
 def test_the_benchmark_writes_its_results_and_replays_them(bench, tmp_path):
-    args = ["--design", "8", "--bbh-design", "5", "--seeds", "0", "--budget", "8",
+    args = ["--design", "8", "--bbh-design", "5", "--seeds", "0", "--budget", "8", "--guard", "retention_drop",
+            "--bound", "0.02",
             "--cache", str(tmp_path / "cache.jsonl"), "--bbh-cache", str(tmp_path / "bbh.jsonl"),
             "--out", str(tmp_path / "downstream.json")]
     result = bench.main(args, blackbox=fake_blackbox)
