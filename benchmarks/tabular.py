@@ -5,6 +5,7 @@
     python benchmarks/tabular.py --preset long --threads 1     # the second preset, on a subset
     python benchmarks/tabular.py --pack                        # write the committed tables
     python benchmarks/tabular.py --limit 2 --threads 1         # only the first 2 points of the order
+    python benchmarks/tabular.py --speed 50                    # time 50-evaluation studies on the table
 
 Each configuration of :data:`GRID` is one real ``run_trial`` of the built-in blackbox
 (SmolLM2-135M on bigbench-instruct, the path ``lorahpo tune`` runs) at a fixed preset, in fp32
@@ -38,6 +39,8 @@ dedicated core would take), and the machine and software that measured it. A rer
 measures only what is missing. ``--pack`` writes ``results/tabular_<preset>.jsonl.gz``: a
 header line (grid, preset, how far the measurement got, machines, versions) and then one line
 per measured configuration in measurement order; :class:`lorahpo.tabular.Table` reads it.
+``--speed N`` times N-evaluation studies (NOMAD, TPE, random; the ``default`` space) on the
+packed table through ``Study.run``, as ``lorahpo tune`` runs them: ``tabular_speed.json`` beside it.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ import functools
 import math
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from importlib import metadata
@@ -54,7 +58,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _machine import machine
+from _machine import machine, write_results
 from lora_hpo import study_config, trial_config, trial_folder
 
 from lorahpo.executors.replay import Blackbox, Measurement, Measurements, Stop, config_key
@@ -84,6 +88,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "main": {"every": 1, "blackbox": {**_BLACKBOX, "training": {**_TRAINING, "max_steps": 12, "eval_every": 3}}},
     "long": {"every": 5, "blackbox": {**_BLACKBOX, "training": {**_TRAINING, "max_steps": 24, "eval_every": 6}}},
 }
+#: What the packed table keeps of each measurement.
+ROW_FIELDS = ("params", "status", "value", "reason", "duration_s", "cpu_s", "curve", "metrics", "measured_at")
 #: The packages whose versions each measurement records.
 PACKAGES = ("torch", "transformers", "peft", "lorahpo")
 
@@ -168,14 +174,10 @@ def pack(preset: str, cache: Measurements, out: Path) -> dict[str, Any]:
     """Write the preset's packed table from the cache: header, then the measured points in order."""
     conf = study_config(PRESETS[preset]["blackbox"], "random", 0, 1)
     planned = preset_points(preset)
-    rows = []
-    for params in planned:
-        point = cache.get(config_key(trial_config(conf, params)))
-        if point is not None and point["status"] != "stopped":
-            rows.append({name: point.get(name) for name in
-                         ("params", "status", "value", "reason", "duration_s", "cpu_s", "curve", "metrics", "measured_at")})
-    machines = _unique(r["measured_at"] and {k: v for k, v in r["measured_at"].items() if k != "date"} for r in rows)
-    measured = [cache.get(config_key(trial_config(conf, r["params"]))) for r in rows]
+    found = [cache.get(config_key(trial_config(conf, params))) for params in planned]
+    measured = [p for p in found if p is not None and p["status"] != "stopped"]
+    rows = [{name: point.get(name) for name in ROW_FIELDS} for point in measured]
+    machines = _unique({k: v for k, v in p["measured_at"].items() if k != "date"} for p in measured)
     meta = {
         "preset": preset,
         "blackbox": PRESETS[preset]["blackbox"],
@@ -185,11 +187,32 @@ def pack(preset: str, cache: Measurements, out: Path) -> dict[str, Any]:
         "measured": len(rows),
         "curve_fields": list(CURVE_FIELDS),
         "machines": machines,
-        "versions": _unique(p.get("versions") for p in measured if p is not None),
+        "versions": _unique(p.get("versions") for p in measured),
     }
     write_table(out, meta, rows)
     print(f"{out}: {len(rows)} of {len(planned)} configurations, {out.stat().st_size / 1e3:.0f} kB", flush=True)
     return meta
+
+
+def speed(table: Path, budget: int, out: Path) -> dict[str, Any]:
+    """Wall seconds of one ``budget``-evaluation study on ``table`` per optimizer, in a fresh
+    folder: the study loop, its store and the optimizer, which is all a tabular study costs."""
+    from lorahpo import config as cfg
+    from lorahpo.study import Study
+
+    seconds = {}
+    for optimizer in ("nomad", "tpe", "random"):
+        conf = cfg.parse({"name": "speed", "optimizer": optimizer, "budget": budget, "space": {"preset": "default"},
+                          "objective": {"tabular": {"table": str(table)}}}, "speed")
+        with tempfile.TemporaryDirectory(prefix="lorahpo-tabular-") as folder:
+            tic = time.perf_counter()
+            Study.open(folder, conf).run()
+            seconds[optimizer] = round(time.perf_counter() - tic, 2)
+    result = {"table": table.name, "budget": budget, "seconds": seconds, "machine": machine()}
+    rows = "\n".join(f"| {name} | {s:.1f} |" for name, s in seconds.items())
+    write_results(out, result, f"# {budget}-evaluation studies on {table.name}\n\n| optimizer | seconds |\n"
+                  f"|---|---|\n{rows}\n")
+    return result
 
 
 def _unique(items: Any) -> list[Any]:
@@ -219,6 +242,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="one of N processes sharing the cache: measure only points K, K+N, ... of the order")
     p.add_argument("--limit", type=int, help="measure only among the first LIMIT points of the order")
     p.add_argument("--pack", action="store_true", help="measure nothing: write the packed table from the cache")
+    p.add_argument("--speed", type=int, metavar="N", help="measure nothing: time N-evaluation studies on the table")
     p.add_argument("--cache", type=Path, help="default: results/tabular_<preset>_cache.jsonl")
     p.add_argument("--out", type=Path, help="packed table (default: results/tabular_<preset>.jsonl.gz)")
     return p.parse_args(argv)
@@ -227,8 +251,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None, blackbox: Blackbox = lora_curve_blackbox) -> int:
     args = parse_args(argv)
     cache = Measurements(args.cache or RESULTS / f"tabular_{args.preset}_cache.jsonl")
+    table = args.out or RESULTS / f"tabular_{args.preset}.jsonl.gz"
     if args.pack:
-        pack(args.preset, cache, args.out or RESULTS / f"tabular_{args.preset}.jsonl.gz")
+        pack(args.preset, cache, table)
+        return 0
+    if args.speed:
+        speed(table, args.speed, table.with_name("tabular_speed.json"))
         return 0
     if args.threads:
         import torch

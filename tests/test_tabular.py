@@ -3,7 +3,6 @@
 import gzip
 import json
 import math
-import time
 from pathlib import Path
 
 import pytest
@@ -95,6 +94,17 @@ def test_a_partial_table_answers_with_the_nearest_configuration_it_measured(tmp_
         assert snapped == p or p not in order[:5]
 
 
+def test_on_the_grid_as_its_space_every_optimizer_proposes_grid_points_only(table_path):
+    table = Table.load(table_path)
+    space = table.grid_space(x0={"rank": 10, "alpha": 20, "dropout": 0.06, "learning_rate": 2e-4})
+    assert space.x0() == {"rank": 16, "alpha": 32, "dropout": 0.1, "learning_rate": 1e-4}
+    raw = tabular_config(table_path).model_dump(mode="json")
+    for optimizer in ("nomad", "tpe", "optuna.samplers:CmaEsSampler"):
+        conf = cfg.parse({**raw, "optimizer": optimizer, "budget": 6, "space": space.model_dump(mode="json")})
+        for record in run(table_path.parent / optimizer.replace(":", "-"), conf).records():
+            assert table.snap(record.params) == record.params
+
+
 def test_the_tabular_objective_returns_the_measured_values_and_curves_exactly(table_path):
     table = Table.load(table_path)
     study = run(table_path.parent / "study", tabular_config(table_path, budget=20))
@@ -114,7 +124,7 @@ def test_the_tabular_objective_returns_the_measured_values_and_curves_exactly(ta
 
 def test_a_study_on_the_table_is_reproducible_per_seed(table_path):
     for optimizer in ("tpe", "nomad"):
-        runs = [run(table_path.parent / f"{optimizer}-{i}", tabular_config(table_path, optimizer, seed=s))
+        runs = [run(table_path.parent / f"{optimizer}-{i}", tabular_config(table_path, optimizer, seed=s, budget=8))
                 for i, s in enumerate((3, 3, 4))]
         trails = [[(r.params, r.value) for r in study.records()] for study in runs]
         assert trails[0] == trails[1]
@@ -122,7 +132,7 @@ def test_a_study_on_the_table_is_reproducible_per_seed(table_path):
 
 
 def test_asha_prunes_on_the_tables_curves_and_a_pruned_trial_costs_what_it_trained(table_path):
-    conf = tabular_config(table_path, budget=24, pruner="asha",
+    conf = tabular_config(table_path, budget=16, pruner="asha",
                           pruner_options={"min_resource": 3, "reduction_factor": 2})
     study = run(table_path.parent / "asha", conf)
     trials = {t.number: t for t in study.optuna_study.trials}
@@ -135,13 +145,6 @@ def test_asha_prunes_on_the_tables_curves_and_a_pruned_trial_costs_what_it_train
         assert last < STEPS[-1]
         assert record.metrics == {"train_tokens": entry[2], "steps": last}
         assert trials[record.number].user_attrs[DURATION_ATTR] == entry[3]
-
-
-def test_fifty_evaluations_take_seconds(table_path):
-    tic = time.perf_counter()
-    study = run(table_path.parent / "fifty", tabular_config(table_path, "tpe", budget=50))
-    assert len(study.records()) == 50
-    assert time.perf_counter() - tic < 30
 
 
 @pytest.mark.parametrize(

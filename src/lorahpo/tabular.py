@@ -34,6 +34,7 @@ from lorahpo.errors import UserError
 from lorahpo.executors.local import TrialTask
 from lorahpo.executors.replay import Answer, Measurement, Measurements, ReplayExecutor, config_key
 from lorahpo.result import STATUSES, TrialResult
+from lorahpo.space import ParamSpec, SpaceSpec
 
 FORMAT = "lorahpo-tabular/1"
 #: What each entry of a configuration's curve holds, in order.
@@ -147,6 +148,17 @@ class Table:
         """Every metric some complete configuration measured."""
         names = {m for p in self.points if p["status"] == "complete" for m in p.get("metrics") or {}}
         return sorted(names)
+
+    def grid_space(self, x0: dict[str, Any] | None = None) -> SpaceSpec:
+        """The grid itself as a search space: each parameter a ``choice`` of its grid values
+        (ordered: NOMAD searches their indices), starting at ``x0`` snapped to the grid if given.
+        Every proposal is then a distinct grid point; but TPE, GP and CMA-ES treat a choice as
+        unordered, so for them the ``default`` space, snapped, is the closer model of a live study."""
+        start = self.snap(x0) if x0 is not None else {}
+        return SpaceSpec(params={
+            name: ParamSpec(type="choice", values=list(axis.values), x0=start.get(name))
+            for name, axis in self.grid.items()
+        })
 
     def snap(self, params: dict[str, Any]) -> dict[str, Any]:
         """The measured grid point nearest ``params``: per parameter the proposal's fractional

@@ -80,3 +80,13 @@ def test_the_packed_table_holds_the_measured_points_in_order_with_its_header(ben
     first = out.read_bytes()
     bench.main(["--preset", "long", "--pack", "--cache", str(cache), "--out", str(out)])
     assert out.read_bytes() == first  # packing the same cache again changes nothing
+
+
+def test_speed_times_studies_on_the_packed_table(bench, tmp_path):
+    cache, out = tmp_path / "cache.jsonl", tmp_path / "table.jsonl.gz"
+    bench.main(["--limit", "4", "--cache", str(cache)], blackbox=fake_blackbox([]))
+    bench.main(["--pack", "--cache", str(cache), "--out", str(out)])
+    bench.main(["--speed", "3", "--out", str(out)])
+    result = json.loads((tmp_path / "tabular_speed.json").read_text())
+    assert result["budget"] == 3 and set(result["seconds"]) == {"nomad", "tpe", "random"}
+    assert all(s > 0 for s in result["seconds"].values()) and result["machine"]["cores"]
