@@ -62,7 +62,7 @@ from _machine import machine, write_results
 from lora_hpo import study_config, trial_config, trial_folder
 
 from lorahpo.executors.replay import Blackbox, Measurement, Measurements, Stop, config_key
-from lorahpo.tabular import CURVE_FIELDS, GridAxis, grid_order, write_table
+from lorahpo.tabular import CURVE_FIELDS, GridAxis, grid_order, load_table, write_table
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -196,22 +196,27 @@ def pack(preset: str, cache: Measurements, out: Path) -> dict[str, Any]:
 
 def speed(table: Path, budget: int, out: Path) -> dict[str, Any]:
     """Wall seconds of one ``budget``-evaluation study on ``table`` per optimizer, in a fresh
-    folder: the study loop, its store and the optimizer, which is all a tabular study costs."""
+    folder: the study loop, its store and the optimizer, which is all a tabular study costs; and
+    the CPU seconds of this process (NOMAD's own child process not counted)."""
     from lorahpo import config as cfg
     from lorahpo.study import Study
 
-    seconds = {}
+    seconds, cpu_seconds = {}, {}
     for optimizer in ("nomad", "tpe", "random"):
         conf = cfg.parse({"name": "speed", "optimizer": optimizer, "budget": budget, "space": {"preset": "default"},
                           "objective": {"tabular": {"table": str(table)}}}, "speed")
         with tempfile.TemporaryDirectory(prefix="lorahpo-tabular-") as folder:
-            tic = time.perf_counter()
+            tic, cpu = time.perf_counter(), time.process_time()
             Study.open(folder, conf).run()
             seconds[optimizer] = round(time.perf_counter() - tic, 2)
-    result = {"table": table.name, "budget": budget, "seconds": seconds, "machine": machine()}
-    rows = "\n".join(f"| {name} | {s:.1f} |" for name, s in seconds.items())
-    write_results(out, result, f"# {budget}-evaluation studies on {table.name}\n\n| optimizer | seconds |\n"
-                  f"|---|---|\n{rows}\n")
+            cpu_seconds[optimizer] = round(time.process_time() - cpu, 2)
+    configurations = len(load_table(table).points)
+    result = {"table": table.name, "configurations": configurations, "budget": budget, "seconds": seconds,
+              "cpu_seconds": cpu_seconds, "load_average": os.getloadavg()[0], "machine": machine()}
+    rows = "\n".join(f"| {name} | {s:.1f} | {cpu_seconds[name]:.1f} |" for name, s in seconds.items())
+    write_results(out, result, f"# {budget}-evaluation studies on {table.name} ({configurations} configurations)"
+                  f"\n\nLoad average {result['load_average']:.1f} on {result['machine']['cores']} cores.\n\n"
+                  f"| optimizer | wall seconds | CPU seconds |\n|---|---|---|\n{rows}\n")
     return result
 
 

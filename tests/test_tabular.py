@@ -124,7 +124,7 @@ def test_the_tabular_objective_returns_the_measured_values_and_curves_exactly(ta
 
 def test_a_study_on_the_table_is_reproducible_per_seed(table_path):
     for optimizer in ("tpe", "nomad"):
-        runs = [run(table_path.parent / f"{optimizer}-{i}", tabular_config(table_path, optimizer, seed=s, budget=8))
+        runs = [run(table_path.parent / f"{optimizer}-{i}", tabular_config(table_path, optimizer, seed=s, budget=6))
                 for i, s in enumerate((3, 3, 4))]
         trails = [[(r.params, r.value) for r in study.records()] for study in runs]
         assert trails[0] == trails[1]

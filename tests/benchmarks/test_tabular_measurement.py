@@ -88,5 +88,6 @@ def test_speed_times_studies_on_the_packed_table(bench, tmp_path):
     bench.main(["--pack", "--cache", str(cache), "--out", str(out)])
     bench.main(["--speed", "3", "--out", str(out)])
     result = json.loads((tmp_path / "tabular_speed.json").read_text())
-    assert result["budget"] == 3 and set(result["seconds"]) == {"nomad", "tpe", "random"}
+    assert result["budget"] == 3 and result["configurations"] == 4
+    assert set(result["seconds"]) == set(result["cpu_seconds"]) == {"nomad", "tpe", "random"}
     assert all(s > 0 for s in result["seconds"].values()) and result["machine"]["cores"]
