@@ -3,9 +3,12 @@
 import gzip
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lorahpo import config as cfg
 from lorahpo.result import DURATION_ATTR
@@ -193,3 +196,22 @@ def test_the_committed_table_loads_and_has_the_documented_shape():
             steps = [e[0] for e in point["curve"]]
             assert steps == [3, 6, 9, 12] and point["curve"][-1][1] == point["value"]
             assert point["metrics"]["train_tokens"] == point["curve"][-1][2] and "retention" in point["metrics"]
+
+
+def test_lorahpo_tune_runs_a_study_on_a_table_and_refuses_a_missing_one_in_one_line(table_path, tmp_path):
+    raw = tabular_config(table_path, budget=4).model_dump(mode="json")
+    config = tmp_path / "table.yaml"
+    config.write_text(yaml.safe_dump(raw))
+
+    def tune(folder):
+        return subprocess.run([sys.executable, "-m", "lorahpo.cli", "tune", str(config), "--study-dir", str(folder)],
+                              capture_output=True, text=True, stdin=subprocess.DEVNULL)
+
+    done = tune(tmp_path / "study")
+    assert done.returncode == 0, done.stderr
+    assert len(Study.load(tmp_path / "study").records()) == 4
+    raw["objective"]["tabular"]["table"] = str(tmp_path / "missing.jsonl.gz")
+    config.write_text(yaml.safe_dump(raw))
+    refused = tune(tmp_path / "refused")
+    assert refused.returncode == 2 and "missing.jsonl.gz: cannot be read" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "refused").exists()

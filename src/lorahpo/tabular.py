@@ -166,13 +166,12 @@ class Table:
         measured point in that space; of equally near ones, the first in the table. On a full
         grid this is each parameter rounded to its nearest grid value; on a partial table, the
         nearest configuration measured so far."""
-        x = np.array(self._coordinates(params), dtype=float)
-        return dict(self.points[int(np.argmin(np.linalg.norm(self._coords - x, axis=1)))]["params"])
+        return dict(self.lookup(params)["params"])
 
     def lookup(self, params: dict[str, Any]) -> Measurement:
-        """The measurement answering ``params`` (snapped to the grid)."""
-        snapped = self.snap(params)
-        return next(p for p in self.points if p["params"] == snapped)
+        """The measurement answering ``params``: that of the grid point :meth:`snap` gives."""
+        x = np.array(self._coordinates(params), dtype=float)
+        return self.points[int(np.argmin(np.linalg.norm(self._coords - x, axis=1)))]
 
     def curve(self, params: dict[str, Any]) -> list[dict[str, float]]:
         """The learning curve answering ``params``: one mapping of :attr:`curve_fields` per validation."""
