@@ -180,6 +180,10 @@ def test_a_file_that_is_not_a_table_is_refused_in_one_line(tmp_path):
                 [{"params": {"x": 3}, "status": "complete", "value": 1.0, "curve": []}])
     with pytest.raises(TableError, match="x=3 is not on the grid"):
         Table.load(off_grid)
+    unordered = tmp_path / "unordered.jsonl.gz"
+    write_table(unordered, {"grid": {"x": {"values": [2, 1]}}}, [])
+    with pytest.raises(TableError, match="grid x: `values` must be increasing numbers"):
+        Table.load(unordered)
 
 
 @pytest.mark.skipif(not COMMITTED.exists(), reason="no packed table committed yet")

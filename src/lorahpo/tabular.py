@@ -134,6 +134,8 @@ class Table:
             raise TableError(f"table {path}: not JSON lines ({e})") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("grid"), dict):
             raise TableError(f"table {path}: the first line is not a {FORMAT} header with a grid")
+        for name, axis in meta["grid"].items():
+            _check_axis(path, name, axis)
         for number, point in enumerate(points, 2):
             _check_point(path, number, point, meta)
         if not points:
@@ -184,6 +186,20 @@ class Table:
         return [axis.position(params[n]) / max(len(axis.values) - 1, 1) for n, axis in self.grid.items()]
 
 
+def _check_axis(path: Path, name: str, axis: Any) -> None:
+    values = axis.get("values") if isinstance(axis, dict) else None
+    if not (isinstance(values, list) and values and all(_is_number(v) for v in values)) or any(
+        a >= b for a, b in itertools.pairwise(values)
+    ):
+        raise TableError(f"table {path}: grid {name}: `values` must be increasing numbers")
+    if axis.get("log") and values[0] <= 0:
+        raise TableError(f"table {path}: grid {name}: a log axis needs values > 0")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _check_point(path: Path, number: int, point: Any, meta: dict[str, Any]) -> None:
     where = f"table {path} line {number}"
     if not isinstance(point, dict) or not {"params", "status", "curve"} <= set(point):
@@ -199,7 +215,7 @@ def _check_point(path: Path, number: int, point: Any, meta: dict[str, Any]) -> N
     width = len(meta.get("curve_fields", CURVE_FIELDS))
     if any(len(entry) != width for entry in point["curve"]):
         raise TableError(f"{where}: a curve entry does not have {width} fields")
-    if point["status"] == "complete" and not isinstance(point.get("value"), (int, float)):
+    if point["status"] == "complete" and not _is_number(point.get("value")):
         raise TableError(f"{where}: a complete configuration needs a numeric value")
 
 
