@@ -21,12 +21,13 @@ on any CPU (one blackbox, whichever machine measures a point). The grid spans lo
   the parameter that moves the loss most.
 
 6 x 4 x 3 x 7 = 504 configurations. They are measured in a space-filling order (greedy maximin
-over the grid's index coordinates, from the point nearest the space's x0), so a partial table
-already spans the grid: its first 100 points are a coarse design of the whole space.
+over the grid's index coordinates, from the grid's centre: rank 16, alpha 16, dropout 0.05,
+learning rate 3.16e-4, next to the space's x0), so a partial table already spans the grid: its
+first 100 points are a coarse design of the whole space.
 
 Presets (:data:`PRESETS`): ``main`` is the built-in study's blackbox (12 optimizer steps of 8
 examples, the ``retention`` evaluator) with a validation split of 200 examples (the built-in
-study validates on 80) and the validation loss every 3 steps; ``long`` trains 24 steps
+study validates on about 70) and the validation loss every 3 steps; ``long`` trains 24 steps
 (validation every 6) and is measured on every 5th point of the order, so that transfer
 between presets can be studied.
 
