@@ -160,10 +160,29 @@ class StudyConfig(_Strict):
                     raise ValueError(
                         f"{where}: a LoRA trial does not measure {name!r}; it measures {', '.join(measured)}"
                     )
+        if self.objective.tabular is not None:
+            self._check_table(self.objective.tabular.table)
         if self.storage is not None and self.storage.startswith(("postgresql://", "postgresql+psycopg2://")):
             # Every command opens the store; MissingExtra is no ValueError, so pydantic lets it through.
             require("cluster", "psycopg2")
         return self
+
+    def _check_table(self, path: str) -> None:
+        """A tabular objective: the table loads, the space has its grid's parameters and it
+        measured the metrics named; its trials are answered in this process."""
+        from lorahpo.tabular import load_table
+
+        table = load_table(path)
+        if set(self.space.resolved()) != set(table.grid):
+            raise ValueError(f"space: the table {path} answers {sorted(table.grid)}, "
+                             f"not {sorted(self.space.resolved())}")
+        measured = table.metric_names()
+        named = [("objective", m) for m in self.objective.metric_names] + [("constraints", c) for c in self.constraints]
+        for where, name in named:
+            if name not in measured:
+                raise ValueError(f"{where}: the table {path} does not hold {name!r}; it holds {', '.join(measured)}")
+        if self.executor != "local":
+            raise ValueError("executor: a tabular objective is answered in the study's process; use `local`")
 
     def make_sampler(self) -> BaseSampler:
         """A new instance of the study's optimizer, told the objectives and constraints."""

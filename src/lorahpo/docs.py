@@ -46,7 +46,7 @@ def section(title: str, model: type[BaseModel], skip_sections: bool = False) -> 
 def reference() -> str:
     from lorahpo.config import MlflowTracking, RayOptions, StudyConfig, TensorboardTracking, WandbTracking
     from lorahpo.finetune import config as ft
-    from lorahpo.objectives import ObjectiveSpec
+    from lorahpo.objectives import ObjectiveSpec, TabularObjective
     from lorahpo.space import ParamSpec, SpaceSpec
 
     parts = [
@@ -66,6 +66,7 @@ def reference() -> str:
         section("objective.lora.training", ft.TrainingConfig),
         section("objective.lora (other keys)", ft.LoraTrialConfig, skip_sections=True),
         section("objective.lora.evaluate[] (or a name: retention, in_domain, an lm-eval task)", ft.EvaluatorSpec),
+        section("objective.tabular", TabularObjective),
         "## Tunable LoRA hyperparameters\n\nWith `objective: {lora: ...}` the search space may name any of: "
         + ", ".join(f"`{n}`" for n in sorted(ft.TUNABLE))
         + ".\n",

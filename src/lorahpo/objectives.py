@@ -1,4 +1,5 @@
-"""The blackboxes a study can search: a Python function, a shell command, or LoRA fine-tuning.
+"""The blackboxes a study can search: a Python function, a shell command, LoRA fine-tuning, or a
+table of LoRA fine-tunes measured before (:mod:`lorahpo.tabular`).
 
 :func:`evaluate` runs one of them on one set of hyperparameters, inside the trial's worker
 process, and always returns a :class:`TrialResult`: an exception or a non-zero exit is a failed
@@ -26,8 +27,19 @@ from lorahpo.result import Reporter, TrialResult
 _TAIL_LINES = 8
 
 
+class TabularObjective(BaseModel):
+    """Trials answered from a table of measured fine-tunes (docs/tabular.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    table: str = Field(description="A packed table (`.jsonl.gz`) written by `benchmarks/tabular.py`.")
+
+
+_KINDS = ("python", "command", "lora", "tabular")
+
+
 class ObjectiveSpec(BaseModel):
-    """What one evaluation runs: exactly one of ``python``, ``command`` or ``lora``."""
+    """What one evaluation runs: exactly one of ``python``, ``command``, ``lora`` or ``tabular``."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -36,8 +48,11 @@ class ObjectiveSpec(BaseModel):
         None, description="Shell command; gets the hyperparameters as JSON on stdin, prints a metrics JSON line."
     )
     lora: LoraTrialConfig | None = Field(None, description="LoRA fine-tuning trial config (see docs/config.md).")
+    tabular: TabularObjective | None = Field(
+        None, description="A table of measured LoRA fine-tunes answers each trial (docs/tabular.md)."
+    )
     metric: str | None = Field(
-        None, description="Metric to optimise (default: validation_loss for lora, else `value`)."
+        None, description="Metric to optimise (default: validation_loss for lora and tabular, else `value`)."
     )
     direction: Literal["minimize", "maximize"] = Field("minimize", description="Minimise or maximise the metric.")
     secondary: dict[str, Literal["minimize", "maximize"]] = Field(
@@ -48,9 +63,9 @@ class ObjectiveSpec(BaseModel):
 
     @model_validator(mode="after")
     def _one_kind(self) -> ObjectiveSpec:
-        kinds = [k for k in ("python", "command", "lora") if getattr(self, k) is not None]
+        kinds = [k for k in _KINDS if getattr(self, k) is not None]
         if len(kinds) != 1:
-            raise ValueError(f"give exactly one of python, command or lora (got {kinds or 'none'})")
+            raise ValueError(f"give exactly one of python, command, lora or tabular (got {kinds or 'none'})")
         if self.python is not None and ":" not in self.python:
             raise ValueError(f"python must look like `module:function`, got {self.python!r}")
         if self.metric_name in self.secondary:
@@ -59,11 +74,11 @@ class ObjectiveSpec(BaseModel):
 
     @property
     def kind(self) -> str:
-        return next(k for k in ("python", "command", "lora") if getattr(self, k) is not None)
+        return next(k for k in _KINDS if getattr(self, k) is not None)
 
     @property
     def metric_name(self) -> str:
-        return self.metric or ("validation_loss" if self.lora is not None else "value")
+        return self.metric or ("validation_loss" if self.kind in ("lora", "tabular") else "value")
 
     @property
     def metric_names(self) -> list[str]:
@@ -87,6 +102,8 @@ def evaluate(
     ``report(step, value)`` receives intermediate values of the objective: from a LoRA trial
     at each validation, from a Python function that takes a ``report`` argument when it calls it.
     ``curve(step, values)`` receives a LoRA trial's training and validation curves by step.
+    A ``tabular`` objective never comes here: the study answers it in its own process
+    (:class:`lorahpo.tabular.TableExecutor`).
     """
     try:
         if objective.kind == "python":

@@ -1,7 +1,9 @@
 """Where trials run. An executor takes a trial and returns a future TrialResult.
 
 ``local``: subprocesses on this machine (:class:`LocalExecutor`); ``ray``: Ray tasks on a
-cluster (:class:`~lorahpo.executors.ray_executor.RayExecutor`, imported only when used).
+cluster (:class:`~lorahpo.executors.ray_executor.RayExecutor`, imported only when used). A
+``tabular`` objective is answered in the study's process from its table
+(:class:`~lorahpo.tabular.TableExecutor`).
 Benchmarks give ``Study.run`` a :class:`~lorahpo.executors.replay.ReplayExecutor`, which
 answers trials from measurements made before.
 """
@@ -40,6 +42,10 @@ def make_executor(conf: StudyConfig) -> Executor:
     """The executor a study config names, with ``conf.parallel`` slots."""
     from lorahpo.config import ConfigError
 
+    if conf.objective.tabular is not None:
+        from lorahpo.tabular import TableExecutor, load_table
+
+        return TableExecutor(load_table(conf.objective.tabular.table))
     if conf.executor == "ray":
         from lorahpo.executors.ray_executor import RayExecutor
 
