@@ -11,8 +11,9 @@ import pytest
 from lorahpo import config as cfg
 from lorahpo import toys
 from lorahpo.executors.intermediate import IntermediateReader, reporter
+from lorahpo.executors.replay import Measurements, ReplayExecutor
 from lorahpo.pruners import make_pruner
-from lorahpo.samplers.nomad import NomadSampler
+from lorahpo.samplers.nomad import EXTRAPOLATED_ATTR, NomadSampler
 from lorahpo.study import Study
 
 STEPS = 8  # of toys.learning_curve
@@ -37,7 +38,7 @@ def final_value(params):
     return 1.0 + params["x"] ** 2 + params["y"] ** 2 + 2.0 / STEPS
 
 
-# Over 20 s each; NOMAD, which is told a stopped trial's last value, runs by default.
+# Over 20 s each; NOMAD, which is told where a stopped trial's curve would end, runs by default.
 @pytest.mark.parametrize("optimizer", [pytest.param("random", marks=pytest.mark.slow), "nomad"])
 def test_asha_stops_trials_early_and_keeps_the_true_best(tmp_path, optimizer):
     study = Study.open(tmp_path / "s", curve_config(optimizer, "asha", min_resource=1, reduction_factor=2))
@@ -71,8 +72,8 @@ def test_without_a_pruner_every_trial_runs_to_the_end_and_reports(tmp_path):
 
 @pytest.mark.slow  # 160 NOMAD trials; by default ASHA with NOMAD above covers a pruned NOMAD search
 def test_nomad_with_pruning_still_reaches_the_optimum():
-    # NOMAD sees a pruned trial's last reported value: an over-estimate of where its curve ends,
-    # since curves fall. That must not keep it from the known optimum (0, 0).
+    # NOMAD is told where a pruned trial's curve would end, judged by the complete trials' curves.
+    # That must not keep it from the known optimum (0, 0).
     dists = {n: optuna.distributions.IntDistribution(-6, 6) for n in ("x", "y")}
     results = {}
     for pruner in ("none", "median"):
@@ -150,3 +151,35 @@ def test_learning_curve_ends_at_its_known_value():
     assert value == pytest.approx(6.25) and len(seen) == STEPS and seen[-1] == (STEPS, value)
     assert all(a[1] > b[1] for a, b in itertools.pairwise(seen))
     assert math.isclose(toys.learning_curve({"x": 0, "y": 0, "steps": 2}), 2.0)
+
+
+def falling_curves(config, stop):
+    """Replayed curves ending at 1 + x^2 + y^2, each falling by the same amount (they never cross)."""
+    final = 1.0 + config["x"] ** 2 + config["y"] ** 2
+    curve = []
+    for step in range(1, STEPS + 1):
+        curve.append([step, final + 2.0 / step - 2.0 / STEPS])
+        if stop(*curve[-1]) and step < STEPS:
+            return {"status": "stopped", "value": None, "reason": None, "duration_s": 0.0, "curve": curve}
+    return {"status": "complete", "value": final, "reason": None, "duration_s": 0.0, "curve": curve}
+
+
+def nomad_points(folder, pruner, **options):
+    study = Study.open(folder, curve_config("nomad", pruner, budget=8, **options))
+    study.run(executor=ReplayExecutor(Measurements(folder / "cache.jsonl"), blackbox=falling_curves))
+    return study, [r.params for r in study.records()]
+
+
+def test_nomad_is_told_where_a_pruned_trials_curve_would_end(tmp_path):
+    # The curves fall by the same amount after each step, so the complete trials' curves tell the
+    # pruned trials' final values exactly: NOMAD then searches as if nothing were pruned. Told a
+    # pruned trial's early value instead, it takes good points stopped early for bad ones.
+    _, unpruned = nomad_points(tmp_path / "none", "none")
+    study, pruned = nomad_points(tmp_path / "asha", "asha", min_resource=1, reduction_factor=2)
+    stopped = [t for t in study.optuna_study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert stopped
+    for t in stopped:
+        told = t.system_attrs[EXTRAPOLATED_ATTR]
+        assert told is not None and told == pytest.approx(final_value(t.params) - 2.0 / STEPS)
+        assert t.value > told  # the study records the value it reported last
+    assert pruned == unpruned
