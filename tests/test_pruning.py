@@ -135,8 +135,12 @@ def test_a_waiting_trial_goes_on_once_let_continue(tmp_path):
 @pytest.mark.parametrize(
     "pruner, options, message",
     [
-        ("sha", {}, "pruner: unknown pruner 'sha'; choose from none, median, asha, hyperband"),
+        ("sha", {}, "pruner: unknown pruner 'sha'; choose from none, median, asha, hyperband, curve"),
         ("asha", {"rungs": 3}, "pruner: asha: "),
+        ("curve", {"min_points": 2}, "pruner: curve: min_points must be an integer >= 3, got 2"),
+        ("curve", {"margin": -0.1}, "pruner: curve: margin must be a number >= 0, got -0.1"),
+        ("curve", {"final_step": 2.5}, "pruner: curve: final_step must be an integer >= 1, got 2.5"),
+        ("curve", {"confidence": 0.9}, "pruner: curve: "),
     ],
 )
 def test_bad_pruners_are_one_line_config_errors(pruner, options, message):
@@ -183,3 +187,26 @@ def test_nomad_is_told_where_a_pruned_trials_curve_would_end(tmp_path):
         assert told is not None and told == pytest.approx(final_value(t.params) - 2.0 / STEPS)
         assert t.value > told  # the study records the value it reported last
     assert pruned == unpruned
+
+
+def test_the_curve_pruner_stops_a_curve_heading_above_the_best_and_keeps_one_heading_below(tmp_path):
+    # Trial 0 sets the bar (final 2); trial 1's curve heads for 33 and is stopped once it has
+    # min_points reports; trial 2's heads for 1, below the bar, and runs to the end.
+    conf = curve_config("random", "curve", budget=3, min_points=3)
+    study = Study.open(tmp_path / "s", conf)
+    for params in ({"x": 1, "y": 0}, {"x": 4, "y": 4}, {"x": 0, "y": 0}):
+        study.optuna_study.enqueue_trial(params)
+    study.run(executor=ReplayExecutor(Measurements(tmp_path / "cache.jsonl"), blackbox=falling_curves))
+    trials = study.optuna_study.trials
+    assert [r.status for r in study.records()] == ["complete", "pruned", "complete"]
+    assert sorted(trials[1].intermediate_values) == [1, 2, 3]
+    assert [t.value for t in (trials[0], trials[2])] == [pytest.approx(2.0), pytest.approx(1.0)]
+
+
+def test_the_curve_pruner_waits_for_top_k_complete_trials(tmp_path):
+    conf = curve_config("random", "curve", budget=3, min_points=3, top_k=3)
+    study = Study.open(tmp_path / "s", conf)
+    for params in ({"x": 0, "y": 0}, {"x": 4, "y": 4}, {"x": 4, "y": 3}):
+        study.optuna_study.enqueue_trial(params)
+    study.run(executor=ReplayExecutor(Measurements(tmp_path / "cache.jsonl"), blackbox=falling_curves))
+    assert [r.status for r in study.records()] == ["complete"] * 3

@@ -89,11 +89,14 @@ class StudyConfig(_Strict):
 
     name: str = Field("lorahpo", description="Study name inside the storage.")
     storage: str | None = Field(None, description="Optuna storage URL (default: SQLite file in the study folder).")
-    optimizer: str = Field("nomad", description="nomad, tpe, gp, nsga2, random, grid, or an Optuna sampler import path.")
+    optimizer: str = Field(
+        "nomad", description="nomad, tpe, gp, nsga2, random, grid, or an Optuna sampler import path."
+    )
     optimizer_options: dict[str, Any] = Field(default_factory=dict, description="Keyword options of the optimizer.")
     seed: int = Field(0, description="Seed of the optimizer.")
     pruner: str = Field(
-        "none", description="Early stopping on intermediate values: none, median, asha or hyperband (docs/pruning.md)."
+        "none",
+        description="Early stopping on intermediate values: none, median, asha, hyperband or curve (docs/pruning.md).",
     )
     pruner_options: dict[str, Any] = Field(default_factory=dict, description="Keyword options of the pruner.")
     budget: int = Field(20, ge=1, description="Finished evaluations in the study, across all runs.")

@@ -309,10 +309,18 @@ class Study:
         )
 
     def _census(self, own: set[int]) -> tuple[int, int]:
-        """Finished evaluations in the store, and trials running in other processes."""
-        records = self.records()
+        """Finished evaluations in the store, and trials running in other processes.
+
+        An enqueued trial (waiting: a warm start's point, an x0) runs nowhere yet: the next ask takes it.
+        """
+        trials = self.optuna_study.get_trials(deepcopy=False)
+        records = [self._record(t) for t in trials]
         finished = sum(r.status not in UNFINISHED for r in records)
-        return finished, sum(r.status == "running" and r.number not in own for r in records)
+        elsewhere = sum(
+            t.state == TrialState.RUNNING and r.status == "running" and r.number not in own
+            for t, r in zip(trials, records, strict=True)
+        )
+        return finished, elsewhere
 
     def _watch(self, trial: Trial, executor: Executor) -> None:
         """Record a running trial's new intermediate values; tell the executor whether it goes on."""
