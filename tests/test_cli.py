@@ -80,6 +80,8 @@ BAD_CONFIGS = {
     "x0_not_a_choice": (_with(space={"params": {"r": {"type": "choice", "values": [4, 8], "x0": 5}}}),
                         "x0 5 is not one of the values"),
     "unknown_optimizer": (_with(optimizer="simulated-annealing"), "unknown optimizer 'simulated-annealing'"),
+    "warm_start_missing": (_with(warm_start=["no/such/study"]),
+                           "warm_start: no/such/study is not a lorahpo study folder (no config.yaml)"),
     "curve_pruner_option": (_with(pruner="curve", pruner_options={"top_k": 0}),
                             "pruner: curve: top_k must be an integer >= 1, got 0"),
     "bad_import_path": (_with(optimizer="no.such.Sampler"), "cannot import optimizer 'no.such.Sampler'"),

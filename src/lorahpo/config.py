@@ -124,6 +124,14 @@ class StudyConfig(_Strict):
         default_factory=TrackingConfig,
         description="Experiment trackers each trial is logged to: mlflow, wandb, tensorboard (docs/tracking.md).",
     )
+    warm_start: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Earlier studies (folders, or storage URLs as `URL#study_name`) whose best points this study "
+            "evaluates first (docs/warm_start.md)."
+        ),
+    )
+    warm_start_points: int = Field(5, ge=1, description="Best points taken from each `warm_start` study.")
     constraints: dict[str, float] = Field(
         default_factory=dict,
         description=(
@@ -138,6 +146,8 @@ class StudyConfig(_Strict):
             self.make_sampler()
         except (ValueError, TypeError) as e:
             raise ValueError(f"optimizer: {e}") from None
+        if self.warm_start and self.optimizer == "grid":
+            raise ValueError("warm_start: grid search evaluates every point of its grid anyway; use another optimizer")
         if self.objective.secondary and self.pruner != "none":
             raise ValueError(
                 "pruner: early stopping needs a single objective (Optuna prunes single-objective studies only)"
@@ -168,8 +178,11 @@ class StudyConfig(_Strict):
             require("cluster", "psycopg2")
         return self
 
-    def make_sampler(self) -> BaseSampler:
-        """A new instance of the study's optimizer, told the objectives and constraints."""
+    def make_sampler(self, starts: list[dict[str, Any]] | None = None) -> BaseSampler:
+        """A new instance of the study's optimizer, told the objectives and constraints.
+
+        ``starts``: a warm start's points, best first (NOMAD starts from them).
+        """
         from lorahpo.samplers import make_sampler
 
         return make_sampler(
@@ -182,6 +195,7 @@ class StudyConfig(_Strict):
             n_objectives=len(self.objective.metric_names),
             constraints=list(self.constraints),
             shared=self.storage is not None,
+            starts=starts or (),
         )
 
     @property

@@ -95,6 +95,8 @@ class NomadSampler(BaseSampler):
         constraints: Names of the constraints each trial sets with ``trial.set_constraint``
             (met when <= 0; one not set counts as violated). NOMAD gets them as ``PB`` outputs
             (progressive barrier).
+        starts: More starting points (dicts of parameter values), evaluated after ``x0`` and
+            before NOMAD's first poll: NOMAD goes on from the best of them (a warm start).
 
     A study with several objectives runs NOMAD's DMultiMADS (``DMULTIMADS_OPTIMIZATION yes``,
     with ``DIRECTION_TYPE ORTHO 2N``, the default poll it accepts).
@@ -118,6 +120,7 @@ class NomadSampler(BaseSampler):
         nomad_params: Sequence[str] | None = None,
         max_idle_restarts: int = 3,
         constraints: Sequence[str] = (),
+        starts: Sequence[dict[str, Any]] = (),
     ) -> None:
         if not search_space:
             raise ValueError("NomadSampler needs a non-empty search space")
@@ -139,6 +142,15 @@ class NomadSampler(BaseSampler):
                     raise ValueError(f"x0 of {name!r} is outside its bounds")
             if not self._startable(self._x0):
                 raise ValueError("NOMAD 4.6 cannot start at the origin when every variable is an integer; move x0")
+        self._starts: list[list[float]] = []
+        for start in starts:
+            if set(self._names) - set(start):
+                raise ValueError(f"starting point {start} lacks {sorted(set(self._names) - set(start))}")
+            coords = [space.encode(d, start[n]) for n, d in zip(self._names, dists, strict=True)]
+            if not all(v.lower <= c <= v.upper for c, v in zip(coords, self._vars, strict=True)):
+                raise ValueError(f"starting point {start} is outside the space")
+            if self._startable(coords) and coords != self._x0 and coords not in self._starts:
+                self._starts.append(coords)
         self._seed = seed
         self._block_size = block_size
         self._extra = list(nomad_params or [])
@@ -286,14 +298,14 @@ class NomadSampler(BaseSampler):
         return list(self._x0), lower, upper, self._params(self._seed, self._block_size)
 
     def starting_points(self, count: int | None = None) -> list[list[float]]:
-        """Where NOMAD's first run starts: x0, and with a block of k > 1 points, k - 1 more.
+        """Where NOMAD's first run starts: x0, the other ``starts``, and random points up to a block.
 
         NOMAD evaluates its starting points before anything else, in one block. x0 alone would
         leave k - 1 workers idle for a whole trial; instead they evaluate seeded random points
         of the box at the same time, and NOMAD goes on from the best of the k.
         """
-        count = self._block_size if count is None else count
-        points = [list(self._x0)]
+        points = [list(self._x0), *(list(x) for x in self._starts)]
+        count = max(self._block_size if count is None else count, len(points))
         rng = random.Random(self._seed)
         for _ in range(100 * count):
             if len(points) >= count:

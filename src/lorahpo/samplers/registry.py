@@ -36,6 +36,7 @@ def make_sampler(
     n_objectives: int = 1,
     constraints: Sequence[str] = (),
     shared: bool = False,
+    starts: Sequence[dict[str, Any]] = (),
 ) -> BaseSampler:
     """Build the sampler called ``name``.
 
@@ -57,6 +58,8 @@ def make_sampler(
         shared: Several processes may ask trials of the study at once (a shared store): TPE, GP,
             NSGA-II, random and grid then seed each trial by its number (see
             :class:`TrialSeededSampler`).
+        starts: Points to evaluate first, best first (a warm start): NOMAD starts from them, then
+            from ``x0``; the study enqueues them for the other optimizers.
 
     Raises:
         ValueError: Unknown name, bad options, or a space the optimizer cannot search.
@@ -70,9 +73,12 @@ def make_sampler(
             raise ValueError(
                 f"unknown nomad options {sorted(unknown)}; use `params` (NOMAD lines) or `max_idle_restarts`"
             )
+        if starts:  # the best earlier point is NOMAD's X0; the others, and x0, start with it
+            starts, x0 = [*starts[1:], *([x0] if x0 is not None else [])], dict(starts[0])
         return NomadSampler(
             distributions,
             x0=x0,
+            starts=starts,
             seed=seed,
             # k trials running and k more points ready: a finished trial is replaced at once,
             # not when the slowest of its block ends (benchmarks/README.md, parallel trials).
