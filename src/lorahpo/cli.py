@@ -154,7 +154,7 @@ store holds the budget. Start as many workers as you like, on any machines; each
 for its next trial, so they never evaluate the same trial twice. A worker killed mid-trial
 leaves that trial to be taken as interrupted after 30 s, and the budget to the others.
 
-Only optimizers whose state lives in the store can be shared: tpe, nsga2, random, grid (and
+Only optimizers whose state lives in the store can be shared: tpe, gp, nsga2, random, grid (and
 Optuna samplers). NOMAD keeps its state in one process: run one `lorahpo tune` with
 `--executor ray` to spread its trials instead.
 
