@@ -419,8 +419,8 @@ def attach_sampler(study: optuna.Study, conf: cfg.StudyConfig) -> BaseSampler:
     if study.trials:
         return sampler
     if conf.optimizer != "nomad":
-        for point in starts:
-            study.enqueue_trial(point)
+        for point in starts:  # skip_if_exists: workers sharing a store may start it at once
+            study.enqueue_trial(point, skip_if_exists=True)
     if x0 is not None and (conf.optimizer not in OPTIMIZERS or (starts and conf.optimizer != "nomad")):
         study.enqueue_trial(x0, skip_if_exists=True)
     return sampler

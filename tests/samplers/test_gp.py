@@ -1,8 +1,11 @@
 """``optimizer: gp``: Optuna's Gaussian-process sampler in the study loop, reproducible per seed."""
 
+import sys
+
 import pytest
 
 from lorahpo import config as cfg
+from lorahpo.extras import MissingExtra
 from lorahpo.study import Study
 
 
@@ -40,6 +43,12 @@ def test_gp_starts_at_x0_and_repeats_itself_per_seed(tmp_path):
     assert a == b  # same seed, same points
     assert a[1:] != c[1:]
     assert best < 1.6  # the start point gives 1.67; the surface's best is 1.2
+
+
+def test_gp_without_torch_names_its_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(MissingExtra, match=r"^torch is not installed; pip install 'lorahpo\[gp\]'$"):
+        gp_config(0)
 
 
 def test_gp_options_are_checked():
