@@ -210,3 +210,31 @@ def test_the_curve_pruner_waits_for_top_k_complete_trials(tmp_path):
         study.optuna_study.enqueue_trial(params)
     study.run(executor=ReplayExecutor(Measurements(tmp_path / "cache.jsonl"), blackbox=falling_curves))
     assert [r.status for r in study.records()] == ["complete"] * 3
+
+
+def crossing_curves(config, stop):
+    """Curves ``final + slope * (1/step - 1/STEPS)``: a steep one starts high and may end low."""
+    final, slope = 1.0 + config["x"] ** 2 / 4, 1.0 + abs(config["y"])
+    curve = []
+    for step in range(1, STEPS + 1):
+        curve.append([step, final + slope * (1.0 / step - 1.0 / STEPS)])
+        if stop(*curve[-1]) and step < STEPS:
+            return {"status": "stopped", "value": None, "reason": None, "duration_s": 0.0, "curve": curve}
+    return {"status": "complete", "value": final, "reason": None, "duration_s": 0.0, "curve": curve}
+
+
+@pytest.mark.parametrize(
+    "pruner, options, second",
+    [("asha", {"min_resource": 1, "reduction_factor": 2}, "pruned"), ("curve", {"min_points": 3}, "complete")],
+)
+def test_a_slow_starter_heading_below_the_best_is_kept_by_the_curve_pruner_only(tmp_path, pruner, options, second):
+    # Trial 0 ends at 2.0 on a shallow curve; trial 1 starts far above it (5.63 at step 1, 2.29
+    # at step 3, against 2.88 and 2.21) but ends at 1.25. ASHA compares the two at step 1 and
+    # stops trial 1; the curve pruner sees where its curve is heading and lets it finish.
+    study = Study.open(tmp_path / "s", curve_config("random", pruner, budget=2, **options))
+    for params in ({"x": 2, "y": 0}, {"x": 1, "y": 4}):
+        study.optuna_study.enqueue_trial(params)
+    study.run(executor=ReplayExecutor(Measurements(tmp_path / "cache.jsonl"), blackbox=crossing_curves))
+    assert [r.status for r in study.records()] == ["complete", second]
+    if second == "complete":
+        assert study.best(1)[0].value == pytest.approx(1.25)
