@@ -482,8 +482,8 @@ def extrapolated_value(study: Study, trial: FrozenTrial) -> float | None:
 
     Its last reported value plus the median, over the complete trials that reported at the same
     step, of their final value minus their value there. None if it reported nothing, or no
-    complete trial reported at that step. A difference, not a ratio: validation losses fall by
-    similar amounts from a step on, whatever their level.
+    complete trial reported at that step. A difference, not a ratio: it is exact when curves fall
+    by the same amount from a step on, whatever their level, and needs no model of the curve.
     """
     step = trial.last_step
     if step is None:
