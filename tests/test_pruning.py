@@ -11,8 +11,9 @@ import pytest
 from lorahpo import config as cfg
 from lorahpo import toys
 from lorahpo.executors.intermediate import IntermediateReader, reporter
+from lorahpo.executors.replay import Measurements, ReplayExecutor
 from lorahpo.pruners import make_pruner
-from lorahpo.samplers.nomad import NomadSampler
+from lorahpo.samplers.nomad import EXTRAPOLATED_ATTR, NomadSampler
 from lorahpo.study import Study
 
 STEPS = 8  # of toys.learning_curve
@@ -37,7 +38,7 @@ def final_value(params):
     return 1.0 + params["x"] ** 2 + params["y"] ** 2 + 2.0 / STEPS
 
 
-# Over 20 s each; NOMAD, which is told a stopped trial's last value, runs by default.
+# Over 20 s each; NOMAD, which is told where a stopped trial's curve would end, runs by default.
 @pytest.mark.parametrize("optimizer", [pytest.param("random", marks=pytest.mark.slow), "nomad"])
 def test_asha_stops_trials_early_and_keeps_the_true_best(tmp_path, optimizer):
     study = Study.open(tmp_path / "s", curve_config(optimizer, "asha", min_resource=1, reduction_factor=2))
@@ -71,8 +72,8 @@ def test_without_a_pruner_every_trial_runs_to_the_end_and_reports(tmp_path):
 
 @pytest.mark.slow  # 160 NOMAD trials; by default ASHA with NOMAD above covers a pruned NOMAD search
 def test_nomad_with_pruning_still_reaches_the_optimum():
-    # NOMAD sees a pruned trial's last reported value: an over-estimate of where its curve ends,
-    # since curves fall. That must not keep it from the known optimum (0, 0).
+    # NOMAD is told where a pruned trial's curve would end, judged by the complete trials' curves.
+    # That must not keep it from the known optimum (0, 0).
     dists = {n: optuna.distributions.IntDistribution(-6, 6) for n in ("x", "y")}
     results = {}
     for pruner in ("none", "median"):
@@ -134,8 +135,12 @@ def test_a_waiting_trial_goes_on_once_let_continue(tmp_path):
 @pytest.mark.parametrize(
     "pruner, options, message",
     [
-        ("sha", {}, "pruner: unknown pruner 'sha'; choose from none, median, asha, hyperband"),
+        ("sha", {}, "pruner: unknown pruner 'sha'; choose from none, median, asha, hyperband, curve"),
         ("asha", {"rungs": 3}, "pruner: asha: "),
+        ("curve", {"min_points": 2}, "pruner: curve: min_points must be an integer >= 3, got 2"),
+        ("curve", {"margin": -0.1}, "pruner: curve: margin must be a number >= 0, got -0.1"),
+        ("curve", {"final_step": 2.5}, "pruner: curve: final_step must be an integer >= 1, got 2.5"),
+        ("curve", {"confidence": 0.9}, "pruner: curve: "),
     ],
 )
 def test_bad_pruners_are_one_line_config_errors(pruner, options, message):
@@ -150,3 +155,86 @@ def test_learning_curve_ends_at_its_known_value():
     assert value == pytest.approx(6.25) and len(seen) == STEPS and seen[-1] == (STEPS, value)
     assert all(a[1] > b[1] for a, b in itertools.pairwise(seen))
     assert math.isclose(toys.learning_curve({"x": 0, "y": 0, "steps": 2}), 2.0)
+
+
+def falling_curves(config, stop):
+    """Replayed curves ending at 1 + x^2 + y^2, each falling by the same amount (they never cross)."""
+    final = 1.0 + config["x"] ** 2 + config["y"] ** 2
+    curve = []
+    for step in range(1, STEPS + 1):
+        curve.append([step, final + 2.0 / step - 2.0 / STEPS])
+        if stop(*curve[-1]) and step < STEPS:
+            return {"status": "stopped", "value": None, "reason": None, "duration_s": 0.0, "curve": curve}
+    return {"status": "complete", "value": final, "reason": None, "duration_s": 0.0, "curve": curve}
+
+
+def nomad_points(folder, pruner, **options):
+    study = Study.open(folder, curve_config("nomad", pruner, budget=8, **options))
+    study.run(executor=ReplayExecutor(Measurements(folder / "cache.jsonl"), blackbox=falling_curves))
+    return study, [r.params for r in study.records()]
+
+
+def test_nomad_is_told_where_a_pruned_trials_curve_would_end(tmp_path):
+    # The curves fall by the same amount after each step, so the complete trials' curves tell the
+    # pruned trials' final values exactly: NOMAD then searches as if nothing were pruned. Told a
+    # pruned trial's early value instead, it takes good points stopped early for bad ones.
+    _, unpruned = nomad_points(tmp_path / "none", "none")
+    study, pruned = nomad_points(tmp_path / "asha", "asha", min_resource=1, reduction_factor=2)
+    stopped = [t for t in study.optuna_study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert stopped
+    for t in stopped:
+        told = t.system_attrs[EXTRAPOLATED_ATTR]
+        assert told is not None and told == pytest.approx(final_value(t.params) - 2.0 / STEPS)
+        assert t.value > told  # the study records the value it reported last
+    assert pruned == unpruned
+
+
+def test_the_curve_pruner_stops_a_curve_heading_above_the_best_and_keeps_one_heading_below(tmp_path):
+    # Trial 0 sets the bar (final 2); trial 1's curve heads for 33 and is stopped once it has
+    # min_points reports; trial 2's heads for 1, below the bar, and runs to the end.
+    conf = curve_config("random", "curve", budget=3, min_points=3)
+    study = Study.open(tmp_path / "s", conf)
+    for params in ({"x": 1, "y": 0}, {"x": 4, "y": 4}, {"x": 0, "y": 0}):
+        study.optuna_study.enqueue_trial(params)
+    study.run(executor=ReplayExecutor(Measurements(tmp_path / "cache.jsonl"), blackbox=falling_curves))
+    trials = study.optuna_study.trials
+    assert [r.status for r in study.records()] == ["complete", "pruned", "complete"]
+    assert sorted(trials[1].intermediate_values) == [1, 2, 3]
+    assert [t.value for t in (trials[0], trials[2])] == [pytest.approx(2.0), pytest.approx(1.0)]
+
+
+def test_the_curve_pruner_waits_for_top_k_complete_trials(tmp_path):
+    conf = curve_config("random", "curve", budget=3, min_points=3, top_k=3)
+    study = Study.open(tmp_path / "s", conf)
+    for params in ({"x": 0, "y": 0}, {"x": 4, "y": 4}, {"x": 4, "y": 3}):
+        study.optuna_study.enqueue_trial(params)
+    study.run(executor=ReplayExecutor(Measurements(tmp_path / "cache.jsonl"), blackbox=falling_curves))
+    assert [r.status for r in study.records()] == ["complete"] * 3
+
+
+def crossing_curves(config, stop):
+    """Curves ``final + slope * (1/step - 1/STEPS)``: a steep one starts high and may end low."""
+    final, slope = 1.0 + config["x"] ** 2 / 4, 1.0 + abs(config["y"])
+    curve = []
+    for step in range(1, STEPS + 1):
+        curve.append([step, final + slope * (1.0 / step - 1.0 / STEPS)])
+        if stop(*curve[-1]) and step < STEPS:
+            return {"status": "stopped", "value": None, "reason": None, "duration_s": 0.0, "curve": curve}
+    return {"status": "complete", "value": final, "reason": None, "duration_s": 0.0, "curve": curve}
+
+
+@pytest.mark.parametrize(
+    "pruner, options, second",
+    [("asha", {"min_resource": 1, "reduction_factor": 2}, "pruned"), ("curve", {"min_points": 3}, "complete")],
+)
+def test_a_slow_starter_heading_below_the_best_is_kept_by_the_curve_pruner_only(tmp_path, pruner, options, second):
+    # Trial 0 ends at 2.0 on a shallow curve; trial 1 starts far above it (5.63 at step 1, 2.29
+    # at step 3, against 2.88 and 2.21) but ends at 1.25. ASHA compares the two at step 1 and
+    # stops trial 1; the curve pruner sees where its curve is heading and lets it finish.
+    study = Study.open(tmp_path / "s", curve_config("random", pruner, budget=2, **options))
+    for params in ({"x": 2, "y": 0}, {"x": 1, "y": 4}):
+        study.optuna_study.enqueue_trial(params)
+    study.run(executor=ReplayExecutor(Measurements(tmp_path / "cache.jsonl"), blackbox=crossing_curves))
+    assert [r.status for r in study.records()] == ["complete", second]
+    if second == "complete":
+        assert study.best(1)[0].value == pytest.approx(1.25)

@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("config", nargs="?", help="study YAML (default: the built-in LoRA study on smollm2-135m)")
     t.add_argument("--study-dir", help="study folder (default: runs/<config name>)")
-    t.add_argument("--optimizer", help="nomad, tpe, nsga2, random, grid, or an Optuna sampler import path")
+    t.add_argument("--optimizer", help="nomad, tpe, gp, nsga2, random, grid, or an Optuna sampler import path")
     t.add_argument("--budget", type=int, help="finished evaluations in the study, across runs")
     t.add_argument("--parallel", type=int, help="trials run at once")
     t.add_argument("--seed", type=int, help="optimizer seed")
@@ -154,7 +154,7 @@ store holds the budget. Start as many workers as you like, on any machines; each
 for its next trial, so they never evaluate the same trial twice. A worker killed mid-trial
 leaves that trial to be taken as interrupted after 30 s, and the budget to the others.
 
-Only optimizers whose state lives in the store can be shared: tpe, nsga2, random, grid (and
+Only optimizers whose state lives in the store can be shared: tpe, gp, nsga2, random, grid (and
 Optuna samplers). NOMAD keeps its state in one process: run one `lorahpo tune` with
 `--executor ray` to spread its trials instead.
 

@@ -89,11 +89,14 @@ class StudyConfig(_Strict):
 
     name: str = Field("lorahpo", description="Study name inside the storage.")
     storage: str | None = Field(None, description="Optuna storage URL (default: SQLite file in the study folder).")
-    optimizer: str = Field("nomad", description="nomad, tpe, nsga2, random, grid, or an Optuna sampler import path.")
+    optimizer: str = Field(
+        "nomad", description="nomad, tpe, gp, nsga2, random, grid, or an Optuna sampler import path."
+    )
     optimizer_options: dict[str, Any] = Field(default_factory=dict, description="Keyword options of the optimizer.")
     seed: int = Field(0, description="Seed of the optimizer.")
     pruner: str = Field(
-        "none", description="Early stopping on intermediate values: none, median, asha or hyperband (docs/pruning.md)."
+        "none",
+        description="Early stopping on intermediate values: none, median, asha, hyperband or curve (docs/pruning.md).",
     )
     pruner_options: dict[str, Any] = Field(default_factory=dict, description="Keyword options of the pruner.")
     budget: int = Field(20, ge=1, description="Finished evaluations in the study, across all runs.")
@@ -121,6 +124,14 @@ class StudyConfig(_Strict):
         default_factory=TrackingConfig,
         description="Experiment trackers each trial is logged to: mlflow, wandb, tensorboard (docs/tracking.md).",
     )
+    warm_start: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Earlier studies (folders, or storage URLs as `URL#study_name`) whose best points this study "
+            "evaluates first (docs/warm_start.md)."
+        ),
+    )
+    warm_start_points: int = Field(5, ge=1, description="Best points taken from each `warm_start` study.")
     constraints: dict[str, float] = Field(
         default_factory=dict,
         description=(
@@ -135,6 +146,8 @@ class StudyConfig(_Strict):
             self.make_sampler()
         except (ValueError, TypeError) as e:
             raise ValueError(f"optimizer: {e}") from None
+        if self.warm_start and self.optimizer == "grid":
+            raise ValueError("warm_start: grid search evaluates every point of its grid anyway; use another optimizer")
         if self.objective.secondary and self.pruner != "none":
             raise ValueError(
                 "pruner: early stopping needs a single objective (Optuna prunes single-objective studies only)"
@@ -184,8 +197,11 @@ class StudyConfig(_Strict):
         if self.executor != "local":
             raise ValueError("executor: a tabular objective is answered in the study's process; use `local`")
 
-    def make_sampler(self) -> BaseSampler:
-        """A new instance of the study's optimizer, told the objectives and constraints."""
+    def make_sampler(self, starts: list[dict[str, Any]] | None = None) -> BaseSampler:
+        """A new instance of the study's optimizer, told the objectives and constraints.
+
+        ``starts``: a warm start's points, best first (NOMAD starts from them).
+        """
         from lorahpo.samplers import make_sampler
 
         return make_sampler(
@@ -198,6 +214,7 @@ class StudyConfig(_Strict):
             n_objectives=len(self.objective.metric_names),
             constraints=list(self.constraints),
             shared=self.storage is not None,
+            starts=starts or (),
         )
 
     @property

@@ -14,6 +14,7 @@ from lorahpo.errors import UserError
 #: The top-level modules of each extra of pyproject.toml that lorahpo imports.
 EXTRAS: dict[str, tuple[str, ...]] = {
     "lora": ("torch", "transformers", "peft"),
+    "gp": ("torch", "scipy"),
     "web": ("starlette", "uvicorn", "jinja2", "itsdangerous"),
     "eval": ("lm_eval",),
     "report": ("matplotlib",),

@@ -24,6 +24,7 @@ from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from lorahpo import config as cfg
+from lorahpo import warmstart
 from lorahpo.artifacts import TrialUploader
 from lorahpo.executors import Executor, TrialTask, make_executor
 from lorahpo.files import write_atomic
@@ -103,6 +104,8 @@ class Study:
                     )
                 stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
                 directory.rename(directory.with_name(f"{directory.name}.{stamp}"))
+        if not saved.exists() or new:
+            warmstart.check_sources(config)  # a missing earlier study: nothing written, no trial run
         directory.mkdir(parents=True, exist_ok=True)
         write_atomic(saved, config.to_yaml())
         return cls(directory, config)
@@ -309,10 +312,18 @@ class Study:
         )
 
     def _census(self, own: set[int]) -> tuple[int, int]:
-        """Finished evaluations in the store, and trials running in other processes."""
-        records = self.records()
+        """Finished evaluations in the store, and trials running in other processes.
+
+        An enqueued trial (waiting: a warm start's point, an x0) runs nowhere yet: the next ask takes it.
+        """
+        trials = self.optuna_study.get_trials(deepcopy=False)
+        records = [self._record(t) for t in trials]
         finished = sum(r.status not in UNFINISHED for r in records)
-        return finished, sum(r.status == "running" and r.number not in own for r in records)
+        elsewhere = sum(
+            t.state == TrialState.RUNNING and r.status == "running" and r.number not in own
+            for t, r in zip(trials, records, strict=True)
+        )
+        return finished, elsewhere
 
     def _watch(self, trial: Trial, executor: Executor) -> None:
         """Record a running trial's new intermediate values; tell the executor whether it goes on."""
@@ -394,14 +405,23 @@ def _dominates(a: list[float], b: list[float]) -> bool:
 def attach_sampler(study: optuna.Study, conf: cfg.StudyConfig) -> BaseSampler:
     """Give ``study`` the optimizer of ``conf`` and return it.
 
-    Every optimizer starts from the space's x0 when it has one: NOMAD as its X0, TPE, NSGA-II
-    and random as their trial of index 0, another Optuna sampler as the first trial of a new
-    study (a grid has its own points).
+    Every optimizer starts from the space's x0 when it has one: NOMAD as its X0, TPE, GP,
+    NSGA-II and random as their trial of index 0, another Optuna sampler as the first trial of a
+    new study (a grid has its own points).
+
+    A warm start's points (:mod:`lorahpo.warmstart`) come first: NOMAD starts from them, then
+    x0; any other optimizer gets them enqueued, then x0, once, when the study has no trial yet.
     """
     x0 = conf.space.x0()
-    sampler = conf.make_sampler()
+    starts = warmstart.points(study, conf)
+    sampler = conf.make_sampler(starts)
     study.sampler = sampler
-    if x0 is not None and not study.trials and conf.optimizer not in OPTIMIZERS:
+    if study.trials:
+        return sampler
+    if conf.optimizer != "nomad":
+        for point in starts:  # skip_if_exists: workers sharing a store may start it at once
+            study.enqueue_trial(point, skip_if_exists=True)
+    if x0 is not None and (conf.optimizer not in OPTIMIZERS or (starts and conf.optimizer != "nomad")):
         study.enqueue_trial(x0, skip_if_exists=True)
     return sampler
 

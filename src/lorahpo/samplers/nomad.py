@@ -19,6 +19,14 @@ the one an uninterrupted run would have proposed next. A point the store holds i
 CPU, where NOMAD's arithmetic may differ in the last bits, does not evaluate its points again.
 The same makes the sampler picklable: a copy holds no process and resumes from the study.
 
+Pruned trials: a trial stopped early by a pruner has only the value it reported last, at an
+early step, while a complete trial has its final value; NOMAD compares the two. Told the early
+value, NOMAD takes a good point stopped early for a bad finished one and its poll fails around it.
+It is told instead the value the trial's curve points to (:func:`extrapolated_value`): its last
+value plus the median change, from that step to the end, of the complete trials' curves. With no
+complete trial that reported at that step, the trial is a failed evaluation for NOMAD. The value is
+kept with the trial (``nomad:extrapolated``), so a resumed study tells NOMAD the same.
+
 Restarts (see :meth:`Search._restart`): when NOMAD stops on its own before the study's budget
 is spent, it is restarted from the best point found so far with the next seed (``seed + 1``,
 ``seed + 2``, ...). An all-integer space is exhausted once every point has been tried; one with
@@ -31,6 +39,7 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 import threading
 import warnings
 from collections.abc import Sequence
@@ -47,6 +56,8 @@ from lorahpo.samplers._nomad_engine import Outputs, Point, Problem, Search
 
 #: Trial system attribute holding the trial's point in NOMAD's coordinates.
 POINT_ATTR = "nomad:x"
+#: Trial system attribute of a pruned trial: the final value NOMAD was told (None: a failed evaluation).
+EXTRAPOLATED_ATTR = "nomad:extrapolated"
 #: Trial system attribute: the parameters NOMAD held fixed for the trial, in NOMAD's coordinates.
 FIXED_ATTR = "nomad:fixed"
 #: Trial system attribute: why NOMAD gave the trial no point (``exhausted``, ``busy``, ``outside``);
@@ -84,6 +95,8 @@ class NomadSampler(BaseSampler):
         constraints: Names of the constraints each trial sets with ``trial.set_constraint``
             (met when <= 0; one not set counts as violated). NOMAD gets them as ``PB`` outputs
             (progressive barrier).
+        starts: More starting points (dicts of parameter values), evaluated after ``x0`` and
+            before NOMAD's first poll: NOMAD goes on from the best of them (a warm start).
 
     A study with several objectives runs NOMAD's DMultiMADS (``DMULTIMADS_OPTIMIZATION yes``,
     with ``DIRECTION_TYPE ORTHO 2N``, the default poll it accepts).
@@ -107,6 +120,7 @@ class NomadSampler(BaseSampler):
         nomad_params: Sequence[str] | None = None,
         max_idle_restarts: int = 3,
         constraints: Sequence[str] = (),
+        starts: Sequence[dict[str, Any]] = (),
     ) -> None:
         if not search_space:
             raise ValueError("NomadSampler needs a non-empty search space")
@@ -128,6 +142,15 @@ class NomadSampler(BaseSampler):
                     raise ValueError(f"x0 of {name!r} is outside its bounds")
             if not self._startable(self._x0):
                 raise ValueError("NOMAD 4.6 cannot start at the origin when every variable is an integer; move x0")
+        self._starts: list[list[float]] = []
+        for start in starts:
+            if set(self._names) - set(start):
+                raise ValueError(f"starting point {start} lacks {sorted(set(self._names) - set(start))}")
+            coords = [space.encode(d, start[n]) for n, d in zip(self._names, dists, strict=True)]
+            if not all(v.lower <= c <= v.upper for c, v in zip(coords, self._vars, strict=True)):
+                raise ValueError(f"starting point {start} is outside the space")
+            if self._startable(coords) and coords != self._x0 and coords not in self._starts:
+                self._starts.append(coords)
         self._seed = seed
         self._block_size = block_size
         self._extra = list(nomad_params or [])
@@ -208,6 +231,8 @@ class NomadSampler(BaseSampler):
     def after_trial(
         self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
     ) -> None:
+        if state == TrialState.PRUNED:  # kept for resume: the complete trials will have changed by then
+            study._storage.set_trial_system_attr(trial._trial_id, EXTRAPOLATED_ATTR, extrapolated_value(study, trial))
         outputs = self._nomad_value(study, trial, state, values)
         point = trial.system_attrs.get(POINT_ATTR)
         with self._lock:
@@ -273,14 +298,14 @@ class NomadSampler(BaseSampler):
         return list(self._x0), lower, upper, self._params(self._seed, self._block_size)
 
     def starting_points(self, count: int | None = None) -> list[list[float]]:
-        """Where NOMAD's first run starts: x0, and with a block of k > 1 points, k - 1 more.
+        """Where NOMAD's first run starts: x0, the other ``starts``, and random points up to a block.
 
         NOMAD evaluates its starting points before anything else, in one block. x0 alone would
         leave k - 1 workers idle for a whole trial; instead they evaluate seeded random points
         of the box at the same time, and NOMAD goes on from the best of the k.
         """
-        count = self._block_size if count is None else count
-        points = [list(self._x0)]
+        points = [list(self._x0), *(list(x) for x in self._starts)]
+        count = max(self._block_size if count is None else count, len(points))
         rng = random.Random(self._seed)
         for _ in range(100 * count):
             if len(points) >= count:
@@ -437,11 +462,36 @@ class NomadSampler(BaseSampler):
         self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
     ) -> Outputs | None:
         """NOMAD's outputs (objectives to minimise, then constraints), or None for a failure."""
+        if state == TrialState.PRUNED:
+            # Not its last reported value (Optuna records that): where its curve would have ended.
+            final = trial.system_attrs[EXTRAPOLATED_ATTR] if EXTRAPOLATED_ATTR in trial.system_attrs else (
+                extrapolated_value(study, trial)
+            )
+            values = None if final is None else [final]
         if state not in (TrialState.COMPLETE, TrialState.PRUNED) or not values:
-            return None  # failed, or pruned before any report: a failed evaluation for NOMAD
-        # A pruned trial has its last reported value (Optuna records it): NOMAD sees that.
+            return None  # failed, or pruned with no value to extrapolate: a failed evaluation for NOMAD
         objectives = [-v if d == StudyDirection.MAXIMIZE else v for v, d in zip(values, study.directions, strict=True)]
         given = trial.constraints
         constraints = [given.get(name, VIOLATED) for name in self._constraints]
         outputs = (*objectives, *(c if math.isfinite(c) else VIOLATED for c in constraints))
         return outputs if all(math.isfinite(v) for v in objectives) else None
+
+
+def extrapolated_value(study: Study, trial: FrozenTrial) -> float | None:
+    """Where a pruned trial's curve would have ended, judged by the complete trials' curves.
+
+    Its last reported value plus the median, over the complete trials that reported at the same
+    step, of their final value minus their value there. None if it reported nothing, or no
+    complete trial reported at that step. A difference, not a ratio: it is exact when curves fall
+    by the same amount from a step on, whatever their level, and needs no model of the curve.
+    """
+    step = trial.last_step
+    if step is None:
+        return None
+    changes = [
+        t.values[0] - t.intermediate_values[step]
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if step in t.intermediate_values and t.values
+    ]
+    value = trial.intermediate_values[step] + statistics.median(changes) if changes else None
+    return value if value is not None and math.isfinite(value) else None

@@ -1,4 +1,4 @@
-"""Optimizers by name: ``nomad``, ``tpe``, ``nsga2``, ``random``, ``grid``, or an import path."""
+"""Optimizers by name: ``nomad``, ``tpe``, ``gp``, ``nsga2``, ``random``, ``grid``, or an import path."""
 
 from __future__ import annotations
 
@@ -14,13 +14,14 @@ from optuna.distributions import (
     FloatDistribution,
     IntDistribution,
 )
-from optuna.samplers import BaseSampler, GridSampler, NSGAIISampler, RandomSampler, TPESampler
+from optuna.samplers import BaseSampler, GPSampler, GridSampler, NSGAIISampler, RandomSampler, TPESampler
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
+from lorahpo.extras import require
 from lorahpo.samplers.seeded import TrialSeededSampler
 
-OPTIMIZERS = ("nomad", "tpe", "nsga2", "random", "grid")
+OPTIMIZERS = ("nomad", "tpe", "gp", "nsga2", "random", "grid")
 _GRID_LIMIT = 100_000
 
 
@@ -35,11 +36,13 @@ def make_sampler(
     n_objectives: int = 1,
     constraints: Sequence[str] = (),
     shared: bool = False,
+    starts: Sequence[dict[str, Any]] = (),
 ) -> BaseSampler:
     """Build the sampler called ``name``.
 
     Args:
-        name: ``nomad``, ``tpe`` (constant liar when ``parallel > 1``), ``random``, ``grid``, or
+        name: ``nomad``, ``tpe`` (constant liar when ``parallel > 1``), ``gp`` (Optuna's
+            Gaussian-process Bayesian optimization), ``nsga2``, ``random``, ``grid``, or
             ``package.module:ClassName`` / ``package.module.ClassName`` of any Optuna sampler.
         distributions: The search space.
         x0: Starting point (NOMAD's X0).
@@ -50,11 +53,13 @@ def make_sampler(
         n_objectives: Objectives of the study; NOMAD runs DMultiMADS for more than one, and
             grid search refuses them.
         constraints: Names of the constraints each trial sets (``trial.set_constraint``, met
-            when <= 0). NOMAD needs them up front (one progressive-barrier output each); TPE and
-            NSGA-II read them from the trials; random and grid ignore them.
-        shared: Several processes may ask trials of the study at once (a shared store): TPE,
+            when <= 0). NOMAD needs them up front (one progressive-barrier output each); TPE, GP
+            and NSGA-II read them from the trials; random and grid ignore them.
+        shared: Several processes may ask trials of the study at once (a shared store): TPE, GP,
             NSGA-II, random and grid then seed each trial by its number (see
             :class:`TrialSeededSampler`).
+        starts: Points to evaluate first, best first (a warm start): NOMAD starts from them, then
+            from ``x0``; the study enqueues them for the other optimizers.
 
     Raises:
         ValueError: Unknown name, bad options, or a space the optimizer cannot search.
@@ -68,9 +73,12 @@ def make_sampler(
             raise ValueError(
                 f"unknown nomad options {sorted(unknown)}; use `params` (NOMAD lines) or `max_idle_restarts`"
             )
+        if starts:  # the best earlier point is NOMAD's X0; the others, and x0, start with it
+            starts, x0 = [*starts[1:], *([x0] if x0 is not None else [])], dict(starts[0])
         return NomadSampler(
             distributions,
             x0=x0,
+            starts=starts,
             seed=seed,
             # k trials running and k more points ready: a finished trial is replaced at once,
             # not when the slowest of its block ends (benchmarks/README.md, parallel trials).
@@ -83,6 +91,14 @@ def make_sampler(
         options.setdefault("constant_liar", parallel > 1)
         _check_kwargs(TPESampler, options, "tpe")
         return TrialSeededSampler(lambda s: TPESampler(seed=s, **options), seed, x0=x0, shared=shared)
+    if name == "gp":
+        # Optuna's GPSampler fits its Gaussian process with torch and scipy. It accounts for
+        # running trials itself (their points are fantasised), so parallel needs no option. A
+        # fresh sampler per trial makes a resumed study repeat itself; what that costs is the
+        # warm start of each kernel fit from the last one (milliseconds at study sizes).
+        require("gp")
+        _check_kwargs(GPSampler, options, "gp")
+        return TrialSeededSampler(lambda s: GPSampler(seed=s, **options), seed, x0=x0, shared=shared)
     if name == "nsga2":
         _check_kwargs(NSGAIISampler, options, "nsga2")
         return TrialSeededSampler(lambda s: NSGAIISampler(seed=s, **options), seed, x0=x0, shared=shared)
