@@ -81,8 +81,15 @@ def study_config(arm: str, seed: int, budget: int, bound: float, guard: str = GU
     return cfg.parse(raw, f"downstream {arm}")
 
 
-def adapter_dir(key: str) -> Path:
-    return cache_dir() / "bench" / "downstream" / key
+def training_key(config: dict[str, Any]) -> str:
+    """The key of what a trial config trains: all of it but its evaluators, which run after
+    training and change no weight. Measurements of one adapter under other evaluators share it,
+    and so do its adapter folder and its bbh-bigbench score."""
+    return config_key({k: v for k, v in config.items() if k != "evaluate"})
+
+
+def adapter_dir(train_key: str) -> Path:
+    return cache_dir() / "bench" / "downstream" / train_key
 
 
 def lora_blackbox(trial: dict[str, Any], stop: Stop) -> Measurement:
@@ -90,7 +97,7 @@ def lora_blackbox(trial: dict[str, Any], stop: Stop) -> Measurement:
     from lorahpo.finetune.config import LoraTrialConfig
     from lorahpo.finetune.train import run_trial
 
-    result = run_trial(LoraTrialConfig.model_validate(trial), adapter_dir(config_key(trial)))
+    result = run_trial(LoraTrialConfig.model_validate(trial), adapter_dir(training_key(trial)))
     return {
         "status": result.status,
         "value": result.metrics.get("validation_loss") if result.status == "complete" else None,
@@ -101,6 +108,11 @@ def lora_blackbox(trial: dict[str, Any], stop: Stop) -> Measurement:
 
 
 # ------------------------------------------------------------------ design
+
+
+def keyed(blackbox: Blackbox) -> Blackbox:
+    """``blackbox``, its measurements stamped with the machine and their training key."""
+    return lambda trial, stop: {**stamped(blackbox)(trial, stop), "train_key": training_key(trial)}
 
 
 def design_points(conf: cfg.StudyConfig, n: int, seed: int = 0) -> list[dict[str, Any]]:
@@ -137,7 +149,7 @@ def measure_design(
                 print(f"design [{i + 1}/{n}] not measured yet", flush=True)
                 measured.append(None)
                 continue
-            cache.add({"key": key, "params": params, **stamped(blackbox)(config, lambda *a: False)})
+            cache.add({"key": key, "params": params, **keyed(blackbox)(config, lambda *a: False)})
             point = cache.get(key)
             assert point is not None
         retention = _fmt(_metric(point, "retention"))
@@ -166,7 +178,8 @@ def bbh_scored(points: Sequence[Measurement | None], n: int) -> list[tuple[int, 
 
 
 class BbhScores:
-    """bbh-bigbench scores by measurement key (``base`` for the base model), cached in a JSONL file."""
+    """bbh-bigbench scores by training key (:func:`training_key`; ``base`` for the base model),
+    cached in a JSONL file."""
 
     def __init__(self, path: Path, limit: int, live: bool) -> None:
         self.path, self.limit, self.live = path, limit, live
@@ -183,7 +196,9 @@ class BbhScores:
 
     def get(self, key: str, conf: cfg.StudyConfig, params: dict[str, Any] | None, measure: bool = True
             ) -> dict[str, Any] | None:
-        """The score of ``key``; measured now if missing, live and ``measure``, else None."""
+        """The score of the adapter of training key ``key`` (trained with ``params`` in the study
+        ``conf``), or of the base model (``base``); measured now if missing, live and ``measure``,
+        else None."""
         if key not in self.scores:
             self._read()  # another process may have measured it
         if key in self.scores:
@@ -196,7 +211,9 @@ class BbhScores:
         if params is not None:
             adapter = adapter_dir(key) / "adapter"
             if not adapter.is_dir():  # trained on another machine, or its adapter deleted: train it again
-                lora_blackbox(trial_config(conf, params), lambda *a: False)
+                config = trial_config(conf, params)
+                assert training_key(config) == key, f"{params} trains {training_key(config)} in this study, not {key}"
+                lora_blackbox(config, lambda *a: False)
         assert conf.objective.lora is not None
         spec = tasks.resolve("bbh-bigbench")
         manager = harness.task_manager([spec.prepare()] if spec.prepare else [], with_lm_eval_tasks=False)
@@ -230,7 +247,7 @@ def run_arm(
     arm: str, seed: int, args: argparse.Namespace, cache: Measurements, blackbox: Blackbox | None
 ) -> dict[str, Any]:
     conf = study_config(arm, seed, args.budget, args.bound, args.guard)
-    executor = ReplayExecutor(cache, lambda params: trial_config(conf, params), blackbox and stamped(blackbox))
+    executor = ReplayExecutor(cache, lambda params: trial_config(conf, params), blackbox and keyed(blackbox))
 
     def show(r: TrialRecord) -> None:
         print(f"{arm} seed {seed} trial {r.number}: {_fmt(r.value)}", flush=True)
@@ -243,7 +260,7 @@ def run_arm(
         "seed": seed,
         "chosen": pick.number,
         "params": pick.params,
-        "key": executor.answers[pick.number].measurement["key"],
+        "train_key": executor.answers[pick.number].measurement["train_key"],
         "val_loss": pick.metrics["validation_loss"],
         "retention": pick.metrics["retention"],
         "retention_se": pick.metrics["retention_se"],
@@ -411,7 +428,7 @@ def main(argv: Sequence[str] | None = None, blackbox: Blackbox | None = lora_bla
             )
     scored = []
     for i, p in bbh_scored(points, args.bbh_design):
-        score = bbh.get(p["key"], conf, p["params"], measure=i % n == k)
+        score = bbh.get(p["train_key"], conf, p["params"], measure=i % n == k)
         if score is None:
             missing["bbh"] += 1
         else:
@@ -426,8 +443,8 @@ def main(argv: Sequence[str] | None = None, blackbox: Blackbox | None = lora_bla
                 except LookupError:  # replaying a search whose points are not all measured yet
                     missing["arms"] += 1
                     continue
-                if run.get("key"):
-                    score = bbh.get(run["key"], study_config(arm, seed, args.budget, args.bound, args.guard),
+                if run.get("train_key"):
+                    score = bbh.get(run["train_key"], study_config(arm, seed, args.budget, args.bound, args.guard),
                                     run["params"])
                     if score is None:
                         missing["bbh"] += 1
