@@ -59,7 +59,10 @@ from lorahpo.result import TrialRecord
 
 RESULTS = Path(__file__).parent / "results"
 ARMS = ("loss", "guarded", "front")
-METRICS = ("retention", "retention_logprob")
+#: The benchmark also asks the retention questions zero-shot (the built-in study's guard before it asked them
+#: few-shot), so that both are measured on the same adapters.
+ZERO_SHOT = {"name": "retention_0shot", "kind": "choice"}
+METRICS = ("retention", "retention_logprob", "retention_0shot", "retention_0shot_logprob")
 #: Every model is trained and scored in fp32, on any CPU: one blackbox, whichever machine measures a point.
 PRECISION = "fp32"
 #: The forgetting guard of the guarded arms: (metric, bound), feasible when metric <= bound.
@@ -73,6 +76,7 @@ def study_config(arm: str, seed: int, budget: int, bound: float, guard: str = GU
     raw = yaml.safe_load(default_config_path().read_text())
     raw.update(name=f"downstream-{arm}", seed=seed, budget=budget, optimizer="nomad", constraints={})
     raw["objective"]["lora"]["save_adapter"] = True  # bbh-bigbench reads the chosen adapters
+    raw["objective"]["lora"]["evaluate"] = [*raw["objective"]["lora"]["evaluate"], ZERO_SHOT]
     raw["objective"]["lora"]["training"]["precision"] = PRECISION
     if arm == "guarded":
         raw["constraints"] = {guard: bound}
@@ -318,6 +322,12 @@ def markdown(result: dict[str, Any]) -> str:
     for metric, s in result["spearman"].items():
         ci = f"[{s['ci'][0]:.2f}, {s['ci'][1]:.2f}]" if s["ci"] else "-"
         lines.append(f"| {metric} | {_fmt(s['rho'])} | {ci} | {s['n']} |")
+    if result.get("predicts_bbh"):
+        lines += ["", "## In-trial metrics against bbh-bigbench on the scored configurations (Spearman, 95% CI)", "",
+                  "| in-trial metric | rho with bbh-bigbench | 95% CI | configurations |", "|---|---|---|---|"]
+        for metric, s in result["predicts_bbh"].items():
+            ci = f"[{s['ci'][0]:.2f}, {s['ci'][1]:.2f}]" if s["ci"] else "-"
+            lines.append(f"| {metric} | {_fmt(s['rho'])} | {ci} | {s['n']} |")
     if not result["arms"]:
         return "\n".join(lines + _gaps(result)) + "\n"
     lines += ["", "## Chosen adapters by arm (NOMAD, budget "
@@ -422,7 +432,7 @@ def main(argv: Sequence[str] | None = None, blackbox: Blackbox | None = lora_bla
     else:
         result["base"].update(bbh=base_bbh["bbh"], bbh_se=base_bbh["bbh_se"], bbh_rows=base_bbh["rows"])
     for metric in METRICS:
-        if len(complete) >= 3:
+        if len(complete) >= 3 and all(metric in p["metrics"] for p in complete):
             result["spearman"][metric] = spearman(
                 [p["value"] for p in complete], [p["metrics"][metric] for p in complete]
             )
@@ -435,6 +445,12 @@ def main(argv: Sequence[str] | None = None, blackbox: Blackbox | None = lora_bla
             scored.append((p, score))
     if len(scored) >= 3:
         result["spearman"]["bbh-bigbench"] = spearman([p["value"] for p, _ in scored], [s["bbh"] for _, s in scored])
+        # Which in-trial metric tells bbh-bigbench: each one's rho with it over the scored adapters.
+        result["predicts_bbh"] = {
+            metric: spearman([p["metrics"][metric] for p, _ in scored], [s["bbh"] for _, s in scored])
+            for metric in ("validation_loss", *METRICS)
+            if all(metric in p["metrics"] for p, _ in scored)
+        }
     if "arms" in args.parts:
         for seed in args.seeds:  # seeds outermost: a partial run already compares the arms
             for arm in args.arms:

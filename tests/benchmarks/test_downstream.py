@@ -20,6 +20,8 @@ def fake_blackbox(trial, stop):
         "retention_drop": m["retention_drop"],
         "retention_logprob": -3 - m["retention_drop"],
         "retention_logprob_drop": m["retention_drop"],
+        "retention_0shot": m["retention"] + 0.01,
+        "retention_0shot_logprob": -2 - m["retention_drop"],
     }
     return {
         "status": "complete",
@@ -54,7 +56,11 @@ def test_the_benchmark_writes_its_results_and_replays_them(bench, tmp_path):
     result = bench.main(args, blackbox=fake_blackbox)
     saved = json.loads((tmp_path / "downstream.json").read_text())
     assert set(saved) >= {"spearman", "base", "arms", "machine", "summary"}
-    assert set(saved["spearman"]) == {"retention", "retention_logprob", "bbh-bigbench"}
+    assert set(saved["spearman"]) == {"retention", "retention_logprob", "retention_0shot", "retention_0shot_logprob",
+                                      "bbh-bigbench"}
+    # bbh-bigbench is made to fall as retention falls: the retention metrics predict it perfectly here.
+    assert saved["predicts_bbh"]["retention"]["rho"] == pytest.approx(1.0)
+    assert saved["predicts_bbh"]["validation_loss"]["n"] == 5
     for s in saved["spearman"].values():
         assert -1 <= s["ci"][0] <= s["rho"] <= s["ci"][1] <= 1
     assert saved["spearman"]["retention"]["n"] == 8 and saved["spearman"]["bbh-bigbench"]["n"] == 5
@@ -135,12 +141,12 @@ def test_evaluator_cost_is_the_evaluation_share_of_the_rest_of_a_trial(load_benc
 
 
 def test_every_committed_measurement_is_found_again_by_its_params(bench):
-    """Trial configs gained fields since the points were measured: the key of each must not move."""
-    from lorahpo.executors.replay import config_key
-
+    """Trial configs gained fields since the points were measured: what each trained must keep
+    its training key (its adapter and bbh-bigbench score are found by it), whichever evaluators
+    measured it then."""
     conf = bench.study_config("loss", 0, 20, 0.02)
     lines = (bench.RESULTS / "downstream_cache.jsonl").read_text().splitlines()
     assert lines
     for line in lines:
         point = json.loads(line)
-        assert config_key(bench.trial_config(conf, point["params"])) == point["key"], point["params"]
+        assert bench.training_key(bench.trial_config(conf, point["params"])) == point["train_key"], point["params"]
