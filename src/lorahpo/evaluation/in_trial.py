@@ -7,6 +7,9 @@ Three kinds of evaluator (:class:`~lorahpo.finetune.config.EvaluatorSpec`):
   and the most likely option is the answer. Also the mean log-probability of the right option,
   a smoother signal than accuracy. Each question's prefix runs once; its options continue
   from the prefix's key/value cache. Built-in questions: :mod:`lorahpo.evaluation.retention`.
+  With ``shots: k`` the question is asked as few-shot benchmarks ask it (k solved examples of
+  its task, lettered options) and scored by whether greedy decoding gives the right `` (X)``:
+  zero-shot log-likelihood misses adapters that answer few-shot prompts with nothing at all.
 - ``generate``: greedy exact match (whitespace and case ignored). Built-in examples: the
   study's validation split, i.e. held-out examples of the training tasks.
 - ``lm_eval``: any lm-eval task, run on the model object through lm-eval's ``HFLM``.
@@ -324,7 +327,7 @@ def fewshot_prompt(question: Question, examples: list[Question]) -> str:
 @dataclass(frozen=True)
 class Answered:
     """One few-shot question: the right `` (X)``'s log-probability, whether greedy decoding gives it,
-    and the token greedy decoding puts first after ``A:`` (a newline there is an empty answer)."""
+    and the token greedy decoding puts first after ``A:`` (end of text or a newline: an empty answer)."""
 
     logprob: float
     greedy: bool
