@@ -143,8 +143,7 @@ def test_fewshot_scores_match_lm_eval_loglikelihood(drilled, tmp_path):
     questions = in_trial.load_questions(s)
     examples = in_trial.load_examples(s, questions)
     items = [
-        {"prompt": in_trial.fewshot_prompt(q, examples[q.task]), "right": f" ({LETTERS[q.answer]})"}
-        for q in questions
+        {"prompt": in_trial.fewshot_prompt(q, examples[q.task]), "right": f" ({LETTERS[q.answer]})"} for q in questions
     ]
     data = write_jsonl(tmp_path / "items.jsonl", items)
     (tmp_path / "task.yaml").write_text(
@@ -198,3 +197,11 @@ def test_shots_belong_to_choice_evaluators_and_default_to_none_written():
     assert "shots" not in dumped and EvaluatorSpec.model_validate(dumped).shots == 0
     assert EvaluatorSpec(name="r", kind="choice", shots=3).model_dump()["shots"] == 3
     assert copy.deepcopy(EvaluatorSpec(name="r", kind="choice", shots=3)).shots == 3
+
+
+def test_more_options_than_letters_is_one_line(tmp_path):
+    many = {"task": "sums", "question": "Pick one.", "choices": [f"c{i}" for i in range(27)], "answer": 0}
+    path = str(write_jsonl(tmp_path / "q.jsonl", [*ROWS, many]))
+    s = EvaluatorSpec(name="fs", kind="choice", path=path, size=len(ROWS) + 1, shots=1)
+    with pytest.raises(EvaluatorError, match=r"^evaluator fs: .*27 options are too many to letter \(A-Z\)"):
+        in_trial.check(s)

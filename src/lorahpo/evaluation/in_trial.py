@@ -92,6 +92,11 @@ def load_examples(spec: EvaluatorSpec, questions: list[Question]) -> dict[str | 
     """
     import random
 
+    for q in questions:
+        if len(q.choices) > len(LETTERS):
+            raise EvaluatorError(
+                f"{_source(spec)}: {len(q.choices)} options are too many to letter (A-Z): {q.question!r}"
+            )
     _, rest = _choice_rows(spec)
     examples: dict[str | None, list[Question]] = {}
     for task in sorted({q.task for q in questions}, key=str):
@@ -103,9 +108,13 @@ def load_examples(spec: EvaluatorSpec, questions: list[Question]) -> dict[str | 
                 f"{len(questions)} asked; {spec.path or 'retention'} has {len(rows)}"
             )
         random.Random(f"shots:{spec.name}:{spec.seed}:{task}").shuffle(rows)
-        rows.sort(key=lambda r: max(len(r.get("choices") or []), 4) if isinstance(r, dict) else 4)
+        rows.sort(
+            key=lambda r: max(len(r["choices"]), 4) if isinstance(r, dict) and isinstance(r.get("choices"), list) else 4
+        )
         where = f"{_source(spec)} example{of_task}"
         examples[task] = [_question(row, f"{where} {number}") for number, row in enumerate(rows[: spec.shots], 1)]
+        if any(len(e.choices) > len(LETTERS) for e in examples[task]):
+            raise EvaluatorError(f"{where}: more options than letters (A-Z)")
     return examples
 
 
@@ -346,9 +355,6 @@ def fewshot_answers(
     right continuation appended (teacher-forced) is then one forward pass.
     """
     tokenizer = context.tokenizer
-    for q in questions:
-        if len(q.choices) > len(LETTERS):
-            raise EvaluatorError(f"a question with {len(q.choices)} options has too many to letter: {q.question!r}")
     encoded = []  # (context + continuation tokens, context length), split as lm-eval splits them
     for q in questions:
         prompt, (right,) = encode_options(tokenizer, fewshot_prompt(q, examples[q.task]), [f" ({LETTERS[q.answer]})"])
