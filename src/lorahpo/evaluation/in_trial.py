@@ -190,7 +190,7 @@ def check(spec: EvaluatorSpec) -> None:
 
     Raises:
         EvaluatorError: A missing file, a row without choices, an answer not among them, an
-            empty set, or an unknown lm-eval task.
+            empty set, too few rows left for ``shots``, or an unknown lm-eval task.
     """
     if spec.kind == "choice":
         questions = load_questions(spec)
