@@ -140,3 +140,23 @@ def test_run_trial_trains_one_configuration_in_this_process(tiny, tmp_path):
     assert as_mapping.metrics["validation_loss"] == pytest.approx(result.metrics["validation_loss"])
     with pytest.raises(UserError, match=r"^trial config: "):
         lorahpo.run_trial({"training": {"batch_size": 0}})
+
+
+def test_too_few_rows_for_an_evaluators_shots_is_one_line_exit_2_and_writes_nothing(tiny, tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in instruction_rows()))
+    questions = tmp_path / "q.jsonl"
+    rows = [{"question": f"Is {i} even?", "choices": ["yes", "no"], "answer": i % 2} for i in range(4)]
+    questions.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    config = study_yaml(tmp_path, tiny.model_dir, data)
+    study = yaml.safe_load(config.read_text())
+    study["objective"]["lora"]["evaluate"] = [{"name": "qa", "kind": "choice", "path": str(questions), "size": 2,
+                                                "shots": 3}]
+    config.write_text(yaml.safe_dump(study))
+    run = subprocess.run([sys.executable, "-m", "lorahpo.cli", "tune", str(config), "--study-dir",
+                          str(tmp_path / "s")], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.splitlines() == [
+        f"lorahpo: error: evaluator qa: 3 shots need 3 rows besides the 2 asked; {questions} has 2"
+    ]
+    assert not (tmp_path / "s").exists()

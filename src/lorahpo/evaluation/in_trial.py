@@ -7,6 +7,9 @@ Three kinds of evaluator (:class:`~lorahpo.finetune.config.EvaluatorSpec`):
   and the most likely option is the answer. Also the mean log-probability of the right option,
   a smoother signal than accuracy. Each question's prefix runs once; its options continue
   from the prefix's key/value cache. Built-in questions: :mod:`lorahpo.evaluation.retention`.
+  With ``shots: k`` the question is asked as few-shot benchmarks ask it (k solved examples of
+  its task, lettered options) and scored by whether greedy decoding gives the right `` (X)``:
+  zero-shot log-likelihood misses adapters that answer few-shot prompts with nothing at all.
 - ``generate``: greedy exact match (whitespace and case ignored). Built-in examples: the
   study's validation split, i.e. held-out examples of the training tasks.
 - ``lm_eval``: any lm-eval task, run on the model object through lm-eval's ``HFLM``.
@@ -47,6 +50,7 @@ class Question:
     question: str
     choices: tuple[str, ...]
     answer: int
+    task: str | None = None  # solved examples shown before a question are of its task
 
 
 @dataclass(frozen=True)
@@ -72,29 +76,84 @@ class Context:
 
 def load_questions(spec: EvaluatorSpec) -> list[Question]:
     """The questions of a ``choice`` evaluator: its JSONL file, or the built-in retention set."""
-    if spec.path is None:
-        from lorahpo.evaluation.retention import retention_questions
+    asked, _ = _choice_rows(spec)
+    return [_question(row, f"{_source(spec)} row {number}") for number, row in enumerate(asked, start=1)]
 
-        rows = retention_questions(spec.size, spec.seed)
-    else:
-        rows = _sample(_read_jsonl(spec), spec)
-    questions = []
-    for number, row in enumerate(rows, start=1):
-        where = f"evaluator {spec.name}: {spec.path or 'retention'} row {number}"
-        if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not row["question"].strip():
-            raise EvaluatorError(f"{where}: needs a non-empty `question`")
-        choices = row.get("choices")
-        if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c for c in choices):
-            raise EvaluatorError(f"{where}: needs `choices`, a list of at least two non-empty strings")
-        answer = row.get("answer")
-        if isinstance(answer, str):
-            if answer not in choices:
-                raise EvaluatorError(f"{where}: answer {answer!r} is not among its choices")
-            answer = choices.index(answer)
-        if not isinstance(answer, int) or isinstance(answer, bool) or not 0 <= answer < len(choices):
-            raise EvaluatorError(f"{where}: `answer` must be one of the choices (or its index)")
-        questions.append(Question(row["question"], tuple(choices), answer))
-    return questions
+
+def load_examples(spec: EvaluatorSpec, questions: list[Question]) -> dict[str | None, list[Question]]:
+    """The ``spec.shots`` solved examples shown before the questions of each task (``None``: no task).
+
+    They are rows not asked: of the same task when the rows name one (the retention pool always
+    does), else any. A fixed seeded draw that prefers rows with at most four options, so that the
+    prompts stay short.
+
+    Raises:
+        EvaluatorError: Fewer such rows than ``spec.shots``, or a drawn row that is not a question.
+    """
+    import random
+
+    for q in questions:
+        if len(q.choices) > len(LETTERS):
+            raise EvaluatorError(
+                f"{_source(spec)}: {len(q.choices)} options are too many to letter (A-Z): {q.question!r}"
+            )
+    _, rest = _choice_rows(spec)
+    examples: dict[str | None, list[Question]] = {}
+    for task in sorted({q.task for q in questions}, key=str):
+        rows = [r for r in rest if task is None or (isinstance(r, dict) and r.get("task") == task)]
+        of_task = f" of task {task}" if task is not None else ""
+        if len(rows) < spec.shots:
+            raise EvaluatorError(
+                f"evaluator {spec.name}: {spec.shots} shots need {spec.shots} rows{of_task} besides the "
+                f"{len(questions)} asked; {spec.path or 'retention'} has {len(rows)}"
+            )
+        random.Random(f"shots:{spec.name}:{spec.seed}:{task}").shuffle(rows)
+        rows.sort(
+            key=lambda r: max(len(r["choices"]), 4) if isinstance(r, dict) and isinstance(r.get("choices"), list) else 4
+        )
+        where = f"{_source(spec)} example{of_task}"
+        examples[task] = [_question(row, f"{where} {number}") for number, row in enumerate(rows[: spec.shots], 1)]
+        if any(len(e.choices) > len(LETTERS) for e in examples[task]):
+            raise EvaluatorError(f"{where}: more options than letters (A-Z)")
+    return examples
+
+
+def _source(spec: EvaluatorSpec) -> str:
+    return f"evaluator {spec.name}: {spec.path or 'retention'}"
+
+
+def _choice_rows(spec: EvaluatorSpec) -> tuple[list[Any], list[Any]]:
+    """The rows asked and, when the evaluator shows solved examples, the rows left for them."""
+    if spec.path is None:
+        from lorahpo.evaluation.retention import retention_pool, retention_questions
+
+        asked = retention_questions(spec.size, spec.seed)
+        if not spec.shots:
+            return asked, []
+        seen = {json.dumps(row, sort_keys=True) for row in asked}
+        pool = [json.loads(line) for line in retention_pool().read_text(encoding="utf-8").splitlines()]
+        return asked, [row for row in pool if json.dumps(row, sort_keys=True) not in seen]
+    rows = _read_jsonl(spec)
+    keep = _sample_indices(len(rows), spec)
+    kept = set(keep)
+    return [rows[i] for i in keep], [row for i, row in enumerate(rows) if i not in kept]
+
+
+def _question(row: Any, where: str) -> Question:
+    if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not row["question"].strip():
+        raise EvaluatorError(f"{where}: needs a non-empty `question`")
+    choices = row.get("choices")
+    if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c for c in choices):
+        raise EvaluatorError(f"{where}: needs `choices`, a list of at least two non-empty strings")
+    answer = row.get("answer")
+    if isinstance(answer, str):
+        if answer not in choices:
+            raise EvaluatorError(f"{where}: answer {answer!r} is not among its choices")
+        answer = choices.index(answer)
+    if not isinstance(answer, int) or isinstance(answer, bool) or not 0 <= answer < len(choices):
+        raise EvaluatorError(f"{where}: `answer` must be one of the choices (or its index)")
+    task = row.get("task")
+    return Question(row["question"], tuple(choices), answer, task if isinstance(task, str) else None)
 
 
 def load_prompts(spec: EvaluatorSpec, context: Context) -> list[Prompted]:
@@ -131,10 +190,12 @@ def check(spec: EvaluatorSpec) -> None:
 
     Raises:
         EvaluatorError: A missing file, a row without choices, an answer not among them, an
-            empty set, or an unknown lm-eval task.
+            empty set, too few rows left for ``shots``, or an unknown lm-eval task.
     """
     if spec.kind == "choice":
-        load_questions(spec)
+        questions = load_questions(spec)
+        if spec.shots:
+            load_examples(spec, questions)
     elif spec.kind == "generate" and spec.path is not None:
         check_prompts(spec)
     elif spec.kind == "lm_eval":
@@ -159,12 +220,15 @@ def _read_jsonl(spec: EvaluatorSpec) -> list[Any]:
 
 def _sample(rows: list[Any], spec: EvaluatorSpec) -> list[Any]:
     """At most ``spec.size`` rows: all of them when there are few enough, else a seeded sample in file order."""
-    if len(rows) <= spec.size:
-        return rows
+    return [rows[i] for i in _sample_indices(len(rows), spec)]
+
+
+def _sample_indices(count: int, spec: EvaluatorSpec) -> list[int]:
+    if count <= spec.size:
+        return list(range(count))
     import random
 
-    keep = sorted(random.Random(f"{spec.name}:{spec.seed}").sample(range(len(rows)), spec.size))
-    return [rows[i] for i in keep]
+    return sorted(random.Random(f"{spec.name}:{spec.seed}").sample(range(count), spec.size))
 
 
 # ------------------------------------------------------------------ measuring
@@ -254,6 +318,134 @@ def measure_choice(context: Context, questions: list[Question], batch_size: int 
     }
 
 
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def lettered(question: Question, solved: bool = False) -> str:
+    """A question as BBH asks it: ``Q: ...\nOptions:\n(A) ...\nA:``, with its `` (X)`` when solved."""
+    options = "\n".join(f"({LETTERS[i]}) {c}" for i, c in enumerate(question.choices))
+    text = f"Q: {question.question}\nOptions:\n{options}\nA:"
+    return f"{text} ({LETTERS[question.answer]})" if solved else text
+
+
+def fewshot_prompt(question: Question, examples: list[Question]) -> str:
+    """The solved examples, then the question, a blank line apart."""
+    return "\n\n".join([lettered(e, solved=True) for e in examples] + [lettered(question)])
+
+
+@dataclass(frozen=True)
+class Answered:
+    """One few-shot question: the right `` (X)``'s log-probability, whether greedy decoding gives it,
+    and the token greedy decoding puts first after ``A:`` (end of text or a newline: an empty answer)."""
+
+    logprob: float
+    greedy: bool
+    first: int
+
+
+@torch.no_grad()
+def fewshot_answers(
+    context: Context, questions: list[Question], examples: dict[str | None, list[Question]], batch_size: int = 8
+) -> list[Answered]:
+    """Each question after its task's solved examples, scored as lm-eval's loglikelihood scores
+    the right continuation (summed log-probability, ``is_greedy``).
+
+    The tokens the prompts of a task share (its examples) run once, and that key/value cache is
+    copied to each batch of the task's questions: the rest of each prompt, left-padded, with the
+    right continuation appended (teacher-forced) is then one forward pass.
+    """
+    tokenizer = context.tokenizer
+    encoded = []  # (context + continuation tokens, context length), split as lm-eval splits them
+    for q in questions:
+        prompt, (right,) = encode_options(tokenizer, fewshot_prompt(q, examples[q.task]), [f" ({LETTERS[q.answer]})"])
+        encoded.append((prompt + right, len(prompt)))
+    out: list[Answered | None] = [None] * len(questions)
+    for task in {q.task for q in questions}:
+        members = [i for i, q in enumerate(questions) if q.task == task]
+        # Every question keeps at least one context token: its pass predicts the first answer token.
+        shared = min(_common_length([encoded[i][0] for i in members]), *(encoded[i][1] - 1 for i in members))
+        members.sort(key=lambda i: len(encoded[i][0]))  # batches of similar lengths pad little
+        prefix = _prefix_cache(context, encoded[members[0]][0][:shared])
+        for start in range(0, len(members), batch_size):
+            batch = members[start : start + batch_size]
+            answers = _fewshot_batch(context, prefix, shared, [encoded[i] for i in batch])
+            for i, answered in zip(batch, answers, strict=True):
+                out[i] = answered
+    return [a for a in out if a is not None]
+
+
+def _common_length(rows: list[list[int]]) -> int:
+    """How many leading tokens all ``rows`` share."""
+    n = 0
+    while all(len(r) > n for r in rows) and len({r[n] for r in rows}) == 1:
+        n += 1
+    return n
+
+
+def _prefix_cache(context: Context, ids: list[int]) -> tuple[Any, str] | None:
+    """The key/value cache of a task's shared tokens and its keyword (``None`` when they share none)."""
+    if not ids:
+        return None
+    tensor = torch.tensor([ids], device=context.device)
+    with context.precision.autocast(context.device):
+        output = context.model(input_ids=tensor, use_cache=True, logits_to_keep=1)
+    return _cache(output)
+
+
+def _fewshot_batch(
+    context: Context, prefix: tuple[Any, str] | None, shared: int, encoded: list[tuple[list[int], int]]
+) -> list[Answered]:
+    """A few questions continuing a copy of their task's prefix cache, each row left-padded."""
+    import copy
+
+    model, device, tokenizer = context.model, context.device, context.tokenizer
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    own = [tokens[shared:] for tokens, _ in encoded]
+    width = max(map(len, own))
+    ids = torch.tensor([[pad] * (width - len(o)) + o for o in own], device=device)
+    mine = torch.tensor([[0] * (width - len(o)) + [1] * len(o) for o in own], device=device)
+    positions = shared + (mine.cumsum(-1) - 1).clamp(min=0)
+    mask = torch.cat([torch.ones(len(own), shared, dtype=mine.dtype, device=device), mine], dim=1)
+    kwargs: dict[str, Any] = {}
+    if prefix is not None:
+        cache, name = copy.deepcopy(prefix[0]), prefix[1]
+        cache.reorder_cache(torch.zeros(len(own), dtype=torch.long, device=device))
+        kwargs[name] = cache
+    answer_lengths = [len(tokens) - length for tokens, length in encoded]
+    keep = max(answer_lengths) + 1  # left padding: every row ends its answer in the last columns
+    with context.precision.autocast(device):
+        logits = model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=keep, **kwargs
+        ).logits
+    logp = logits.float().log_softmax(-1)
+    out = []
+    for row, ((tokens, length), n) in enumerate(zip(encoded, answer_lengths, strict=True)):
+        right = torch.tensor(tokens[length:], device=device)
+        scores = logp[row, keep - n - 1 : keep - 1]  # column j predicts the answer's token j
+        picked = scores.argmax(-1)
+        out.append(
+            Answered(
+                logprob=float(scores.gather(-1, right[:, None]).sum()),
+                greedy=bool((picked == right).all()),
+                first=int(picked[0]),
+            )
+        )
+    return out
+
+
+def measure_fewshot(
+    context: Context, questions: list[Question], examples: dict[str | None, list[Question]], batch_size: int = 8
+) -> dict[str, float]:
+    """The share of questions whose greedy answer is the right letter, and its log-probability."""
+    answers = fewshot_answers(context, questions, examples, batch_size)
+    accuracy = sum(a.greedy for a in answers) / len(answers)
+    return {
+        "value": accuracy,
+        "se": math.sqrt(accuracy * (1 - accuracy) / max(len(answers) - 1, 1)),
+        "logprob": sum(a.logprob for a in answers) / len(answers),
+    }
+
+
 @torch.no_grad()
 def measure_generate(context: Context, prompts: list[Prompted], spec: EvaluatorSpec) -> dict[str, float]:
     """Greedy answers, left-padded in batches; exact match ignoring case and spacing."""
@@ -329,6 +521,9 @@ def measure(context: Context, spec: EvaluatorSpec) -> dict[str, float]:
     was_training = context.model.training
     context.model.eval()
     try:
+        if spec.kind == "choice" and spec.shots:
+            questions = load_questions(spec)
+            return measure_fewshot(context, questions, load_examples(spec, questions), spec.batch_size)
         if spec.kind == "choice":
             return measure_choice(context, load_questions(spec), spec.batch_size)
         if spec.kind == "generate":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 PAPER_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
@@ -192,6 +192,21 @@ class EvaluatorSpec(_Strict):
     seed: int = Field(0, description="Seed of the sample of questions.")
     max_new_tokens: int = Field(32, ge=1, description="Longest generated answer (generate).")
     batch_size: int = Field(8, ge=1, description="Rows per forward pass.")
+    shots: int = Field(
+        0,
+        ge=0,
+        le=8,
+        description="Solved examples of the same task before each question, options lettered and the "
+        "answer a greedy `(X)`, as few-shot benchmarks ask (choice; 0: zero-shot log-likelihood).",
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_default_shots(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Results cached under a hash of a config written before `shots` existed stay found.
+        data: dict[str, Any] = handler(self)
+        if self.shots == 0:
+            data.pop("shots", None)
+        return data
 
     @model_validator(mode="before")
     @classmethod
@@ -211,6 +226,8 @@ class EvaluatorSpec(_Strict):
             raise ValueError("an lm_eval evaluator takes `task` (and `include_path`), not `path`")
         if self.kind != "lm_eval" and (self.include_path is not None or self.num_fewshot is not None):
             raise ValueError("`include_path` and `num_fewshot` belong to lm_eval evaluators")
+        if self.shots and self.kind != "choice":
+            raise ValueError("`shots` belongs to choice evaluators (lm_eval ones take `num_fewshot`)")
         return self
 
     def metric_names(self) -> list[str]:

@@ -26,7 +26,8 @@ def prepare(config: LoraTrialConfig, batch_size: int | None = None) -> DataRepor
         ModelError: The model or its tokenizer cannot be found or fetched.
         DataError: A data source is missing or empty, or fewer examples are left than one batch
             of training or of validation.
-        EvaluatorError: An evaluator's questions are missing or malformed, or its lm-eval task unknown.
+        EvaluatorError: An evaluator's questions are missing or malformed (or too few for its
+            ``shots``), or its lm-eval task unknown.
     """
     from lorahpo.evaluation.in_trial import check
     from lorahpo.finetune.data import build_splits
