@@ -205,3 +205,11 @@ def test_more_options_than_letters_is_one_line(tmp_path):
     s = EvaluatorSpec(name="fs", kind="choice", path=path, size=len(ROWS) + 1, shots=1)
     with pytest.raises(EvaluatorError, match=r"^evaluator fs: .*27 options are too many to letter \(A-Z\)"):
         in_trial.check(s)
+
+
+def test_a_built_in_evaluator_named_in_a_mapping_keeps_its_kind():
+    from lorahpo.finetune.config import EvaluatorSpec
+
+    spec = EvaluatorSpec.model_validate({"name": "retention", "shots": 3})
+    assert (spec.kind, spec.shots, spec.path) == ("choice", 3, None)
+    assert EvaluatorSpec.model_validate({"name": "in_domain"}).kind == "generate"

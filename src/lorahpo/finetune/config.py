@@ -216,6 +216,8 @@ class EvaluatorSpec(_Strict):
             if kind is not None:
                 return {"name": value, "kind": kind}
             return {"name": "".join(c if c.isalnum() else "_" for c in value), "kind": "lm_eval", "task": value}
+        if isinstance(value, dict) and "kind" not in value and value.get("name") in BUILTIN_EVALUATORS:
+            return {**value, "kind": BUILTIN_EVALUATORS[value["name"]]}  # {name: retention, shots: 3}
         return value
 
     @model_validator(mode="after")
