@@ -310,12 +310,16 @@ def encode_options(tokenizer: Any, context: str, continuations: list[str]) -> tu
 def measure_choice(context: Context, questions: list[Question], batch_size: int = 8) -> dict[str, float]:
     scores = choice_logprobs(context, questions, batch_size)
     right = [s.index(max(s)) == q.answer for s, q in zip(scores, questions, strict=True)]
-    accuracy = sum(right) / len(right)
     return {
-        "value": accuracy,
-        "se": math.sqrt(accuracy * (1 - accuracy) / max(len(right) - 1, 1)),
+        **_share(right),
         "logprob": sum(s[q.answer] for s, q in zip(scores, questions, strict=True)) / len(questions),
     }
+
+
+def _share(right: list[bool]) -> dict[str, float]:
+    """The share of right answers (``value``) and its standard error (``se``)."""
+    accuracy = sum(right) / len(right)
+    return {"value": accuracy, "se": math.sqrt(accuracy * (1 - accuracy) / max(len(right) - 1, 1))}
 
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -438,12 +442,7 @@ def measure_fewshot(
 ) -> dict[str, float]:
     """The share of questions whose greedy answer is the right letter, and its log-probability."""
     answers = fewshot_answers(context, questions, examples, batch_size)
-    accuracy = sum(a.greedy for a in answers) / len(answers)
-    return {
-        "value": accuracy,
-        "se": math.sqrt(accuracy * (1 - accuracy) / max(len(answers) - 1, 1)),
-        "logprob": sum(a.logprob for a in answers) / len(answers),
-    }
+    return {**_share([a.greedy for a in answers]), "logprob": sum(a.logprob for a in answers) / len(answers)}
 
 
 @torch.no_grad()
@@ -470,8 +469,7 @@ def measure_generate(context: Context, prompts: list[Prompted], spec: EvaluatorS
         for p, row in zip(batch, generated[:, longest:].tolist(), strict=True):
             answer = tokenizer.decode(row, skip_special_tokens=True)
             right.append(_normal(answer) == _normal(p.answer))
-    accuracy = sum(right) / len(right)
-    return {"value": accuracy, "se": math.sqrt(accuracy * (1 - accuracy) / max(len(right) - 1, 1))}
+    return _share(right)
 
 
 def _normal(text: str) -> str:
