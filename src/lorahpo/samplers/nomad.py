@@ -232,8 +232,10 @@ class NomadSampler(BaseSampler):
         self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
     ) -> None:
         if state == TrialState.PRUNED:  # kept for resume: the complete trials will have changed by then
-            study._storage.set_trial_system_attr(trial._trial_id, EXTRAPOLATED_ATTR, extrapolated_value(study, trial))
-        outputs = self._nomad_value(study, trial, state, values)
+            final = extrapolated_value(study, trial)
+            study._storage.set_trial_system_attr(trial._trial_id, EXTRAPOLATED_ATTR, final)
+            values = None if final is None else [final]
+        outputs = self._nomad_value(study, trial, state, values, extrapolated=True)
         point = trial.system_attrs.get(POINT_ATTR)
         with self._lock:
             self._pinned.pop(trial._trial_id, None)
@@ -459,10 +461,18 @@ class NomadSampler(BaseSampler):
             warnings.warn(message, stacklevel=3)
 
     def _nomad_value(
-        self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
+        self,
+        study: Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+        extrapolated: bool = False,
     ) -> Outputs | None:
-        """NOMAD's outputs (objectives to minimise, then constraints), or None for a failure."""
-        if state == TrialState.PRUNED:
+        """NOMAD's outputs (objectives to minimise, then constraints), or None for a failure.
+
+        ``extrapolated``: for a pruned trial, ``values`` already holds its extrapolated value (None: none).
+        """
+        if state == TrialState.PRUNED and not extrapolated:
             # Not its last reported value (Optuna records that): where its curve would have ended.
             final = trial.system_attrs[EXTRAPOLATED_ATTR] if EXTRAPOLATED_ATTR in trial.system_attrs else (
                 extrapolated_value(study, trial)
