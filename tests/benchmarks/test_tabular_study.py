@@ -1,0 +1,183 @@
+"""benchmarks/tabular_study.py on a tiny synthetic table: regret, ranks, p-values, pruners, warm start, results."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from lorahpo.tabular import CURVE_FIELDS, GridAxis, Table, grid_order, write_table
+
+# Inside the `default` space, whose x0 (rank 8, dropout 0.05, alpha 16, lr 2e-4) is a grid point.
+GRID = {
+    "rank": GridAxis([8, 32, 128], log=True),
+    "alpha": GridAxis([4, 16, 64], log=True),
+    "dropout": GridAxis([0.0, 0.05]),
+    "learning_rate": GridAxis([2e-5, 2e-4, 2e-3], log=True),
+}
+STEPS = (3, 6, 9, 12)
+TOKENS_PER_STEP = 800.0
+BEST = {"rank": 32, "alpha": 16, "dropout": 0.0, "learning_rate": 2e-3}
+
+
+def final_loss(p):
+    """Smooth, with its single minimum (1.0) at BEST."""
+    return 1.0 + 0.3 * math.log10(p["learning_rate"] / 2e-3) ** 2 + 0.1 * abs(math.log2(p["rank"] / 32)) \
+        + 0.05 * abs(math.log2(p["alpha"] / 16)) + p["dropout"]
+
+
+def row(p):
+    """Curves that fall by the same amount from the same start above their final loss: they never
+    cross, so a configuration bad at the end is bad from its first validation (pruning is obvious)."""
+    final = final_loss(p)
+    curve = [[s, final + 2.0 / s - 2.0 / STEPS[-1], s * TOKENS_PER_STEP, 1.0 + s] for s in STEPS]
+    return {"params": p, "status": "complete", "value": final, "reason": None, "duration_s": 13.0, "curve": curve,
+            "metrics": {"validation_loss": final, "train_tokens": STEPS[-1] * TOKENS_PER_STEP}}
+
+
+def write(path, points, planned=None):
+    meta = {"grid": {n: {"values": a.values, "log": a.log} for n, a in GRID.items()},
+            "curve_fields": list(CURVE_FIELDS), "planned": planned or len(points), "measured": len(points)}
+    write_table(path, meta, [row(p) for p in points])
+    return path
+
+
+@pytest.fixture(scope="module")
+def bench(load_benchmark):
+    return load_benchmark("tabular_study")
+
+
+@pytest.fixture(scope="module")
+def table_path(tmp_path_factory):
+    return write(tmp_path_factory.mktemp("table") / "tiny.jsonl.gz", grid_order(GRID))
+
+
+def trial(bench, value, tokens=9600.0, status=None):
+    return bench.Trial(status or ("complete" if value is not None else "failed"), value, tokens, {})
+
+
+def test_regret_is_the_best_so_far_above_the_tables_best_and_failures_find_nothing(bench):
+    trials = [trial(bench, None), trial(bench, 1.5), trial(bench, None), trial(bench, 1.2), trial(bench, 1.0)]
+    regret = bench.regret_curve(trials, best=1.0, worst=2.0, budget=7)
+    assert regret.tolist() == [1.0, 0.5, 0.5, pytest.approx(0.2), 0.0, 0.0, 0.0]
+
+
+def test_a_study_that_reaches_the_known_best_has_regret_exactly_zero_from_there(bench, table_path):
+    summary = bench.table_summary(Table.load(table_path))
+    assert summary["best"] == 1.0 and summary["best_params"] == BEST
+    table = Table.load(table_path)
+    trials = bench.run_study(bench.RunSpec(str(table_path), "tpe", 0, 20))
+    hit = next(i for i, t in enumerate(trials) if table.snap(t.params) == BEST)
+    regret = bench.regret_curve(trials, summary["best"], summary["worst"], 20)
+    assert regret[hit] == 0.0 and (regret[:hit] > 0).all() and (regret[hit:] == 0.0).all()
+
+
+def test_a_study_on_the_table_is_reproducible_per_seed(bench, table_path):
+    def trail(seed):
+        return [(t.params, t.value) for t in bench.run_study(bench.RunSpec(str(table_path), "tpe", seed, 8))]
+
+    assert trail(3) == trail(3)
+    assert trail(3) != trail(4)
+
+
+def test_the_wilcoxon_p_value_matches_the_exact_distribution_by_hand(bench):
+    # 6 differences, all of one sign: W = 0 of 2^6 equally likely sign patterns, two-sided 2/64.
+    assert bench.wilcoxon_p([2, 3, 4, 5, 6, 7, 9], [1, 1, 1, 1, 1, 1, 9]) == pytest.approx(2 / 64)
+    # One negative difference of the smallest rank: W = 1, patterns with W <= 1 are 2 of 64 per side.
+    assert bench.wilcoxon_p([0, 3, 4, 5, 6, 7], [1, 1, 1, 1, 1, 1]) == pytest.approx(4 / 64)
+    assert bench.wilcoxon_p([1, 2], [1, 2]) == 1.0
+
+
+def test_mean_ranks_rank_the_arms_per_seed_and_budget_and_share_ties(bench):
+    regrets = {"a": np.array([[0.0, 0.0], [0.2, 0.0]]), "b": np.array([[0.1, 0.0], [0.1, 0.3]])}
+    ranks = bench.mean_ranks(regrets)
+    assert ranks["a"].tolist() == [1.5, 1.25]
+    assert ranks["b"].tolist() == [1.5, 1.75]
+    assert bench.budget_reaching(np.array([0.3, 0.2, 0.1]), 0.2) == 2
+    assert bench.budget_reaching(np.array([0.3, 0.2]), 0.1) is None
+
+
+def test_the_pruner_target_is_within_half_a_percent_with_at_most_40_percent_of_the_tokens(bench):
+    full = [trial(bench, v) for v in (1.3, 1.2, 1.0, 1.1, 1.4)]  # best 1.0 with 5 x 100 tokens
+    full = [bench.Trial(t.status, t.value, 100.0, {}) for t in full]
+    cheap = [bench.Trial("pruned", None, 25.0, {}), bench.Trial("complete", 1.004, 100.0, {})]
+    late = [bench.Trial("pruned", None, 25.0, {})] * 7 + [bench.Trial("complete", 1.0, 100.0, {})]
+    met = bench.pruner_outcome(full, cheap, best=1.0)
+    assert met["met"] and met["token_share_to_target"] == pytest.approx(125 / 500) and met["pruned"] == 1
+    missed = bench.pruner_outcome(full, late, best=1.0)
+    assert not missed["met"] and missed["token_share_to_target"] == pytest.approx(275 / 500)
+    assert missed["regret_within_share"] is None  # nothing complete within 200 tokens
+
+
+def test_a_warm_started_study_first_evaluates_the_source_studys_best_points(bench, table_path):
+    source = bench.RunSpec(str(table_path), "random", 5, 8)
+    warm = bench.RunSpec(str(table_path), "tpe", 1, 6, warm_from=source, warm_points=3)
+    source_trials = bench.run_study(source)
+    ranked = sorted((t for t in source_trials if t.value is not None), key=lambda t: t.value)
+    best_points = []
+    for t in ranked:
+        if t.params not in best_points:
+            best_points.append(t.params)
+    trials = bench.run_study(warm)
+    assert [t.params for t in trials[:3]] == best_points[:3]
+    cold = bench.run_study(bench.RunSpec(str(table_path), "tpe", 1, 6))
+    assert [t.params for t in cold[:3]] != best_points[:3]
+
+
+def test_the_optimizer_results_have_the_documented_shape(bench, table_path, tmp_path):
+    out = tmp_path / "optimizers.json"
+    argv = ["optimizers", "--table", str(table_path), "--seeds", "2", "--budget", "10", "--arms", "nomad", "random",
+            "--reference", "10", "--out", str(out)]
+    assert bench.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["seeds"] == [0, 1] and result["budgets"] == [5, 10] and result["partial"] is False
+    assert {"path", "measured", "planned", "best"} <= set(result["table"]) and result["table"]["measured"] == 54
+    assert {"cpu", "cores"} <= set(result["machine"])
+    for name in ("nomad", "random"):
+        arm = result["optimizers"][name]
+        assert set(arm["median_regret"]) == set(arm["mean_rank"]) == set(arm["p_vs_random"]) == {"5", "10"}
+        assert all(v >= 0 for v in arm["median_regret"].values())
+        assert all(1.0 <= v <= 2.0 for v in arm["mean_rank"].values())
+    assert all(0 < p <= 1 for p in result["optimizers"]["nomad"]["p_vs_random"].values())
+    assert set(result["optimizers"]["random"]["p_vs_random"].values()) == {None}
+    assert result["optimizers"]["random"]["budget_to_random_10"] <= 10
+    assert "| nomad |" in out.with_suffix(".md").read_text()
+
+
+def test_pruning_spends_fewer_tokens_per_trial_and_the_results_have_the_documented_shape(bench, table_path,
+                                                                                          tmp_path):
+    out = tmp_path / "pruners.json"
+    argv = ["pruners", "--table", str(table_path), "--seeds", "1", "--budget", "4", "--optimizers", "random",
+            "--out", str(out)]
+    assert bench.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert set(result["pruners"]) == {f"random+{p}" for p in bench.PRUNER_ARMS}
+    none, asha = result["per_seed"]["random+none"][0], result["per_seed"]["random+asha"][0]
+    assert none["trials"] == 4 and none["pruned"] == 0 and asha["trials"] == 8 and asha["pruned"] > 0
+    assert asha["tokens"] / asha["trials"] < none["tokens"] / none["trials"]
+    assert all(0.0 <= arm["fraction_met"] <= 1.0 for arm in result["pruners"].values())
+    assert result["pruner_options"]["asha"] == {"min_resource": 3, "reduction_factor": 2}
+
+
+def test_the_warm_start_results_compare_warm_and_cold_by_budget(bench, table_path, tmp_path):
+    out = tmp_path / "warm.json"
+    argv = ["warmstart", "--table", str(table_path), "--source", str(table_path), "--seeds", "2", "--budget", "6",
+            "--source-budget", "6", "--points", "2", "--optimizer", "tpe", "--out", str(out)]
+    assert bench.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert set(result["arms"]) == {"warm", "cold"} and set(result["p_warm_vs_cold"]) == {"5", "6"}
+    assert result["source"]["path"] == result["table"]["path"] == str(table_path)
+
+
+def test_an_incomplete_table_is_refused_in_one_line_unless_partial_runs_are_allowed(bench, tmp_path, capsys):
+    partial = write(tmp_path / "partial.jsonl.gz", grid_order(GRID)[:20], planned=54)
+    out = tmp_path / "optimizers.json"
+    argv = ["optimizers", "--table", str(partial), "--seeds", "2", "--budget", "5", "--arms", "random", "tpe",
+            "--out", str(out)]
+    assert bench.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "holds 20 of 54 configurations" in err and "--allow-partial" in err
+    assert not out.exists()
+    assert bench.main([*argv, "--allow-partial"]) == 0
+    result = json.loads(out.read_text())
+    assert result["partial"] is True and result["table"]["measured"] == 20
