@@ -141,9 +141,12 @@ def run_study(spec: RunSpec) -> list[Trial]:
 def _study(spec: RunSpec, folder: Path, warm_start: list[str]) -> list[Trial]:
     import warnings
 
+    import optuna
+
     from lorahpo import config as cfg
     from lorahpo.study import Study
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per study would bury the progress line
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Optuna's experimental and independent-sampling warnings
         study = Study.open(folder, cfg.parse(spec.config(warm_start), "tabular-study"))
