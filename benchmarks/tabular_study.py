@@ -88,10 +88,14 @@ OPTIMIZER_ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     "random": ("random", {}),
 }
 PRUNER_ARMS = ("none", "asha", "hyperband", "median", "curve")
+#: Significance level of "beats random search".
+ALPHA = 0.05
 #: Within this fraction of the seed's full-fidelity best ...
 CLOSE = 0.005
-#: ... with at most this fraction of its training tokens.
+#: ... with at most this fraction of its training tokens ...
 TOKEN_SHARE = 0.4
+#: ... in at least this fraction of seeds.
+TARGET_FRACTION = 0.8
 
 
 @dataclass(frozen=True)
@@ -247,14 +251,30 @@ def summarize_optimizers(runs: dict[str, list[list[Trial]]], summary: dict[str, 
     target = float(medians["random"][reference - 1]) if base is not None else None
     out: dict[str, Any] = {}
     for name, r in regrets.items():
+        compared = base is not None and name != "random"
+        p = {b: wilcoxon_p(r[:, b - 1], base[:, b - 1]) for b in budgets} if compared else {}
         out[name] = {
             "median_regret": {str(b): float(medians[name][b - 1]) for b in budgets},
             "mean_rank": {str(b): float(ranks[name][b - 1]) for b in budgets},
-            "p_vs_random": {str(b): (wilcoxon_p(r[:, b - 1], base[:, b - 1]) if base is not None and name != "random"
-                                     else None) for b in budgets},
+            "p_vs_random": {str(b): p.get(b) for b in budgets},
+            # significantly different from random search, and lower on average over the seeds
+            "beats_random": {str(b): (bool(p[b] < ALPHA and (r[:, b - 1] - base[:, b - 1]).mean() < 0)
+                                      if compared else None) for b in budgets},
             f"budget_to_random_{reference}": (budget_reaching(medians[name], target) if target is not None else None),
         }
     return out
+
+
+def optimizer_targets(arms: dict[str, Any], reference: int, arm: str = "nomad") -> dict[str, Any] | None:
+    """Whether ``arm`` (lorahpo's default optimizer) beats random search at budgets 10 and 20 and
+    reaches random search's median regret at budget ``reference`` within 10 evaluations."""
+    if arm not in arms or "random" not in arms:
+        return None
+    beats = arms[arm]["beats_random"]
+    reached = arms[arm][f"budget_to_random_{reference}"]
+    return {"optimizer": arm,
+            "beats_random_at_10_and_20": all(beats.get(b) is True for b in ("10", "20")) and {"10", "20"} <= set(beats),
+            f"reaches_random_{reference}_within_10": reached is not None and reached <= 10}
 
 
 def pruner_outcome(full: Sequence[Trial], arm: Sequence[Trial], best: float) -> dict[str, Any]:
@@ -357,6 +377,7 @@ def optimizers(args: argparse.Namespace) -> dict[str, Any]:
               "arms": {a: {"optimizer": OPTIMIZER_ARMS[a][0], "options": OPTIMIZER_ARMS[a][1]} for a in arms},
               "optimizers": summarize_optimizers(runs, summary, budgets, args.reference),
               "wall_s": round(time.perf_counter() - tic, 1)}
+    result["targets"] = optimizer_targets(result["optimizers"], min(args.reference, args.budget))
     write_results(args.out or RESULTS / "tabular_optimizers.json", result, optimizers_markdown(result))
     return result
 
@@ -382,6 +403,8 @@ def pruners(args: argparse.Namespace) -> dict[str, Any]:
     result = {**_header(args, seeds, {"table": summary}), "budget": args.budget, "pruned_budget": 2 * args.budget,
               "close": CLOSE, "token_share": TOKEN_SHARE, "pruner_options": options,
               "pruners": summarize_pruners(arms), "per_seed": arms, "wall_s": round(time.perf_counter() - tic, 1)}
+    result["targets"] = {"fraction": TARGET_FRACTION, "arms_meeting": [
+        name for name, arm in result["pruners"].items() if arm["fraction_met"] >= TARGET_FRACTION]}
     write_results(args.out or RESULTS / "tabular_pruners.json", result, pruners_markdown(result))
     return result
 
@@ -462,7 +485,21 @@ def optimizers_markdown(result: dict[str, Any]) -> str:
             f"{head}{med}\nMean rank among the optimizers (1 = best):\n\n{head}{rank}\n"
             f"Wilcoxon signed-rank p-value against random search (two-sided, paired by seed):\n\n{head}{pval}\n"
             f"Budget at which the median regret reaches random search's at budget "
-            f"{reach.rsplit('_', 1)[1]}:\n\n| optimizer | budget |\n|---|---|\n{hits}")
+            f"{reach.rsplit('_', 1)[1]}:\n\n| optimizer | budget |\n|---|---|\n{hits}{_targets_line(result)}")
+
+
+def _targets_line(result: dict[str, Any]) -> str:
+    targets = result.get("targets")
+    if not targets:
+        return ""
+    key = next(k for k in targets if k.startswith("reaches_random_"))
+    return (f"\n{targets['optimizer']} beats random search at budgets 10 and 20 (p < {ALPHA}, lower mean regret): "
+            f"{_yes(targets['beats_random_at_10_and_20'])}; reaches random search's median regret at budget "
+            f"{key.split('_')[2]} within 10 evaluations: {_yes(targets[key])}.\n")
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
 
 
 def pruners_markdown(result: dict[str, Any]) -> str:
@@ -477,7 +514,9 @@ def pruners_markdown(result: dict[str, Any]) -> str:
             f"trials. *Met*: the best found within {result['token_share']:.0%} of those tokens is within "
             f"{result['close']:.1%} of the full-fidelity best.\n\n"
             "| optimizer+pruner | fraction of seeds met | median token share to the target (seeds reaching it) "
-            "| median regret within the share | median trials pruned |\n|---|---|---|---|---|\n" + rows)
+            "| median regret within the share | median trials pruned |\n|---|---|---|---|---|\n" + rows
+            + f"\nArms meeting the target in at least {TARGET_FRACTION:.0%} of seeds: "
+            + (", ".join(result["targets"]["arms_meeting"]) or "none") + ".\n")
 
 
 def warmstart_markdown(result: dict[str, Any]) -> str:

@@ -97,6 +97,24 @@ def test_mean_ranks_rank_the_arms_per_seed_and_budget_and_share_ties(bench):
     assert bench.budget_reaching(np.array([0.3, 0.2]), 0.1) is None
 
 
+def test_an_optimizer_better_on_every_seed_beats_random_search_and_reaches_its_regret_at_once(bench):
+    summary = {"best": 1.0, "worst": 2.0}
+    runs = {"nomad": [[trial(bench, 1.0)] * 20 for _ in range(6)],
+            "random": [[trial(bench, 1.5)] * 10 + [trial(bench, 1.2)] * 10 for _ in range(6)]}
+    arms = bench.summarize_optimizers(runs, summary, budgets=[10, 20], reference=20)
+    assert arms["nomad"]["median_regret"] == {"10": 0.0, "20": 0.0}
+    assert arms["random"]["median_regret"] == {"10": 0.5, "20": pytest.approx(0.2)}
+    assert arms["nomad"]["mean_rank"] == {"10": 1.0, "20": 1.0} and arms["random"]["mean_rank"]["20"] == 2.0
+    assert arms["nomad"]["p_vs_random"] == {"10": pytest.approx(2 / 64), "20": pytest.approx(2 / 64)}
+    assert arms["nomad"]["beats_random"] == {"10": True, "20": True}
+    assert arms["nomad"]["budget_to_random_20"] == 1 and arms["random"]["budget_to_random_20"] == 11
+    assert bench.optimizer_targets(arms, 20) == {"optimizer": "nomad", "beats_random_at_10_and_20": True,
+                                                 "reaches_random_20_within_10": True}
+    worse = bench.summarize_optimizers({"nomad": runs["random"], "random": runs["nomad"]}, summary, [10, 20], 20)
+    assert worse["nomad"]["beats_random"] == {"10": False, "20": False}  # as significant, the other way
+    assert bench.optimizer_targets(worse, 20)["beats_random_at_10_and_20"] is False
+
+
 def test_the_pruner_target_is_within_half_a_percent_with_at_most_40_percent_of_the_tokens(bench):
     full = [trial(bench, v) for v in (1.3, 1.2, 1.0, 1.1, 1.4)]  # best 1.0 with 5 x 100 tokens
     full = [bench.Trial(t.status, t.value, 100.0, {}) for t in full]
@@ -141,6 +159,8 @@ def test_the_optimizer_results_have_the_documented_shape(bench, table_path, tmp_
     assert all(0 < p <= 1 for p in result["optimizers"]["nomad"]["p_vs_random"].values())
     assert set(result["optimizers"]["random"]["p_vs_random"].values()) == {None}
     assert result["optimizers"]["random"]["budget_to_random_10"] <= 10
+    assert set(result["optimizers"]["nomad"]["beats_random"]) == {"5", "10"}
+    assert set(result["targets"]) == {"optimizer", "beats_random_at_10_and_20", "reaches_random_10_within_10"}
     assert "| nomad |" in out.with_suffix(".md").read_text()
 
 
@@ -157,6 +177,7 @@ def test_pruning_spends_fewer_tokens_per_trial_and_the_results_have_the_document
     assert asha["tokens"] / asha["trials"] < none["tokens"] / none["trials"]
     assert all(0.0 <= arm["fraction_met"] <= 1.0 for arm in result["pruners"].values())
     assert result["pruner_options"]["asha"] == {"min_resource": 3, "reduction_factor": 2}
+    assert result["targets"]["arms_meeting"] == [n for n, a in result["pruners"].items() if a["fraction_met"] >= 0.8]
 
 
 def test_the_warm_start_results_compare_warm_and_cold_by_budget(bench, table_path, tmp_path):
