@@ -527,8 +527,8 @@ def warmstart_markdown(result: dict[str, Any]) -> str:
     rows += "| p warm vs cold | " + " | ".join(_fmt(result["p_warm_vs_cold"][str(b)], 3) for b in budgets) + " |\n"
     return (f"# Warm start on the LoRA tabular benchmark\n\nTarget {_table_line(result['table'])}.\n"
             f"Source {_table_line(result['source'])}.\n{_machine_line(result)}\n\n"
-            f"{result['optimizer']}: per seed a {result['source_budget']}-trial study on the source; the target "
-            f"study evaluates its {result['warm_start_points']} best points first (warm), or starts at x0 (cold). "
+            f"{result['optimizer']}: per seed a {result['source_budget']}-trial study on the source; the target study "
+            f"evaluates its best points (up to {result['warm_start_points']}) first (warm), or starts at x0 (cold). "
             "Median regret on the target after b evaluations, and the Wilcoxon signed-rank p-value "
             f"(two-sided, paired by seed):\n\n{head}{rows}")
 
