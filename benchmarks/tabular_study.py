@@ -84,7 +84,7 @@ OPTIMIZER_ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     "gp": ("gp", {}),
     # Optuna's CMA-ES searches the numbers (alpha, learning rate); it samples the choices (rank,
     # dropout) independently at random, as it does for any categorical parameter.
-    "cmaes": ("optuna.samplers.CmaEsSampler", {}),
+    "cmaes": ("cmaes", {}),
     "random": ("random", {}),
 }
 PRUNER_ARMS = ("none", "asha", "hyperband", "median", "curve")

@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("config", nargs="?", help="study YAML (default: the built-in LoRA study on smollm2-135m)")
     t.add_argument("--study-dir", help="study folder (default: runs/<config name>)")
-    t.add_argument("--optimizer", help="nomad, tpe, gp, nsga2, random, grid, or an Optuna sampler import path")
+    t.add_argument("--optimizer", help="nomad, tpe, gp, cmaes, nsga2, random, grid, or an Optuna sampler import path")
     t.add_argument("--budget", type=int, help="finished evaluations in the study, across runs")
     t.add_argument("--parallel", type=int, help="trials run at once")
     t.add_argument("--seed", type=int, help="optimizer seed")

@@ -90,7 +90,7 @@ class StudyConfig(_Strict):
     name: str = Field("lorahpo", description="Study name inside the storage.")
     storage: str | None = Field(None, description="Optuna storage URL (default: SQLite file in the study folder).")
     optimizer: str = Field(
-        "nomad", description="nomad, tpe, gp, nsga2, random, grid, or an Optuna sampler import path."
+        "nomad", description="nomad, tpe, gp, cmaes, nsga2, random, grid, or an Optuna sampler import path."
     )
     optimizer_options: dict[str, Any] = Field(default_factory=dict, description="Keyword options of the optimizer.")
     seed: int = Field(0, description="Seed of the optimizer.")

@@ -15,6 +15,7 @@ from lorahpo.errors import UserError
 EXTRAS: dict[str, tuple[str, ...]] = {
     "lora": ("torch", "transformers", "peft"),
     "gp": ("torch", "scipy"),
+    "cmaes": ("cmaes",),
     "web": ("starlette", "uvicorn", "jinja2", "itsdangerous"),
     "eval": ("lm_eval",),
     "report": ("matplotlib",),

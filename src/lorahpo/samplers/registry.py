@@ -1,4 +1,4 @@
-"""Optimizers by name: ``nomad``, ``tpe``, ``gp``, ``nsga2``, ``random``, ``grid``, or an import path."""
+"""Optimizers by name: ``nomad``, ``tpe``, ``gp``, ``cmaes``, ``nsga2``, ``random``, ``grid``, or an import path."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ from optuna.distributions import (
     FloatDistribution,
     IntDistribution,
 )
-from optuna.samplers import BaseSampler, GPSampler, GridSampler, NSGAIISampler, RandomSampler, TPESampler
+from optuna.samplers import BaseSampler, CmaEsSampler, GPSampler, GridSampler, NSGAIISampler, RandomSampler, TPESampler
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
 from lorahpo.extras import require
 from lorahpo.samplers.seeded import TrialSeededSampler
 
-OPTIMIZERS = ("nomad", "tpe", "gp", "nsga2", "random", "grid")
+OPTIMIZERS = ("nomad", "tpe", "gp", "cmaes", "nsga2", "random", "grid")
 _GRID_LIMIT = 100_000
 
 
@@ -42,7 +42,7 @@ def make_sampler(
 
     Args:
         name: ``nomad``, ``tpe`` (constant liar when ``parallel > 1``), ``gp`` (Optuna's
-            Gaussian-process Bayesian optimization), ``nsga2``, ``random``, ``grid``, or
+            Gaussian-process Bayesian optimization), ``cmaes`` (Optuna's CMA-ES), ``nsga2``, ``random``, ``grid``, or
             ``package.module:ClassName`` / ``package.module.ClassName`` of any Optuna sampler.
         distributions: The search space.
         x0: Starting point (NOMAD's X0).
@@ -54,7 +54,7 @@ def make_sampler(
             grid search refuses them.
         constraints: Names of the constraints each trial sets (``trial.set_constraint``, met
             when <= 0). NOMAD needs them up front (one progressive-barrier output each); TPE, GP
-            and NSGA-II read them from the trials; random and grid ignore them.
+            and NSGA-II read them from the trials; CMA-ES, random and grid ignore them.
         shared: Several processes may ask trials of the study at once (a shared store): TPE, GP,
             NSGA-II, random and grid then seed each trial by its number (see
             :class:`TrialSeededSampler`).
@@ -99,6 +99,15 @@ def make_sampler(
         require("gp")
         _check_kwargs(GPSampler, options, "gp")
         return TrialSeededSampler(lambda s: GPSampler(seed=s, **options), seed, x0=x0, shared=shared)
+    if name == "cmaes":
+        # CMA-ES adapts a Gaussian over the numeric parameters; Optuna samples choices (rank in
+        # the default space) at random beside it. Its state lives in the study's trials, so a
+        # fresh sampler per trial continues the same run.
+        require("cmaes")
+        if n_objectives > 1:
+            raise ValueError("cmaes has a single objective; use nomad, gp, tpe or nsga2 for several")
+        _check_kwargs(CmaEsSampler, options, "cmaes")
+        return TrialSeededSampler(lambda s: CmaEsSampler(seed=s, **options), seed, x0=x0, shared=shared)
     if name == "nsga2":
         _check_kwargs(NSGAIISampler, options, "nsga2")
         return TrialSeededSampler(lambda s: NSGAIISampler(seed=s, **options), seed, x0=x0, shared=shared)
