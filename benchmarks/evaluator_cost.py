@@ -54,7 +54,8 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def markdown(result: dict[str, Any]) -> str:
     s = result["summary"]
     lines = [f"# In-trial evaluator cost: {result['study']} ({', '.join(result['evaluators'])})", "",
-             f"Machine: {result['machine'].get('cpu')} ({result['machine'].get('cores')} cores).", "",
+             f"Machine: {result['machine'].get('cpu')} ({result['machine'].get('cores')} cores)."
+             + (f" {result['note']}" if result.get("note") else ""), "",
              "| trial | wall (s) | evaluators (s) | share of the rest |", "|---|---|---|---|"]
     for r in result["trials"]:
         lines.append(f"| {r['trial']} | {r['wall_s']:.0f} | {r['evaluation_s']:.1f} | {100 * r['overhead']:.0f}% |")
@@ -68,11 +69,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("study_dir", type=Path, help="study folder of a LoRA study with evaluators")
     p.add_argument("--out", type=Path, default=RESULTS / "evaluator_cost.json")
+    p.add_argument("--note", default="", help="a line for the Markdown, e.g. what else ran on the machine")
     args = p.parse_args(argv)
     study = Study.load(args.study_dir)
     rows = costs(study.records())
     result = {"study": str(args.study_dir), "evaluators": study.config.evaluators, "machine": machine(),
-              "trials": rows, "summary": summarize(rows)}
+              "note": args.note, "trials": rows, "summary": summarize(rows)}
     write_results(args.out, result, markdown(result))
     return result
 

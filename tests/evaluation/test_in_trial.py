@@ -80,6 +80,36 @@ def test_choice_batches_score_as_one_question_at_a_time(loaded, tmp_path):
         assert b == pytest.approx(a, abs=1e-4)
 
 
+def head_products(model, run) -> list[str]:
+    """The matrix-product ops that take the head's weight (hidden x vocabulary) while ``run()`` runs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    weight = tuple(model.get_output_embeddings().weight.shape[::-1])
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        run()
+    products = [e for e in prof.events() if e.name in ("aten::mm", "aten::bmm")]
+    return [e.name for e in products if any(tuple(shape[-2:]) == weight for shape in e.input_shapes)]
+
+
+def test_the_head_runs_as_one_matrix_product(tiny_model):
+    """The few columns of logits an evaluator needs reach the head as one matrix. Kept as a strided
+    view of the hidden states, they made the product with a frozen head weight (a trial's base
+    model) a batched one over a copy of the transposed weight per row: 0.2 s a row in bf16 for
+    SmolLM2's 49k vocabulary, more than the rest of the forward pass."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model.base, dtype=torch.float32).eval().requires_grad_(False)
+    ctx = context(model, AutoTokenizer.from_pretrained(tiny_model.base))
+    questions = [in_trial._question({**q, "task": "t"}, "row") for q in QUESTIONS]
+    examples = {"t": questions[:2]}
+    for run in (
+        lambda: in_trial.choice_logprobs(ctx, questions, batch_size=3),
+        lambda: in_trial.fewshot_answers(ctx, questions[2:], examples, batch_size=2),
+    ):
+        products = head_products(model, run)
+        assert products and set(products) == {"aten::mm"}
+
+
 def test_choice_accuracy_and_loglikelihoods_match_lm_eval(loaded, tmp_path):
     """The same items as a local lm-eval multiple-choice task give the same acc and log-likelihoods."""
     from lm_eval import simple_evaluate

@@ -226,6 +226,43 @@ def test_response_only_logits_give_the_full_forward_loss(tiny):
         assert response_loss_sum(model, batch).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("plain_head", [True, False])
+def test_validation_runs_the_shared_prompt_once_and_gives_each_example_alone(tiny, monkeypatch, plain_head):
+    """The template's preamble, shared by every validation example, runs once; each batch
+    continues its key/value cache. The loss is that of one full pass per example."""
+    config = tiny.config(precision="fp32")
+    setup = train.load(config)
+    model = train.add_lora(setup.model, config.lora, seed=0)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:  # a trained-looking adapter: it changes the preamble's keys and values too
+            torch.nn.init.normal_(param, std=0.5)
+    model.eval()
+    examples = setup.validation
+    total, count = 0.0, 0
+    for e in examples:
+        labels = torch.tensor([e.labels])
+        targets = int((labels[:, 1:] != -100).sum())
+        with torch.no_grad():
+            total += model(input_ids=torch.tensor([e.input_ids]), labels=labels).loss.item() * targets
+        count += targets
+    if not plain_head:
+        monkeypatch.setattr(train, "_PLAIN_HEAD", frozenset())
+    embed = model.get_base_model().get_input_embeddings()
+    columns: list[int] = []
+    hook = embed.register_forward_hook(lambda module, args, out: columns.append(args[0].numel()))
+    try:
+        loss = train.validate(model, examples, setup, batch_size=4)
+    finally:
+        hook.remove()
+    assert loss == pytest.approx(total / count, rel=1e-5)
+    shared = train.shared_prompt(examples)
+    first_target = min(next(i for i, t in enumerate(e.labels) if t != -100) for e in examples)
+    assert 0 < shared < first_target  # the Alpaca preamble, and no target in it
+    batches = length_grouped(examples, 4, seed=None)
+    own = [len(b) * (max(len(examples[i].input_ids) for i in b) - shared) for b in batches]
+    assert columns == [shared, *own]  # the preamble once, then each batch without it
+
+
 def test_length_grouped_batches_are_seeded_complete_and_tight():
     examples = [Example(list(range(n)), list(range(n))) for n in [5, 40, 7, 39, 6, 41, 8, 38] * 10]
     batches = length_grouped(examples, 4, seed="0-0")

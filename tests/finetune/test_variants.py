@@ -267,10 +267,10 @@ def fits_only(monkeypatch, rows):
     """Training steps with more than ``rows`` examples per micro-batch run out of memory."""
     loss = train.response_loss_sum
 
-    def limited(model, batch):
+    def limited(model, batch, prefix=None):
         if model.training and batch.input_ids.shape[0] > rows:
             raise torch.OutOfMemoryError(f"CUDA out of memory at {batch.input_ids.shape[0]} rows")
-        return loss(model, batch)
+        return loss(model, batch, prefix)
 
     monkeypatch.setattr(train, "response_loss_sum", limited)
 

@@ -36,6 +36,7 @@ import torch
 
 from lorahpo.finetune.config import EvaluatorSpec, LoraTrialConfig
 from lorahpo.finetune.data import IGNORE_INDEX, Example, render
+from lorahpo.finetune.prefix import Prefix, cache_of, common_length, run_prefix
 
 if TYPE_CHECKING:
     from lorahpo.finetune.device import Precision
@@ -264,12 +265,14 @@ def _choice_batch(context: Context, encoded: list[tuple[list[int], list[list[int
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p, _ in encoded], device=device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     with context.precision.autocast(device):
-        first = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+        first = model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=_last(1, ids)
+        )
     head = first.logits[:, -1].float().log_softmax(-1)  # left padding: every prefix ends in the last column
     scores = [[float(head[b, o[0]]) for o in options] for b, (_, options) in enumerate(encoded)]
     rows = [(b, i, o) for b, (_, options) in enumerate(encoded) for i, o in enumerate(options) if len(o) > 1]
     if rows:  # the options' later tokens, each option row continuing its question's prefix
-        cache, name = _cache(first)
+        cache, name = cache_of(first)
         owner = torch.tensor([b for b, _, _ in rows], device=device)
         cache.reorder_cache(owner)
         longest = max(len(o) for _, _, o in rows) - 1
@@ -287,10 +290,17 @@ def _choice_batch(context: Context, encoded: list[tuple[list[int], list[list[int
     return scores
 
 
-def _cache(output: Any) -> tuple[Any, str]:
-    """A forward pass's key/value cache, and the keyword that passes it back (``cache`` from transformers 5)."""
-    cache = getattr(output, "cache", None)
-    return (cache, "cache") if cache is not None else (output.past_key_values, "past_key_values")
+def _last(count: int, ids: torch.Tensor) -> torch.Tensor:
+    """``logits_to_keep`` for the last ``count`` columns of ``ids``, given as their indices.
+
+    Given as a number, the model keeps them as a strided view of its hidden states, which the
+    head's matrix product cannot fold into one matrix: it multiplies each row against its own
+    contiguous copy of the transposed head weight (vocabulary x hidden). On a CPU in bf16 that
+    copy took ~0.2 s per row for SmolLM2's 49k-token vocabulary, more than the rest of a
+    forward pass. Indices give a contiguous copy of just those columns, and the same logits.
+    """
+    width = ids.shape[1]
+    return torch.arange(width - count, width, device=ids.device)
 
 
 def encode_options(tokenizer: Any, context: str, continuations: list[str]) -> tuple[list[int], list[list[int]]]:
@@ -367,42 +377,22 @@ def fewshot_answers(
     for task in {q.task for q in questions}:
         members = [i for i, q in enumerate(questions) if q.task == task]
         # Every question keeps at least one context token: its pass predicts the first answer token.
-        shared = min(_common_length([encoded[i][0] for i in members]), *(encoded[i][1] - 1 for i in members))
+        shared = min(common_length([encoded[i][0] for i in members]), *(encoded[i][1] - 1 for i in members))
         members.sort(key=lambda i: len(encoded[i][0]))  # batches of similar lengths pad little
-        prefix = _prefix_cache(context, encoded[members[0]][0][:shared])
+        with context.precision.autocast(context.device):
+            prefix = run_prefix(context.model, encoded[members[0]][0][:shared], context.device)
         for start in range(0, len(members), batch_size):
             batch = members[start : start + batch_size]
-            answers = _fewshot_batch(context, prefix, shared, [encoded[i] for i in batch])
+            answers = _fewshot_batch(context, prefix, [encoded[i] for i in batch])
             for i, answered in zip(batch, answers, strict=True):
                 out[i] = answered
     return [a for a in out if a is not None]
 
 
-def _common_length(rows: list[list[int]]) -> int:
-    """How many leading tokens all ``rows`` share."""
-    n = 0
-    while all(len(r) > n for r in rows) and len({r[n] for r in rows}) == 1:
-        n += 1
-    return n
-
-
-def _prefix_cache(context: Context, ids: list[int]) -> tuple[Any, str] | None:
-    """The key/value cache of a task's shared tokens and its keyword (``None`` when they share none)."""
-    if not ids:
-        return None
-    tensor = torch.tensor([ids], device=context.device)
-    with context.precision.autocast(context.device):
-        output = context.model(input_ids=tensor, use_cache=True, logits_to_keep=1)
-    return _cache(output)
-
-
-def _fewshot_batch(
-    context: Context, prefix: tuple[Any, str] | None, shared: int, encoded: list[tuple[list[int], int]]
-) -> list[Answered]:
-    """A few questions continuing a copy of their task's prefix cache, each row left-padded."""
-    import copy
-
+def _fewshot_batch(context: Context, prefix: Prefix | None, encoded: list[tuple[list[int], int]]) -> list[Answered]:
+    """A few questions continuing their task's prefix, each row left-padded."""
     model, device, tokenizer = context.model, context.device, context.tokenizer
+    shared = prefix.length if prefix is not None else 0
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     own = [tokens[shared:] for tokens, _ in encoded]
     width = max(map(len, own))
@@ -410,16 +400,17 @@ def _fewshot_batch(
     mine = torch.tensor([[0] * (width - len(o)) + [1] * len(o) for o in own], device=device)
     positions = shared + (mine.cumsum(-1) - 1).clamp(min=0)
     mask = torch.cat([torch.ones(len(own), shared, dtype=mine.dtype, device=device), mine], dim=1)
-    kwargs: dict[str, Any] = {}
-    if prefix is not None:
-        cache, name = copy.deepcopy(prefix[0]), prefix[1]
-        cache.reorder_cache(torch.zeros(len(own), dtype=torch.long, device=device))
-        kwargs[name] = cache
+    kwargs = prefix.continued_by(len(own)) if prefix is not None else {}
     answer_lengths = [len(tokens) - length for tokens, length in encoded]
     keep = max(answer_lengths) + 1  # left padding: every row ends its answer in the last columns
     with context.precision.autocast(device):
         logits = model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=keep, **kwargs
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=_last(keep, ids),
+            **kwargs,
         ).logits
     logp = logits.float().log_softmax(-1)
     out = []

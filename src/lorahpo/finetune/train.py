@@ -10,6 +10,8 @@ One readable recipe, ``setup -> fit -> validate``, in a plain PyTorch loop:
   length (little padding) in an order fixed by ``training.seed``, the same in every trial.
 * **validate** measures the mean cross-entropy per response token over the whole validation
   split: token-weighted, so a batch of long answers counts for more than one of short answers.
+  The prompt template's preamble, which every example starts with, runs once per validation
+  (:mod:`lorahpo.finetune.prefix`): a third of the validation tokens of the built-in study.
 * **evaluate** measures the downstream metrics of ``config.evaluate`` on the adapted model in
   memory, next to the base model's (:mod:`lorahpo.evaluation.in_trial`).
 
@@ -64,6 +66,7 @@ from lorahpo.finetune.config import LoraConfig, LoraTrialConfig, TrainingConfig
 from lorahpo.finetune.data import IGNORE_INDEX, DataError, Example, build_splits
 from lorahpo.finetune.device import Precision, describe, resolve_device, resolve_precision
 from lorahpo.finetune.models import ModelError, load_model_and_tokenizer
+from lorahpo.finetune.prefix import Prefix, common_length, run_prefix
 from lorahpo.result import Reporter, Status, TrialResult
 
 if TYPE_CHECKING:
@@ -528,17 +531,30 @@ def validate(model: Any, examples: list[Example], setup: Setup, batch_size: int)
     was_training = model.training
     model.eval()
     total, count = 0.0, 0.0
+    with setup.precision.autocast(setup.device):
+        prefix = run_prefix(model, examples[0].input_ids[: shared_prompt(examples)], setup.device) if examples else None
     # Sorted by length, no shuffle: the least padding, and the same batches every time.
     batches = length_grouped(examples, batch_size, seed=None)
     for indices in batches[setup.rank :: setup.world]:  # data-parallel: this rank's share
         batch = collate(examples, indices, setup.tokenizer.pad_token_id, setup.device)
         with setup.precision.autocast(setup.device):
-            total += response_loss_sum(model, batch).item()
+            total += response_loss_sum(model, batch, prefix).item()
         count += batch.targets
     model.train(was_training)
     if setup.world > 1:
         total, count = _summed(setup, [total, count])
     return total / max(count, 1)
+
+
+def shared_prompt(examples: list[Example]) -> int:
+    """How many leading tokens all ``examples`` share before any loss target: the prompt
+    template's preamble, run once for all of them (:mod:`lorahpo.finetune.prefix`).
+
+    Nor is the token after them: it is predicted from the last shared token's hidden state,
+    which the batches do not compute again.
+    """
+    first_targets = (next((i for i, t in enumerate(e.labels) if t != IGNORE_INDEX), len(e.labels)) for e in examples)
+    return max(0, min(common_length([e.input_ids for e in examples]), *(t - 1 for t in first_targets)))
 
 
 def _summed(setup: Setup, values: list[float]) -> list[float]:
@@ -611,7 +627,7 @@ def eval_batch_size(cfg: TrainingConfig) -> int:
     return 2 * cfg.batch_size
 
 
-def response_loss_sum(model: Any, batch: Batch) -> torch.Tensor:
+def response_loss_sum(model: Any, batch: Batch, prefix: Prefix | None = None) -> torch.Tensor:
     """Summed next-token cross-entropy over the response tokens of ``batch`` (fp32).
 
     For architectures with a plain head, the decoder runs without the padding mask: padding
@@ -620,19 +636,25 @@ def response_loss_sum(model: Any, batch: Batch) -> torch.Tensor:
     A packed batch passes its position ids and no mask: transformers then confines attention
     to each example (a block-diagonal mask, or variable-length flash attention), as long as
     no key/value cache is asked for.
+
+    With a ``prefix`` (validation; no packed batch), the rows continue the cache of their shared
+    first tokens, none of which is a target (:func:`shared_prompt`), and run only their own.
     """
-    targets = batch.labels[:, 1:]
+    skip = prefix.length if prefix is not None else 0
+    cached = prefix.continued_by(len(batch.input_ids)) if prefix is not None else {}
+    ids = batch.input_ids[:, skip:]
+    targets = batch.labels[:, skip + 1 :]
     keep = targets != IGNORE_INDEX
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     packed = batch.position_ids is not None
     if base.config.model_type in _PLAIN_HEAD:
         decoder = base.get_decoder()
-        hidden = decoder(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).last_hidden_state
-        logits = base.get_output_embeddings()(hidden[:, :-1][keep])
+        hidden = decoder(input_ids=ids, position_ids=batch.position_ids, use_cache=bool(cached), **cached)
+        logits = base.get_output_embeddings()(hidden.last_hidden_state[:, :-1][keep])
     else:
         mask = None if packed else batch.attention_mask
         logits = model(
-            input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids, use_cache=False
+            input_ids=ids, attention_mask=mask, position_ids=batch.position_ids, use_cache=bool(cached), **cached
         ).logits
         logits = logits[:, :-1][keep]
     return F.cross_entropy(logits.float(), targets[keep], reduction="sum")
