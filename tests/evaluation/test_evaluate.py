@@ -117,6 +117,24 @@ def test_a_gguf_model_reaches_lm_eval_with_its_gguf_file(tmp_path, tiny_model, t
                                     "object_counting"}
 
 
+def test_lm_eval_generates_with_the_head_as_one_matrix_product(tiny_model):
+    """An adapter loaded for lm-eval freezes the head weight; its prefill's last column still reaches
+    the head as one matrix (not one product per row against a copy of the transposed weight)."""
+    import torch
+    from finetune.tiny import head_products
+
+    lm = harness.load_model(ModelConfig(name=str(tiny_model.base)), tiny_model.adapters[0], device="cpu")
+    ids = torch.tensor([lm.tokenizer("Q: (A) or (B)?\nA:").input_ids])
+    pad = lm.tokenizer.eos_token_id
+
+    def run():
+        with torch.no_grad():
+            lm.model.generate(input_ids=ids, max_new_tokens=3, do_sample=False, pad_token_id=pad)
+
+    assert not lm.model.get_output_embeddings().weight.requires_grad
+    assert set(head_products(lm.model, run)) == {"aten::mm"}
+
+
 def test_a_failing_pair_is_one_error_and_keeps_what_was_stored(study_dir, monkeypatch):
     from lorahpo.evaluation import runner
 

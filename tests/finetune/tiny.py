@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +32,21 @@ def one_torch_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def head_products(model: Any, run: Callable[[], Any]) -> list[str]:
+    """The matrix-product ops that take the head's weight (hidden x vocabulary) while ``run()`` runs.
+
+    ``aten::mm`` is the head as one matrix product; ``aten::bmm`` is one product per row, each
+    against its own copy of the transposed weight (a strided input and a frozen weight).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    weight = tuple(model.get_output_embeddings().weight.shape[::-1])
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        run()
+    products = [e for e in prof.events() if e.name in ("aten::mm", "aten::bmm")]
+    return [e.name for e in products if any(tuple(shape[-2:]) == weight for shape in e.input_shapes)]
 
 
 def instruction_rows(n: int = 48) -> list[dict[str, str]]:

@@ -58,11 +58,11 @@ def load_model(
     from lm_eval.models.huggingface import HFLM
 
     from lorahpo.finetune.device import resolve_device, resolve_precision
-    from lorahpo.finetune.models import resolve_model
+    from lorahpo.finetune.models import contiguous_head, resolve_model
 
     source, kwargs = resolve_model(model)
     where = resolve_device(device)
-    return HFLM(
+    lm = HFLM(
         pretrained=source,
         peft=str(adapter) if adapter is not None else None,
         gguf_file=kwargs.get("gguf_file"),
@@ -72,6 +72,8 @@ def load_model(
         dtype=resolve_precision(precision, where).dtype,
         batch_size=batch_size,
     )
+    contiguous_head(lm.model)
+    return lm
 
 
 def task_manager(include_paths: list[Path], with_lm_eval_tasks: bool) -> Any:
