@@ -12,10 +12,13 @@ quarter held out: 167 examples). Each repetition times, in turn:
   was shared);
 - ``validation``: the validation loss as trials measure it (``train.validate``: the prompt
   template's preamble, shared by all examples, run once);
-- ``retention_3shot``: the built-in study's evaluator (100 questions, 3 solved examples each).
+- ``retention_3shot``: the built-in study's evaluator (100 questions, 3 solved examples each);
+- ``generate``: the ``in_domain`` evaluator (greedy answers, up to 32 new tokens, batches of 8)
+  on 16 held-out validation examples.
 
-Tokens are those of the examples (padding not counted; for the evaluator, the tokens it runs:
-each task's shared examples once, then each question's own). Background load changes every
+Tokens are those of the examples (padding not counted; for the 3-shot evaluator, the tokens it
+runs: each task's shared examples once, then each question's own; for ``generate``, the prompts'
+tokens plus 32 per example, the most it generates). Background load changes every
 number, but alike within a repetition: compare ratios. Results: ``results/eval_speed.json``.
 """
 
@@ -41,6 +44,7 @@ def measure(precision: str, reps: int) -> dict[str, Any]:
     from lorahpo.evaluation import in_trial
     from lorahpo.finetune import train
     from lorahpo.finetune.batching import collate, length_grouped
+    from lorahpo.finetune.config import EvaluatorSpec
     from lorahpo.finetune.prefix import common_length
 
     conf, _ = api.study_config()
@@ -97,8 +101,17 @@ def measure(precision: str, reps: int) -> dict[str, Any]:
         in_trial.fewshot_answers(context, questions, shots, spec.batch_size)
         return retention_tokens
 
+    generating = EvaluatorSpec.model_validate({"name": "in_domain", "size": 16})
+    prompts = in_trial.load_prompts(generating, context)
+    generate_tokens = sum(len(p.prompt_ids) + generating.max_new_tokens for p in prompts)
+
+    def run_generate() -> int:
+        model.eval()
+        in_trial.measure_generate(context, prompts, generating)
+        return generate_tokens
+
     passes = {"train": run_train, "validation_whole": run_whole, "validation": run_validate,
-              "retention_3shot": run_retention}
+              "retention_3shot": run_retention, "generate": run_generate}
     rates: dict[str, list[float]] = {name: [] for name in passes}
     for _ in range(reps):
         for name, run in passes.items():
@@ -127,7 +140,7 @@ def measure(precision: str, reps: int) -> dict[str, Any]:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    names = ["train", "validation_whole", "validation", "retention_3shot"]
+    names = ["train", "validation_whole", "validation", "retention_3shot", "generate"]
     lines = ["# Tokens/s of a trial's passes (built-in model, one process)", "",
              f"Machine: {result['machine'].get('cpu')} ({result['machine'].get('cores')} cores), "
              f"{result['threads']} thread(s); load average before: {result['load_before']}. {result['note']}", "",
