@@ -243,7 +243,12 @@ class Search:
         self._start([x0], self.problem.seed + self._run)
 
     def _restart_early(self) -> None:
-        """More trials at once than NOMAD has points: a new run, with room for all of them."""
+        """More trials at once than NOMAD has points: a new run, with room for all of them.
+
+        It starts from the best point and, like a first run, fills its first block with random
+        points nobody evaluated or holds: NOMAD's poll around the best point may propose only
+        points that running trials hold, which would leave the trial that asked without one.
+        """
         self.early_restarts += 1
         self._block_size = max(self._block_size, 2 * (len(self._out) + 1))
         self._queue.clear()
@@ -255,6 +260,14 @@ class Search:
         self._idle_runs = 0
         best = self._best()
         starts = self._starts() if best is None or not self.problem.startable(best) else [best]
+        taken = self._known.keys() | self._out | {tuple(p) for p in starts}
+        for _ in range(100 * self._block_size):  # bounded: a small integer space may have no point left
+            if len(starts) >= self._block_size:
+                break
+            x = self._random_point()
+            if tuple(x) not in taken:
+                starts.append(x)
+                taken.add(tuple(x))
         self._start(starts, self.problem.seed + self._run)
 
     def _best(self) -> list[float] | None:
