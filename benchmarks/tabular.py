@@ -81,7 +81,7 @@ _BLACKBOX: dict[str, Any] = {
     "model": {"name": "smollm2-135m"},
     "data": {"preset": "bigbench-instruct", "size": "cpu", "max_examples": 800, "max_length": 128,
              "validation_fraction": 0.25},
-    "evaluate": ["retention"],
+    "evaluate": [{"name": "retention", "shots": 3}],  # the built-in study's forgetting guard
 }
 _TRAINING = {"batch_size": 8, "effective_batch_size": 8, "precision": "fp32"}
 

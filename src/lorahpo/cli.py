@@ -47,7 +47,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="lorahpo",
-        description="Find the best LoRA hyperparameters with NOMAD (MADS), TPE, random or grid search.",
+        description="Find the best LoRA hyperparameters with NOMAD (MADS) or Optuna's samplers "
+        "(TPE, GP, CMA-ES, NSGA-II, random, grid).",
     )
     sub = p.add_subparsers(metavar="COMMAND")
 
