@@ -63,6 +63,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _machine import machine, write_results
 
 from lorahpo.errors import UserError
+from lorahpo.executors.replay import config_key
 from lorahpo.tabular import Table, load_table
 
 RESULTS = Path(__file__).parent / "results"
@@ -424,9 +425,29 @@ def pruner_options(table: Table) -> dict[str, dict[str, Any]]:
     }
 
 
+def transfer(target: Table, source: Table) -> dict[str, Any]:
+    """How well the source table's ranking carries over to the target's, on the configurations
+    complete in both: the Spearman rank correlation of their final values, and where the source's
+    best of those ranks among all the target's complete configurations (1 is the best) and its
+    regret there."""
+    from scipy.stats import spearmanr
+
+    theirs = {config_key(p["params"]): p for p in source.points if p["status"] == "complete"}
+    pairs = [(theirs[k]["value"], p["value"], p["params"]) for p in target.points
+             if p["status"] == "complete" and (k := config_key(p["params"])) in theirs]
+    if len(pairs) < 3:
+        return {"shared": len(pairs), "spearman": None, "source_best": None}
+    src, tgt = np.array([a for a, _, _ in pairs]), np.array([b for _, b, _ in pairs])
+    pick = int(np.argmin(src))
+    values = np.array([p["value"] for p in target.points if p["status"] == "complete"])
+    return {"shared": len(pairs), "spearman": float(spearmanr(src, tgt).statistic),
+            "source_best": {"params": pairs[pick][2], "rank_on_target": int((values < tgt[pick]).sum()) + 1,
+                            "regret_on_target": float(tgt[pick] - values.min())}}
+
+
 def warmstart(args: argparse.Namespace) -> dict[str, Any]:
-    _, summary = _table(args.table, args.allow_partial)
-    _, source_summary = _table(args.source, args.allow_partial)
+    table, summary = _table(args.table, args.allow_partial)
+    source, source_summary = _table(args.source, args.allow_partial)
     seeds = list(range(args.seeds))
     optimizer, options = OPTIMIZER_ARMS[args.optimizer]
     cold = [RunSpec(str(args.table), optimizer, s, args.budget, options) for s in seeds]
@@ -439,6 +460,7 @@ def warmstart(args: argparse.Namespace) -> dict[str, Any]:
                for name, runs in (("cold", trials[:len(seeds)]), ("warm", trials[len(seeds):]))}
     result = {**_header(args, seeds, {"table": summary, "source": source_summary}), "budgets": budgets,
               "optimizer": args.optimizer, "source_budget": args.source_budget, "warm_start_points": args.points,
+              "transfer": transfer(table, source),
               "arms": {name: {"median_regret": {str(b): float(np.median(r[:, b - 1])) for b in budgets}}
                        for name, r in regrets.items()},
               "p_warm_vs_cold": {str(b): wilcoxon_p(regrets["warm"][:, b - 1], regrets["cold"][:, b - 1])
@@ -530,7 +552,21 @@ def warmstart_markdown(result: dict[str, Any]) -> str:
             f"{result['optimizer']}: per seed a {result['source_budget']}-trial study on the source; the target study "
             f"evaluates its best points (up to {result['warm_start_points']}) first (warm), or starts at x0 (cold). "
             "Median regret on the target after b evaluations, and the Wilcoxon signed-rank p-value "
-            f"(two-sided, paired by seed):\n\n{head}{rows}")
+            f"(two-sided, paired by seed):\n\n{head}{rows}{_transfer_lines(result['transfer'])}")
+
+
+def _transfer_lines(found: dict[str, Any]) -> str:
+    if found["spearman"] is None:
+        return f"\nTransfer: {found['shared']} configurations complete in both tables, too few to compare.\n"
+    best = found["source_best"]
+    return (f"\nTransfer, over the {found['shared']} configurations complete in both tables: Spearman rank "
+            f"correlation of their final values {found['spearman']:.2f}; the source's best of them "
+            f"({_params(best['params'])}) ranks {best['rank_on_target']} on the target, regret "
+            f"{best['regret_on_target']:.4f}.\n")
+
+
+def _params(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v:g}" for k, v in params.items())
 
 
 # ---------------------------------------------------------------------------- command line

@@ -188,6 +188,30 @@ def test_the_warm_start_results_compare_warm_and_cold_by_budget(bench, table_pat
     result = json.loads(out.read_text())
     assert set(result["arms"]) == {"warm", "cold"} and set(result["p_warm_vs_cold"]) == {"5", "6"}
     assert result["source"]["path"] == result["table"]["path"] == str(table_path)
+    assert result["transfer"]["spearman"] == pytest.approx(1.0)  # a table against itself
+    assert "Spearman rank correlation of their final values 1.00" in out.with_suffix(".md").read_text()
+
+
+def test_transfer_compares_the_two_tables_on_the_configurations_complete_in_both(bench, table_path, tmp_path):
+    target = Table.load(table_path)
+    points = grid_order(GRID)
+    meta = {"grid": {n: {"values": a.values, "log": a.log} for n, a in GRID.items()},
+            "curve_fields": list(CURVE_FIELDS), "planned": len(points), "measured": 6}
+    worst_first = sorted(points, key=final_loss, reverse=True)[:6]  # the source ranks them the other way round
+    rows = [{**row(p), "value": 10.0 - final_loss(p)} for p in worst_first]
+    rows[0] = {**rows[0], "status": "failed", "value": None}  # the worst config failed: not compared
+    write_table(tmp_path / "source.jsonl.gz", meta, rows)
+    found = bench.transfer(target, Table.load(tmp_path / "source.jsonl.gz"))
+    assert found["shared"] == 5 and found["spearman"] == pytest.approx(-1.0)
+    # the source's best of the five is the target's worst of them (the second worst of the grid)
+    ranked = sorted(final_loss(p) for p in points)
+    pick = worst_first[1]
+    assert found["source_best"]["params"] == pick
+    assert found["source_best"]["rank_on_target"] == ranked.index(final_loss(pick)) + 1
+    assert found["source_best"]["regret_on_target"] == pytest.approx(final_loss(pick) - 1.0)
+    same = bench.transfer(target, target)
+    assert same["spearman"] == pytest.approx(1.0) and same["source_best"]["params"] == BEST
+    assert same["source_best"]["rank_on_target"] == 1 and same["source_best"]["regret_on_target"] == 0.0
 
 
 def test_an_incomplete_table_is_refused_in_one_line_unless_partial_runs_are_allowed(bench, tmp_path, capsys):
