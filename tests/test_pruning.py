@@ -238,3 +238,45 @@ def test_a_slow_starter_heading_below_the_best_is_kept_by_the_curve_pruner_only(
     assert [r.status for r in study.records()] == ["complete", second]
     if second == "complete":
         assert study.best(1)[0].value == pytest.approx(1.25)
+
+
+def _complete_curves(changes):
+    """Complete trials that report at steps 1, 2 and 4 and end ``changes`` below their value at step 1."""
+    dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    return [optuna.trial.create_trial(params={"x": i / 10}, distributions=dist, value=2.0 + change,
+                                      intermediate_values={1: 2.0, 2: 2.0 + change / 2, 4: 2.0 + change})
+            for i, change in enumerate(changes)]
+
+
+def _pruned_at_step_1(trials, pruner=None):
+    """A NOMAD study holding ``trials``, then a trial pruned after reporting 3.0 at step 1; that trial."""
+    dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    study = optuna.create_study(study_name="s", sampler=NomadSampler(dist), pruner=pruner)
+    study.add_trials(trials)
+    study.enqueue_trial({"x": 0.95})
+    trial = study.ask()
+    trial.report(3.0, 1)
+    if pruner is not None:
+        trial.should_prune()  # Hyperband sets up its brackets on its first verdict
+        others = {pruner._get_bracket_id(study, t) for t in study.trials[:-1]}
+        assert pruner._get_bracket_id(study, study.trials[-1]) not in others
+    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    return study.trials[-1]
+
+
+def test_nomad_extrapolates_from_every_complete_trial_whatever_the_hyperband_bracket():
+    # Optuna shows a sampler only the trials of the trial's own Hyperband bracket; the pruned
+    # trial's curve is still judged by every complete curve of the study. Trial 8 is alone in
+    # its bracket: judged by its bracket, it would be a failed evaluation for NOMAD.
+    pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=4, reduction_factor=2)
+    pruned = _pruned_at_step_1(_complete_curves([-0.1, -0.2, -0.3, -0.4, -0.5, -0.6, -0.7, -0.8]), pruner)
+    assert pruned.system_attrs[EXTRAPOLATED_ATTR] == pytest.approx(3.0 - 0.45)
+
+
+@pytest.mark.parametrize("where", [0, 1, 3])
+def test_a_complete_trial_without_a_finite_value_at_the_step_is_left_out_of_the_extrapolation(where):
+    trials = _complete_curves([0.0, -0.5, -0.2])  # their median change: -0.2
+    trials.insert(where, optuna.trial.create_trial(
+        params={"x": 0.5}, distributions={"x": optuna.distributions.FloatDistribution(0, 1)}, value=1.0,
+        intermediate_values={1: math.nan, 2: 1.0, 4: 1.0}))
+    assert _pruned_at_step_1(trials).system_attrs[EXTRAPOLATED_ATTR] == pytest.approx(3.0 - 0.2)

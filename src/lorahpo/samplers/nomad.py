@@ -490,18 +490,21 @@ class NomadSampler(BaseSampler):
 def extrapolated_value(study: Study, trial: FrozenTrial) -> float | None:
     """Where a pruned trial's curve would have ended, judged by the complete trials' curves.
 
-    Its last reported value plus the median, over the complete trials that reported at the same
-    step, of their final value minus their value there. None if it reported nothing, or no
-    complete trial reported at that step. A difference, not a ratio: it is exact when curves fall
-    by the same amount from a step on, whatever their level, and needs no model of the curve.
+    Its last reported value plus the median, over the complete trials that reported a finite value
+    at the same step, of their final value minus their value there. None if it reported nothing,
+    or no complete trial reported at that step. A difference, not a ratio: it is exact when curves
+    fall by the same amount from a step on, whatever their level, and needs no model of the curve.
+
+    Every complete trial of the study counts: read from its storage, not through ``study``, which
+    Optuna narrows to the trial's own bracket when the pruner is Hyperband.
     """
     step = trial.last_step
     if step is None:
         return None
+    complete = study._storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.COMPLETE,))
     changes = [
-        t.values[0] - t.intermediate_values[step]
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if step in t.intermediate_values and t.values
+        t.values[0] - t.intermediate_values[step] for t in complete if step in t.intermediate_values and t.values
     ]
+    changes = [c for c in changes if math.isfinite(c)]  # a NaN would make the median depend on the order
     value = trial.intermediate_values[step] + statistics.median(changes) if changes else None
     return value if value is not None and math.isfinite(value) else None
