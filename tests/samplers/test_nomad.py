@@ -295,3 +295,32 @@ def test_nomad_process_is_out_of_reach_of_the_studys_ctrl_c():
         assert proc.poll() is None and os.getsid(proc.pid) == proc.pid != os.getsid(0)
     finally:
         sampler.close()
+
+
+def test_a_study_with_hyperband_resumes_from_every_bracket_exactly():
+    # Optuna shows a sampler only the trials of the asking trial's Hyperband bracket; a new NOMAD
+    # sampler still replays every trial of the store, or it would propose points evaluated in
+    # other brackets again. (A Hyperband pruner that has not judged a trial yet has no brackets:
+    # here the study goes on with the pruner it started with.)
+    def reporting(trial):
+        value = objective(trial)
+        trial.report(value, 1)
+        trial.should_prune()  # sets Hyperband's brackets up; the verdict is not needed here
+        return value
+
+    def study(storage, pruner):
+        return optuna.create_study(storage=storage, study_name="s", pruner=pruner, load_if_exists=True,
+                                   sampler=NomadSampler(MIXED, x0=X0, seed=5))
+
+    def hyperband():
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=4, reduction_factor=2)
+
+    full = study(optuna.storages.InMemoryStorage(), hyperband())
+    full.optimize(reporting, n_trials=30)
+    storage, pruner = optuna.storages.InMemoryStorage(), hyperband()
+    first = study(storage, pruner)
+    first.optimize(reporting, n_trials=15)
+    first.sampler.close()
+    resumed = study(storage, pruner)
+    resumed.optimize(reporting, n_trials=15)
+    assert study_sequence(resumed) == study_sequence(full)

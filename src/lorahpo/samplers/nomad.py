@@ -393,10 +393,14 @@ class NomadSampler(BaseSampler):
         return search
 
     def _store_points(self, study: Study) -> list[tuple[dict[str, Any], Point, Outputs | None]]:
-        """Every point of the sampler's space the study evaluated, with NOMAD's outputs."""
+        """Every point of the sampler's space the study evaluated, with NOMAD's outputs.
+
+        Read from the study's storage: with a Hyperband pruner, Optuna gives a sampler a study
+        narrowed to the asking trial's bracket, and NOMAD must know every point it evaluated.
+        """
         finished = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
         points = []
-        for t in study.get_trials(deepcopy=False, states=finished):
+        for t in study._storage.get_all_trials(study._study_id, deepcopy=False, states=finished):
             if t.system_attrs.get(INTERRUPTED_ATTR):
                 continue  # evaluated again: its result is not a measurement
             evaluated = self._evaluated(t, t.state, self._nomad_value(study, t, t.state, t.values))
