@@ -83,3 +83,11 @@ def test_margin_keeps_a_trial_predicted_slightly_worse():
     curve = [2.1 + 2.0 / s for s in (1, 2, 3, 4)]  # heads for 2.35, 17.5% worse
     assert CurvePruner().prune(study, _running(curve))
     assert not CurvePruner(margin=0.2).prune(study, _running(curve))
+
+
+def test_a_trial_that_reported_at_the_final_step_is_not_stopped_even_if_that_value_is_not_finite():
+    # Its finite values end at step 7, but it has trained to the end (step 8): nothing to save.
+    study = _study("minimize", [2.0])
+    curve = [3.0 + 2.0 / s for s in range(1, 8)]  # heads for 3.25
+    assert CurvePruner().prune(study, _running(curve))
+    assert not CurvePruner().prune(study, _running([*curve, math.nan]))

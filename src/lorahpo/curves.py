@@ -113,7 +113,7 @@ class CurvePruner(BasePruner):
         if len(complete) < self.top_k:
             return False
         final_step = self.final_step or max((t.last_step or 0 for t in complete), default=0)
-        if curve[-1][0] >= final_step:
+        if max(trial.intermediate_values) >= final_step:  # its last report, finite or not
             return False  # at its end already: nothing to extrapolate, nothing to save
         sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0  # costs: lower is better
         reference = sorted(sign * t.values[0] for t in complete)[self.top_k - 1]
