@@ -20,8 +20,9 @@ complete trial the regret is that of the table's worst complete configuration.
 result holds per arm and budget the median regret over seeds, the mean rank (per seed and budget
 the arms are ranked by regret, ties sharing the mean rank, then averaged over seeds), the
 two-sided Wilcoxon signed-rank p-value of the arm's regrets against random search's, paired by
-seed (zero differences dropped; 1.0 when all are zero), and the first budget at which the arm's
-median regret is at most random search's median at budget ``--reference`` (20).
+seed (zero differences dropped; 1.0 when all are zero; exact up to 50 differences, ties
+included: :func:`wilcoxon_p`), and the first budget at which the arm's median regret is at most
+random search's median at budget ``--reference`` (20).
 
 **pruners**: for each optimizer of ``--optimizers`` and each pruner of :data:`PRUNER_ARMS`, per
 seed: the run without pruning (``--budget`` trials) gives the seed's full-fidelity best and the
@@ -91,6 +92,8 @@ OPTIMIZER_ARMS: dict[str, tuple[str, dict[str, Any]]] = {
 PRUNER_ARMS = ("none", "asha", "hyperband", "median", "curve")
 #: Significance level of "beats random search".
 ALPHA = 0.05
+#: Up to this many nonzero differences, the Wilcoxon p-value is exact; above, the normal approximation.
+EXACT_MAX = 50
 #: Within this fraction of the seed's full-fidelity best ...
 CLOSE = 0.005
 #: ... with at most this fraction of its training tokens ...
@@ -210,15 +213,36 @@ def regret_curve(trials: Sequence[Trial], best: float, worst: float, budget: int
 
 
 def wilcoxon_p(x: Sequence[float], y: Sequence[float]) -> float:
-    """Two-sided Wilcoxon signed-rank p-value of the paired differences ``x - y``: zeros are
-    dropped; exact for fewer than 50 differences without ties, normal approximation otherwise."""
-    from scipy.stats import wilcoxon
+    """Two-sided Wilcoxon signed-rank p-value of the paired differences ``x - y``.
+
+    Zero differences are dropped (1.0 when all are zero); tied ones share their mean rank. Up to
+    :data:`EXACT_MAX` differences the p-value is exact: the statistic's distribution over every
+    sign pattern of these ranks, ties included (regrets on a grid tie often). Above, the normal
+    approximation, with the variance corrected for ties and no continuity correction. Computed
+    here rather than by ``scipy.stats.wilcoxon``, whose choice of method with ties has changed
+    between its versions.
+    """
+    from scipy.stats import rankdata
 
     d = np.asarray(x, dtype=float) - np.asarray(y, dtype=float)
     d = d[d != 0]
-    if d.size == 0:
+    n = d.size
+    if n == 0:
         return 1.0
-    return float(wilcoxon(d, zero_method="wilcox", alternative="two-sided").pvalue)
+    doubled = np.rint(2 * rankdata(np.abs(d))).astype(int)  # mean ranks are halves: doubled, integers
+    w = int(doubled[d > 0].sum())
+    if n <= EXACT_MAX:
+        dist = np.zeros(int(doubled.sum()) + 1)  # P(doubled statistic = s), one rank's sign at a time
+        dist[0] = 1.0
+        for r in doubled:
+            dist = 0.5 * (dist + np.concatenate([np.zeros(r), dist[:-r]]))
+        p = 2 * min(dist[: w + 1].sum(), dist[w:].sum())
+    else:
+        _, tied = np.unique(np.abs(d), return_counts=True)
+        variance = n * (n + 1) * (2 * n + 1) / 24 - float(np.sum(tied**3 - tied)) / 48
+        z = (w / 2 - n * (n + 1) / 4) / math.sqrt(variance)
+        p = math.erfc(abs(z) / math.sqrt(2))
+    return float(min(1.0, p))
 
 
 def mean_ranks(regrets: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

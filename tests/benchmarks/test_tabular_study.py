@@ -1,5 +1,6 @@
 """benchmarks/tabular_study.py on a tiny synthetic table: regret, ranks, p-values, pruners, warm start, results."""
 
+import itertools
 import json
 import math
 
@@ -86,6 +87,38 @@ def test_the_wilcoxon_p_value_matches_the_exact_distribution_by_hand(bench):
     # One negative difference of the smallest rank: W = 1, patterns with W <= 1 are 2 of 64 per side.
     assert bench.wilcoxon_p([0, 3, 4, 5, 6, 7], [1, 1, 1, 1, 1, 1]) == pytest.approx(4 / 64)
     assert bench.wilcoxon_p([1, 2], [1, 2]) == 1.0
+
+
+def every_sign_pattern_p(d):
+    """The two-sided p-value by enumeration: each sign pattern of the ranks of |d| equally likely."""
+    from scipy.stats import rankdata
+
+    d = np.asarray(d, dtype=float)
+    d = d[d != 0]
+    ranks = rankdata(np.abs(d))
+    w = ranks[d > 0].sum()
+    sums = np.array(list(itertools.product([0, 1], repeat=d.size))) @ ranks
+    return min(1.0, 2 * min((sums <= w).mean(), (sums >= w).mean()))
+
+
+@pytest.mark.parametrize("d", [
+    [1, 1, 1, 2, 2, -3],  # ties, few differences
+    [1, 1, 1, 2, 2, 2, 3, 3, -1, -2, 4, 4, 4, 5, -5, 6],  # ties, 16 differences
+    [0.5, -1.5, 2.5, 3.5, -4.5, 5.5, 6.5, 7.5, 8.5, -9.5, 10.5, 11.5, 12.5, 13.5, 14.5],  # no ties
+])
+def test_up_to_50_differences_the_wilcoxon_p_value_is_exact_ties_included(bench, d):
+    # Regrets on a grid tie often: the p-value is exact over the sign patterns of the tied ranks,
+    # whatever the installed scipy would choose on its own.
+    assert bench.wilcoxon_p(d, [0.0] * len(d)) == pytest.approx(every_sign_pattern_p(d), rel=1e-12)
+
+
+def test_above_50_differences_the_wilcoxon_p_value_is_the_normal_approximation_with_ties(bench):
+    from scipy.stats import wilcoxon
+
+    d = np.array([(-1) ** k * (1 + k // 3) for k in range(60)], dtype=float) + 0.4  # ties, more positive
+    expected = wilcoxon(d, method="asymptotic", correction=False).pvalue
+    assert bench.wilcoxon_p(d, np.zeros(60)) == pytest.approx(expected, rel=1e-9)
+    assert bench.wilcoxon_p(np.zeros(60), d) == pytest.approx(expected, rel=1e-9)
 
 
 def test_mean_ranks_rank_the_arms_per_seed_and_budget_and_share_ties(bench):
