@@ -318,7 +318,7 @@ def pruner_outcome(full: Sequence[Trial], arm: Sequence[Trial], best: float) -> 
         if reached_at is None and found <= target:
             reached_at = spent
     return {
-        "met": bool(within_share <= target),
+        "met": bool(within_share < math.inf and within_share <= target),  # finding nothing never meets it
         "token_share_to_target": None if reached_at is None or not full_tokens else reached_at / full_tokens,
         "regret_within_share": None if within_share == math.inf else within_share - best,
         "tokens": spent,

@@ -160,6 +160,15 @@ def test_the_pruner_target_is_within_half_a_percent_with_at_most_40_percent_of_t
     assert missed["regret_within_share"] is None  # nothing complete within 200 tokens
 
 
+def test_an_arm_that_found_nothing_does_not_meet_the_target_even_when_the_full_run_found_nothing(bench):
+    failed = [bench.Trial("failed", None, 100.0, {})] * 3
+    pruned = [bench.Trial("pruned", None, 25.0, {})] * 6
+    assert not bench.pruner_outcome(failed, pruned, best=1.0)["met"]
+    assert not bench.pruner_outcome(failed, failed, best=1.0)["met"]
+    found = bench.pruner_outcome(failed, [bench.Trial("complete", 1.5, 100.0, {})], best=1.0)
+    assert found["met"] and found["regret_within_share"] == pytest.approx(0.5)
+
+
 def test_a_warm_started_study_first_evaluates_the_source_studys_best_points(bench, table_path):
     source = bench.RunSpec(str(table_path), "random", 5, 8)
     warm = bench.RunSpec(str(table_path), "tpe", 1, 6, warm_from=source, warm_points=3)
