@@ -150,6 +150,24 @@ def test_asha_prunes_on_the_tables_curves_and_a_pruned_trial_costs_what_it_train
         assert trials[record.number].user_attrs[DURATION_ATTR] == entry[3]
 
 
+def test_a_verdict_to_stop_at_the_last_validation_comes_too_late_a_replayed_trial_finishes(table_path, monkeypatch):
+    import optuna
+
+    import lorahpo.study
+
+    # A pruner that stops every trial at its last validation (step 12), and only there.
+    monkeypatch.setattr(lorahpo.study, "make_pruner",
+                        lambda name, options: optuna.pruners.ThresholdPruner(upper=0.0, n_warmup_steps=STEPS[-1]))
+    study = run(table_path.parent / "late", tabular_config(table_path, budget=6, pruner="median"))
+    trials = {t.number: t for t in study.optuna_study.trials}
+    for record in study.records():
+        point = Table.load(table_path).lookup(record.params)
+        assert record.status == point["status"]  # complete, or failed as measured: never pruned
+        assert sorted(trials[record.number].intermediate_values) == [e[0] for e in point["curve"]]
+        if record.status == "complete":
+            assert record.metrics["train_tokens"] == point["curve"][-1][2]
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
