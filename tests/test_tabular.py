@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from optuna.trial import create_trial
 
 from lorahpo import config as cfg
 from lorahpo.result import DURATION_ATTR
@@ -166,6 +167,21 @@ def test_a_verdict_to_stop_at_the_last_validation_comes_too_late_a_replayed_tria
         assert sorted(trials[record.number].intermediate_values) == [e[0] for e in point["curve"]]
         if record.status == "complete":
             assert record.metrics["train_tokens"] == point["curve"][-1][2]
+
+
+def test_a_warm_start_on_a_table_takes_each_grid_point_once(table_path, tmp_path):
+    # The earlier study's three best trials: the first two snap to the same grid point.
+    earlier = Study.open(tmp_path / "earlier", tabular_config(table_path, budget=3))
+    dists = earlier.config.space.distributions()
+    base = {"rank": 16, "alpha": 32, "dropout": 0.0}
+    for lr, value in ((1.1e-3, 1.0), (0.9e-3, 1.01), (1e-4, 2.0)):
+        earlier.optuna_study.add_trial(create_trial(params={**base, "learning_rate": lr}, distributions=dists,
+                                                    values=[value]))
+    study = run(tmp_path / "new", tabular_config(table_path, budget=2, warm_start=[str(tmp_path / "earlier")],
+                                                 warm_start_points=3))
+    chosen = study.optuna_study.user_attrs["lorahpo:warm_start"]
+    assert [p["learning_rate"] for p in chosen] == [1.1e-3, 1e-4]  # 0.9e-3 is the grid point of 1.1e-3 again
+    assert [r.params["learning_rate"] for r in study.records()] == [1.1e-3, 1e-4]
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ dropped). The earlier studies must optimise in the same direction. The points, b
 the order the studies are listed and without repeats, are chosen once, at the study's first
 run, and kept in its store (the study's user attribute ``lorahpo:warm_start``): a resumed study
 starts from the same points, even if an earlier study has grown since, and nothing is enqueued
-twice.
+twice. On a tabular objective, points that snap to the same grid point count as one.
 
 They are evaluated again, not copied with their values: an earlier study usually differs in
 data, steps or model (that is why it is a warm start, not a resume), so its values are not this
@@ -17,6 +17,7 @@ before its first poll); every other optimizer gets them enqueued, followed by x0
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,6 +73,7 @@ def best_points(conf: StudyConfig) -> list[dict[str, Any]]:
     check_sources(conf)
     dists = conf.space.distributions()
     direction = conf.objective.directions[0]
+    configuration = _configuration(conf)
     chosen: list[dict[str, Any]] = []
     for source in conf.warm_start:
         earlier = _open(source)
@@ -89,9 +91,20 @@ def best_points(conf: StudyConfig) -> list[dict[str, Any]]:
         trials.sort(key=lambda t: (sign * t.values[0], t.number))
         for t in trials[: conf.warm_start_points]:
             point = {n: t.params[n] for n in dists}
-            if not any(space.same_point(point, p) for p in chosen):
+            if not any(space.same_point(configuration(point), configuration(p)) for p in chosen):
                 chosen.append(point)
     return chosen
+
+
+def _configuration(conf: StudyConfig) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """What a point evaluates: the point itself, or on a tabular objective the grid point it
+    snaps to (two points snapping to one grid point are one configuration: evaluating both
+    would spend the budget twice on the same measurement)."""
+    if conf.objective.tabular is None:
+        return lambda point: point
+    from lorahpo.tabular import load_table
+
+    return load_table(conf.objective.tabular.table).snap
 
 
 def _open(source: str) -> optuna.Study:
