@@ -116,6 +116,35 @@ def test_reports_travel_through_the_trial_folder(tmp_path):
     assert reader.new() == [(3, 1.5)]
 
 
+def test_the_final_report_is_marked_and_does_not_wait_for_a_verdict(tmp_path):
+    reader = IntermediateReader(tmp_path)
+    report = reporter(tmp_path, wait=True)
+    threading.Timer(0.2, lambda: (reader.new(), reader.let_continue())).start()
+    report(1, 2.0)  # waits until the study lets it go on
+    assert not reader.final
+    report(2, 1.5, final=True)  # no one answers: the last report does not wait
+    assert reader.new() == [(2, 1.5)] and reader.final
+
+
+def test_a_trial_is_never_stopped_for_its_last_report(tmp_path, monkeypatch):
+    # The median rule at the last step only: every trial worse than the median before it would be
+    # stopped there, while it still works (0.15 s after each report, as a LoRA trial evaluates
+    # after its last validation), losing its final result. Its last report cannot stop it.
+    monkeypatch.setenv("LORAHPO_TOY_SLEEP_S", str(0.15 * STEPS))
+    conf = curve_config("random", "median", budget=4, n_startup_trials=1, n_warmup_steps=STEPS)
+    conf.objective.python = "lorahpo.toys:timed_learning_curve"
+    # The start point is the optimum: every later trial ends worse than the median before it.
+    for name in ("x", "y"):
+        conf.space.params[name].x0 = 0
+    study = Study.open(tmp_path / "s", conf)
+    study.run()
+    records = study.records()
+    assert records[0].params == {"x": 0, "y": 0} and all(r.value > records[0].value for r in records[1:])
+    assert [r.status for r in records] == ["complete"] * 4
+    trials = study.optuna_study.get_trials(deepcopy=False)
+    assert all(sorted(t.intermediate_values) == list(range(1, STEPS + 1)) for t in trials)
+
+
 def test_a_waiting_trial_goes_on_once_let_continue(tmp_path):
     reader = IntermediateReader(tmp_path)
     report = reporter(tmp_path, wait=True)

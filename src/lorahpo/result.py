@@ -9,6 +9,7 @@ trial as the store holds it. This module is the one vocabulary of trial states.
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import json
 import math
 from collections.abc import Callable
@@ -41,8 +42,25 @@ VIOLATED = 1e30
 #: An intermediate value of the objective: ``(step, value)``.
 Report = tuple[int, float]
 #: ``report(step, value)``: an intermediate value of the objective while a trial runs; True asks
-#: the trial to stop.
-Reporter = Callable[[int, float], bool]
+#: the trial to stop. lorahpo's own reporters also take ``final=True``: the trial's last report,
+#: which the study records but never stops the trial for (:func:`report`).
+Reporter = Callable[..., bool]
+
+
+def takes_final(reporter: Reporter) -> bool:
+    """Whether ``reporter`` accepts ``final`` (lorahpo's do; a user's ``(step, value)`` one need not)."""
+    try:
+        params = inspect.signature(reporter).parameters
+    except (TypeError, ValueError):
+        return False
+    return "final" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def report(reporter: Reporter, step: int, value: float, final: bool) -> bool:
+    """Report ``(step, value)``, saying ``final`` to a reporter that accepts it; True asks to stop."""
+    if final and takes_final(reporter):
+        return bool(reporter(step, value, final=True))
+    return bool(reporter(step, value))
 
 
 @dataclass

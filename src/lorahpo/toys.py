@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from lorahpo import result
+
 
 def lora_surface(params: dict[str, Any]) -> dict[str, float]:
     """A synthetic validation loss over rank, alpha, dropout and learning_rate (minimum ~1.2)."""
@@ -51,31 +53,34 @@ def two_objectives(params: dict[str, Any]) -> dict[str, float]:
     return {"value": x * x + y * y, "cost": (x - 2) ** 2 + (y - 2) ** 2, "size": x + y}
 
 
-def learning_curve(params: dict[str, Any], report: Callable[[int, float], bool] | None = None) -> float:
+def learning_curve(params: dict[str, Any], report: Callable[..., bool] | None = None) -> float:
     """A loss curve with a known end: ``final + 2 / step`` over ``steps`` steps (default 8).
 
     ``final`` is :func:`sphere` of the parameters other than ``steps`` plus 1. Every curve
     falls by the same amount, so curves never cross: the order of trials at any step is the
     order of their final values, and a sound pruner never stops the best one. Each step's
-    value goes to ``report`` (as a trial's validation loss would).
+    value goes to ``report`` (as a trial's validation loss would), the last one with ``final=True``
+    when ``report`` takes it.
     """
     steps = int(params.pop("steps", 8))
     final = 1.0 + sphere(params)
     for step in range(1, steps + 1):
-        if report is not None and report(step, final + 2.0 / step):
+        if report is not None and result.report(report, step, final + 2.0 / step, final=step == steps):
             break
     return final + 2.0 / steps
 
 
-def timed_learning_curve(params: dict[str, Any], report: Callable[[int, float], bool] | None = None) -> float:
+def timed_learning_curve(params: dict[str, Any], report: Callable[..., bool] | None = None) -> float:
     """:func:`learning_curve` taking ``$LORAHPO_TOY_SLEEP_S`` seconds (default 1) spread over its
-    steps: a trial stopped early ends early, measurably."""
+    steps, each step's share after its report (as a LoRA trial trains after a validation, and
+    evaluates after its last): a trial stopped early ends early, measurably."""
     steps = int(params.get("steps", 8))
     pause = float(os.environ.get("LORAHPO_TOY_SLEEP_S", "1")) / steps
 
-    def slow_report(step: int, value: float) -> bool:
+    def slow_report(step: int, value: float, final: bool = False) -> bool:
+        stop = report is not None and result.report(report, step, value, final=final)
         time.sleep(pause)
-        return report is not None and report(step, value)
+        return stop
 
     return learning_curve(params, slow_report)
 

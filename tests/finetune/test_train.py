@@ -130,6 +130,12 @@ def test_a_stop_request_after_the_last_step_is_ignored(tiny, tmp_path):
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
 
 
+def test_a_reporter_that_takes_final_is_told_which_report_is_the_last(tiny):
+    seen = []
+    run_trial(tiny.config(max_steps=5, eval_every=2), reporter=lambda s, v, final=False: seen.append((s, final)))
+    assert seen == [(2, False), (4, False), (5, True)]
+
+
 # --- failures are results -----------------------------------------------------------------------
 
 

@@ -4,7 +4,9 @@ The trial (``worker.py``) appends each ``(step, value)`` report to ``intermediat
 folder; the executor reads the new lines (:class:`IntermediateReader`) and, once the study has
 decided to let the trial go on, writes the last step it read into ``continue``. With a pruner,
 the trial waits after each report until ``continue`` reaches that step, so it never trains past
-a decision; a trial to stop is killed instead.
+a decision; a trial to stop is killed instead. A trial's last report (``final``: a LoRA trial's
+validation after its last step) is marked so: the trial does not wait on it, and the executor
+never kills a trial for it, since there is nothing left to save but the trial's own result.
 """
 
 from __future__ import annotations
@@ -26,15 +28,17 @@ _POLL_S = 0.02
 def reporter(trial_dir: Path, wait: bool) -> Reporter:
     """The callback a trial reports through; it never asks to stop (the study kills it instead).
 
-    With ``wait``, each report blocks until the study lets the trial go on (or kills it).
+    With ``wait``, each report but the ``final`` one blocks until the study lets the trial go on
+    (or kills it).
     """
     path = trial_dir / INTERMEDIATE_FILE
     verdict = trial_dir / VERDICT_FILE
 
-    def report(step: int, value: float) -> bool:
+    def report(step: int, value: float, final: bool = False) -> bool:
+        line = {"step": int(step), "value": float(value), **({"final": True} if final else {})}
         with path.open("a") as f:
-            f.write(json.dumps({"step": int(step), "value": float(value)}) + "\n")
-        while wait and allowed_step(verdict) < step:
+            f.write(json.dumps(line) + "\n")
+        while wait and not final and allowed_step(verdict) < step:
             time.sleep(_POLL_S)
         return False
 
@@ -55,6 +59,8 @@ class IntermediateReader:
         self.trial_dir = trial_dir
         self._offset = 0
         self._last_step: int | None = None
+        #: Whether the trial has made its final report: no verdict can stop it any more.
+        self.final = False
 
     def new(self) -> list[Report]:
         path = self.trial_dir / INTERMEDIATE_FILE
@@ -69,6 +75,7 @@ class IntermediateReader:
         reports = [json.loads(line) for line in complete.decode().splitlines() if line.strip()]
         if reports:
             self._last_step = int(reports[-1]["step"])
+            self.final = self.final or any(r.get("final") for r in reports)
         return [(r["step"], r["value"]) for r in reports]
 
     def let_continue(self) -> None:

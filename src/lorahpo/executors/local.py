@@ -113,10 +113,13 @@ class LocalExecutor:
         return reports
 
     def decide(self, number: int, go_on: bool) -> None:
-        """Let trial ``number`` go on past the reports taken, or stop it now (it returns as ``pruned``)."""
+        """Let trial ``number`` go on past the reports taken, or stop it now (it returns as
+        ``pruned``); a trial that made its final report is never stopped: it finishes."""
         with self._lock:
             reader = self._readers.get(number)
             proc = self._procs.get(number)
+            if reader is not None and reader.final:
+                return
             if go_on and reader is not None:
                 reader.let_continue()
             elif not go_on and proc is not None:

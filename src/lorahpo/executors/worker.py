@@ -53,9 +53,9 @@ def main(trial_dir: Path) -> None:
 def _logged(report: Reporter, curves: Any, metric: str) -> Reporter:
     """``report``, whose values are also logged as the curve of ``metric``."""
 
-    def both(step: int, value: float) -> bool:
+    def both(step: int, value: float, final: bool = False) -> bool:
         curves.log(step, {metric: value})
-        return report(step, value)
+        return report(step, value, final=final)
 
     return both
 

@@ -67,7 +67,7 @@ from lorahpo.finetune.data import IGNORE_INDEX, DataError, Example, build_splits
 from lorahpo.finetune.device import Precision, describe, resolve_device, resolve_precision
 from lorahpo.finetune.models import ModelError, load_model_and_tokenizer
 from lorahpo.finetune.prefix import Prefix, common_length, run_prefix
-from lorahpo.result import Reporter, Status, TrialResult
+from lorahpo.result import Reporter, Status, TrialResult, report
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -132,7 +132,8 @@ def run_trial(
             format) when ``config.save_adapter``; nothing is written when None.
         reporter: Called with ``(step, validation_loss)`` after every intermediate evaluation
             (each epoch, or every ``training.eval_every`` steps); returning True stops the
-            trial with status ``pruned``. A stop request after the last step is ignored.
+            trial with status ``pruned``. A stop request after the last step is ignored; a
+            reporter that takes a ``final`` keyword gets ``final=True`` with that last report.
         curve: Called with ``(step, values)`` at each optimizer step (``train_loss``,
             ``learning_rate``, ``train_tokens``) and each validation (``validation_loss``): the
             curves of ``train_log.jsonl``, as they are measured (experiment tracking).
@@ -496,7 +497,8 @@ def fit(
             metrics.update(validation_loss=value, peak_memory_mb=_peak_memory_mb(device))
             log(step=step, validation_loss=value)
             _say(f"step {step} validation loss {value:.4f}")
-            stop = reporter is not None and reporter(step, value) and step < total_steps
+            last = step >= total_steps
+            stop = reporter is not None and report(reporter, step, value, final=last) and not last
             if setup.world > 1:  # only rank 0 has the reporter: the others learn its answer
                 stop = _summed(setup, [float(stop)])[0] > 0
             if stop:
