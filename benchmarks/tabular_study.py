@@ -39,6 +39,9 @@ count in the budget) is compared with the same study started cold. The target is
 because its table is the complete grid, so its regret is against the true best; the source plays
 the earlier, different study (24 steps instead of 12). ``--table`` and ``--source`` swap them.
 
+``--space grid`` runs any command on the table's grid itself (each parameter a choice of its grid
+values) instead of the snapped ``default`` space.
+
 A table not measured in full is refused (exit 2) unless ``--allow-partial``: proposals then
 snap to the configurations measured so far, the regret is against the best of those, and the
 results say ``partial: true``. Results: ``results/tabular_<command>.json`` and ``.md`` beside it.
@@ -116,13 +119,32 @@ class RunSpec:
     #: A study to run first, on its own table, whose best points this one evaluates first.
     warm_from: RunSpec | None = None
     warm_points: int = 5
+    #: ``default``: lorahpo's default space, each proposal snapped to the grid; ``grid``: the
+    #: table's grid itself, each parameter a choice of its grid values (:meth:`Table.grid_space`).
+    space: str = "default"
 
     def config(self, warm_start: list[str]) -> dict[str, Any]:
         return {"name": "tabular-study", "optimizer": self.optimizer, "optimizer_options": self.options,
-                "seed": self.seed, "budget": self.budget, "space": {"preset": "default"},
+                "seed": self.seed, "budget": self.budget, "space": search_space(self.space, self.table),
                 "objective": {"tabular": {"table": self.table}}, "pruner": self.pruner,
                 "pruner_options": self.pruner_options, "warm_start": warm_start,
                 "warm_start_points": self.warm_points}
+
+
+def search_space(name: str, table: str) -> dict[str, Any]:
+    """The space a study searches: ``default`` (the preset), or ``grid``: the table's grid values as
+    choices, starting at the default space's x0 snapped to the grid."""
+    from lorahpo.space import SpaceSpec
+
+    if name == "default":
+        return {"preset": "default"}
+    grid = load_table(table).grid_space(SpaceSpec(preset="default").x0())
+    return grid.model_dump(mode="json", exclude_defaults=True)
+
+
+#: What each ``--space`` is, in the results.
+SPACES = {"default": "default, each proposal snapped to the nearest measured grid point",
+          "grid": "the grid: each parameter a choice of its grid values (ordered for NOMAD, unordered for the others)"}
 
 
 @dataclass
@@ -256,6 +278,11 @@ def mean_ranks(regrets: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {n: ranks[i].mean(axis=0) for i, n in enumerate(names)}
 
 
+def distinct(table: Table, trials: Sequence[Trial]) -> int:
+    """How many distinct grid points ``trials`` evaluated (proposals snapping to one are one)."""
+    return len({tuple(table.snap(t.params).values()) for t in trials})
+
+
 def budget_reaching(median: np.ndarray, target: float) -> int | None:
     """The first budget (1-based) whose median regret is at most ``target``; None if none is."""
     hits = np.nonzero(median <= target + 1e-12)[0]
@@ -384,7 +411,7 @@ def _table(path: Path, allow_partial: bool) -> tuple[Table, dict[str, Any]]:
 def _header(args: argparse.Namespace, seeds: list[int], tables: dict[str, dict[str, Any]]) -> dict[str, Any]:
     partial = {k: t for k, t in tables.items() if t["measured"] < t["planned"]}
     return {"seeds": seeds, **tables, "partial": bool(partial),
-            "space": "default, each proposal snapped to the nearest measured grid point",
+            "space": SPACES[args.space],
             "machine": machine(), "argv": sys.argv[1:], "jobs": args.jobs}
 
 
@@ -393,7 +420,7 @@ def optimizers(args: argparse.Namespace) -> dict[str, Any]:
     seeds = list(range(args.seeds))
     budgets = [b for b in BUDGETS if b < args.budget] + [args.budget]
     arms = args.arms or list(OPTIMIZER_ARMS)
-    specs = [RunSpec(str(args.table), OPTIMIZER_ARMS[a][0], s, args.budget, OPTIMIZER_ARMS[a][1])
+    specs = [RunSpec(str(args.table), OPTIMIZER_ARMS[a][0], s, args.budget, OPTIMIZER_ARMS[a][1], space=args.space)
              for a in arms for s in seeds]
     tic = time.perf_counter()
     trials = run_all(specs, args.jobs, "optimizers")
@@ -402,6 +429,8 @@ def optimizers(args: argparse.Namespace) -> dict[str, Any]:
               "arms": {a: {"optimizer": OPTIMIZER_ARMS[a][0], "options": OPTIMIZER_ARMS[a][1]} for a in arms},
               "optimizers": summarize_optimizers(runs, summary, budgets, args.reference),
               "wall_s": round(time.perf_counter() - tic, 1)}
+    for a in arms:  # evaluations spent on grid points already evaluated: plateaus of the snapped space
+        result["optimizers"][a]["median_distinct"] = _median([distinct(table, t) for t in runs[a]])
     result["targets"] = optimizer_targets(result["optimizers"], min(args.reference, args.budget))
     write_results(args.out or RESULTS / "tabular_optimizers.json", result, optimizers_markdown(result))
     return result
@@ -415,8 +444,8 @@ def pruners(args: argparse.Namespace) -> dict[str, Any]:
     for optimizer in args.optimizers:
         for pruner in PRUNER_ARMS:
             budget = args.budget if pruner == "none" else 2 * args.budget
-            specs += [RunSpec(str(args.table), optimizer, s, budget, pruner=pruner, pruner_options=options[pruner])
-                      for s in seeds]
+            specs += [RunSpec(str(args.table), optimizer, s, budget, pruner=pruner, pruner_options=options[pruner],
+                              space=args.space) for s in seeds]
     tic = time.perf_counter()
     trials = iter(run_all(specs, args.jobs, "pruners"))
     arms: dict[str, list[dict[str, Any]]] = {}
@@ -474,8 +503,9 @@ def warmstart(args: argparse.Namespace) -> dict[str, Any]:
     source, source_summary = _table(args.source, args.allow_partial)
     seeds = list(range(args.seeds))
     optimizer, options = OPTIMIZER_ARMS[args.optimizer]
-    cold = [RunSpec(str(args.table), optimizer, s, args.budget, options) for s in seeds]
-    warm = [replace(c, warm_from=RunSpec(str(args.source), optimizer, c.seed, args.source_budget, options),
+    cold = [RunSpec(str(args.table), optimizer, s, args.budget, options, space=args.space) for s in seeds]
+    warm = [replace(c, warm_from=RunSpec(str(args.source), optimizer, c.seed, args.source_budget, options,
+                                         space=args.space),
                     warm_points=args.points) for c in cold]
     tic = time.perf_counter()
     trials = run_all(cold + warm, args.jobs, "warmstart")
@@ -511,7 +541,8 @@ def _table_line(summary: dict[str, Any]) -> str:
 
 def _machine_line(result: dict[str, Any]) -> str:
     m = result["machine"]
-    return f"{len(result['seeds'])} seeds, {result['wall_s']:.0f} s wall on {m['cpu']} ({m['cores']} cores)."
+    return (f"Space: {result['space']}. {len(result['seeds'])} seeds, {result['wall_s']:.0f} s wall on {m['cpu']} "
+            f"({m['cores']} cores).")
 
 
 def optimizers_markdown(result: dict[str, Any]) -> str:
@@ -524,14 +555,16 @@ def optimizers_markdown(result: dict[str, Any]) -> str:
                    for n, a in arms.items())
     pval = "".join(f"| {n} | " + " | ".join(_fmt(a["p_vs_random"][str(b)], 3) for b in budgets) + " |\n"
                    for n, a in arms.items() if n != "random")
-    hits = "".join(f"| {n} | {a[reach] if a[reach] is not None else 'not reached'} |\n" for n, a in arms.items())
+    hits = "".join(f"| {n} | {a[reach] if a[reach] is not None else 'not reached'} "
+                   f"| {_fmt(a.get('median_distinct'), 0)} |\n" for n, a in arms.items())
     partial = PARTIAL_NOTE if result["partial"] else ""
     return (f"# Optimizers on the LoRA tabular benchmark\n\n{_table_line(result['table'])}. {_machine_line(result)}\n"
             f"{partial}\nMedian regret (final validation loss above the table's best) after b evaluations:\n\n"
             f"{head}{med}\nMean rank among the optimizers (1 = best):\n\n{head}{rank}\n"
             f"Wilcoxon signed-rank p-value against random search (two-sided, paired by seed):\n\n{head}{pval}\n"
             f"Budget at which the median regret reaches random search's at budget "
-            f"{reach.rsplit('_', 1)[1]}:\n\n| optimizer | budget |\n|---|---|\n{hits}{_targets_line(result)}")
+            f"{reach.rsplit('_', 1)[1]}, and the distinct grid points among the {max(budgets)} evaluations "
+            f"(median):\n\n| optimizer | budget | distinct grid points |\n|---|---|---|\n{hits}{_targets_line(result)}")
 
 
 def _targets_line(result: dict[str, Any]) -> str:
@@ -610,6 +643,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         c.add_argument("--jobs", type=_positive, default=1, help="studies run at once, one process each")
         c.add_argument("--allow-partial", action="store_true", help="run on a table not measured in full")
         c.add_argument("--out", type=Path, help=f"default: results/tabular_{name}.json")
+        c.add_argument("--space", choices=list(SPACES), default="default",
+                       help="default: lorahpo's default space, snapped to the grid; grid: the grid's values as choices")
     o = sub.choices["optimizers"]
     o.add_argument("--arms", nargs="+", choices=list(OPTIMIZER_ARMS), help="default: all")
     o.add_argument("--reference", type=_positive, default=20, help="random search's budget to reach (default 20)")

@@ -204,6 +204,17 @@ def test_the_optimizer_results_have_the_documented_shape(bench, table_path, tmp_
     assert set(result["optimizers"]["nomad"]["beats_random"]) == {"5", "10"}
     assert set(result["targets"]) == {"optimizer", "beats_random_at_10_and_20", "reaches_random_10_within_10"}
     assert "| nomad |" in out.with_suffix(".md").read_text()
+    for name in ("nomad", "random"):  # 10 evaluations: at most 10 grid points, x0 among them
+        assert 1 <= result["optimizers"][name]["median_distinct"] <= 10
+
+
+def test_on_the_grid_space_every_trial_is_a_grid_point_and_nomad_repeats_none(bench, table_path):
+    table = Table.load(table_path)
+    trials = bench.run_study(bench.RunSpec(str(table_path), "nomad", 0, 12, space="grid"))
+    assert all(t.params == table.snap(t.params) for t in trials)
+    assert bench.distinct(table, trials) == len(trials) == 12  # NOMAD's cache: no point twice
+    # x0 is the default space's (rank 8, dropout 0.05, alpha 16, lr 2e-4), snapped to the grid
+    assert trials[0].params == {"rank": 8, "alpha": 16, "dropout": 0.05, "learning_rate": 2e-4}
 
 
 def test_pruning_spends_fewer_tokens_per_trial_and_the_results_have_the_documented_shape(bench, table_path,
