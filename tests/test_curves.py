@@ -91,3 +91,18 @@ def test_a_trial_that_reported_at_the_final_step_is_not_stopped_even_if_that_val
     curve = [3.0 + 2.0 / s for s in range(1, 8)]  # heads for 3.25
     assert CurvePruner().prune(study, _running(curve))
     assert not CurvePruner().prune(study, _running([*curve, math.nan]))
+
+
+def test_only_trials_that_meet_their_constraints_set_the_bar():
+    # The best complete trial (1.0) broke its constraint: it cannot be the best, so a trial heading
+    # for 1.25 is measured against the feasible 2.0, not stopped for missing 1.0.
+    study = _study("minimize", [2.0])
+    study.add_trial(create_trial(params={"x": 0.0}, distributions={"x": FloatDistribution(0, 1)}, value=1.0,
+                                 intermediate_values={s: 1.0 for s in range(1, 9)},
+                                 system_attrs={"constraints": [0.5]}))
+    curve = [1.0 + 2.0 / s for s in (1, 2, 3, 4)]  # heads for 1.25
+    assert study.trials[-1].constraints and not CurvePruner().prune(study, _running(curve))
+    study.add_trial(create_trial(params={"x": 0.0}, distributions={"x": FloatDistribution(0, 1)}, value=1.1,
+                                 intermediate_values={s: 1.1 for s in range(1, 9)},
+                                 system_attrs={"constraints": [-0.5]}))  # feasible and better: it is stopped
+    assert CurvePruner().prune(study, _running(curve))

@@ -82,7 +82,8 @@ class CurvePruner(BasePruner):
         min_points: Finite reports a trial needs before it can be stopped (at least 3: the
             curves have three parameters).
         top_k: The trial is compared with the ``top_k``-th best final value among complete
-            trials; nothing is stopped until ``top_k`` trials are complete. 1 stops whatever
+            trials that meet their constraints; nothing is stopped until ``top_k`` such trials
+            are complete. 1 stops whatever
             will not beat the best; a larger k keeps more trials that may come close.
         margin: Relative slack: stop only when the most hopeful prediction is worse than that
             reference by more than ``margin`` times its magnitude (0.01: 1% worse).
@@ -109,7 +110,10 @@ class CurvePruner(BasePruner):
         curve = sorted((s, v) for s, v in trial.intermediate_values.items() if s > 0 and math.isfinite(v))
         if len(curve) < self.min_points:
             return False
-        complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
+        # The reference: complete trials that meet their constraints (one that breaks them cannot
+        # be the best, so it must not set the bar a trial has to reach).
+        complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                    if t.values and all(c <= 0 for c in t.constraints.values())]
         if len(complete) < self.top_k:
             return False
         final_step = self.final_step or max((t.last_step or 0 for t in complete), default=0)
