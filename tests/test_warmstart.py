@@ -111,3 +111,23 @@ def test_a_storage_url_names_its_study(tmp_path):
 def test_grid_search_takes_no_warm_start(tmp_path):
     with pytest.raises(cfg.ConfigError, match="warm_start: grid search evaluates every point"):
         config(optimizer="grid", warm_start=[str(tmp_path)])
+
+
+@pytest.mark.parametrize("optimizer", ["random", "tpe", "nomad"])
+def test_a_point_whose_evaluation_was_interrupted_is_evaluated_on_resume(tmp_path, optimizer):
+    from lorahpo.study import attach_sampler
+
+    earlier = earlier_study(tmp_path / "earlier")
+    conf = config(optimizer=optimizer, warm_start=[str(earlier)], warm_start_points=3, budget=6)
+    study = Study.open(tmp_path / "new", conf)
+    attach_sampler(study.optuna_study, conf)
+    # The driver is killed while it runs the first point: the trial stays running in the store.
+    assert study.store.ask(conf.space.distributions()).params == BEST_INSIDE[0]
+    study = Study.open(tmp_path / "new", conf)
+    assert run(study).finished == 6
+    records = study.records()
+    done = [r.params for r in records if r.status == "complete"]
+    assert records[0].status == "interrupted" and len(done) == 6
+    assert all(point in done for point in [*BEST_INSIDE, X0])  # no start point lost
+    assert all(done.count(p) == 1 for p in done)  # nothing evaluated twice
+    assert not [t for t in study.optuna_study.trials if t.state == TrialState.WAITING]  # nothing left queued

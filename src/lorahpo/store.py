@@ -12,7 +12,8 @@ every call lorahpo makes to Optuna's private storage API:
   leaves; the store numbers trials in order, so the first ``budget`` trials (interrupted ones
   aside) run and the rest are recorded as interrupted, never run.
 
-An interrupted trial is evaluated again; optimizers never learn from it.
+An interrupted trial is evaluated again; optimizers never learn from it. One that evaluated an
+enqueued point (a warm start's, an x0) has its point enqueued again.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from lorahpo.result import INTERRUPTED_ATTR, REASON_ATTR
 #: a trial not marked for ``GRACE_S`` belongs to a process that died, and is interrupted.
 HEARTBEAT_S = 5
 GRACE_S = 30
+#: Optuna's system attribute of an enqueued trial: the params it evaluates.
+_FIXED = "fixed_params"
 
 
 class TrialStore:
@@ -100,6 +103,22 @@ class TrialStore:
                 storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass  # finished meanwhile, or another process was first
+        self._requeue_interrupted()
+
+    def _requeue_interrupted(self) -> None:
+        """Enqueue again the fixed point (a warm start's, an x0 the study enqueued) of each
+        interrupted trial that no other trial holds: the next ask evaluates it.
+
+        The sampler never sees such a point (Optuna hands it out from its queue), so nothing
+        else would evaluate it again. Idempotent: a point re-enqueued, run or running is held.
+        """
+        trials = self.study.get_trials(deepcopy=False)
+        held = [t.system_attrs.get(_FIXED) for t in trials if not t.system_attrs.get(INTERRUPTED_ATTR)]
+        for t in trials:
+            point = t.system_attrs.get(_FIXED)
+            if point is not None and t.system_attrs.get(INTERRUPTED_ATTR) and point not in held:
+                self.study.enqueue_trial(point)
+                held.append(point)
 
     def surplus(self, trial: Trial, budget: int) -> bool:
         """With a shared store: drop ``trial`` (interrupted, never run) if, counted by number,
