@@ -34,6 +34,11 @@ def crash(p):
 
 def metrics(p):
     return {"loss": quad(p), "size": 3.0}
+
+def two_curves(p, report):
+    for step in (1, 2):
+        report(step, quad(p) + 1.0 / step)
+    return {"loss": quad(p), "size": abs(float(p["x"]))}
 '''
     )
     monkeypatch.chdir(tmp_path)

@@ -191,3 +191,15 @@ def test_resolve_model_spec_names(tmp_path):
     for name, message in [("trial:2", "no adapter on disk"), ("trial:9", "no trial 9"), ("worst", "unknown model")]:
         with pytest.raises(cfg.ConfigError, match=message):
             resolve_model_spec(tmp_path / "s", name)
+
+
+def test_a_multiobjective_study_records_the_reports_of_its_trials(tmp_path, objectives_module):
+    # Optuna's Trial.report refuses multi-objective studies; a LoRA trial always reports its validation loss.
+    conf = make_config({"python": "testobj:two_curves", "metric": "loss", "secondary": {"size": "minimize"}},
+                       optimizer="random", budget=3)
+    study = Study.open(tmp_path / "s", conf)
+    summary = study.run()
+    assert summary.finished == 3 and [r.status for r in study.records()] == ["complete"] * 3
+    for t in study.optuna_study.get_trials():
+        loss = t.values[0]
+        assert t.intermediate_values == {1: pytest.approx(loss + 1.0), 2: pytest.approx(loss + 0.5)}

@@ -76,6 +76,17 @@ class TrialStore:
             self._heartbeats.record_heartbeat(trial._trial_id)
         return trial
 
+    def report(self, trial: Trial, step: int, value: float) -> None:
+        """Record an intermediate value of a running trial (a step already recorded keeps its first value).
+
+        Optuna's ``Trial.report`` refuses a study with several objectives; its storage takes the
+        value all the same, and a LoRA trial of such a study reports its validation loss as any other.
+        """
+        if len(self.study.directions) == 1:
+            trial.report(value, step)
+        elif step not in self.snapshot(trial).intermediate_values:
+            self.study._storage.set_trial_intermediate_value(trial._trial_id, step, float(value))
+
     def snapshot(self, trial: Trial) -> FrozenTrial:
         """``trial`` as the store holds it now."""
         return self.study._storage.get_trial(trial._trial_id)

@@ -274,11 +274,11 @@ class Study:
                 done, _ = wait(list(running), timeout=0.05 if pruning else 1.0, return_when=FIRST_COMPLETED)
                 for fut, trial in running.items():
                     if fut not in done:
-                        self._watch(trial, executor)
+                        self._watch(trial, executor, pruning)
                 for fut in done:
                     trial = running.pop(fut)
                     result = fut.result()
-                    _report(trial, executor.reports(trial.number))  # reported just before the end
+                    self._report(trial, executor.reports(trial.number))  # reported just before the end
                     try:
                         record = self._tell(trial, result, uploader)
                     except optuna.exceptions.UpdateFinishedTrialError:
@@ -325,12 +325,17 @@ class Study:
         )
         return finished, elsewhere
 
-    def _watch(self, trial: Trial, executor: Executor) -> None:
+    def _watch(self, trial: Trial, executor: Executor, pruning: bool) -> None:
         """Record a running trial's new intermediate values; tell the executor whether it goes on."""
         reports = executor.reports(trial.number)
         if reports:
-            _report(trial, reports)
-            executor.decide(trial.number, go_on=not trial.should_prune())
+            self._report(trial, reports)
+            executor.decide(trial.number, go_on=not (pruning and trial.should_prune()))
+
+    def _report(self, trial: Trial, reports: list[Report]) -> None:
+        """Record intermediate values of a running trial in the store."""
+        for step, value in reports:
+            self.store.report(trial, step, value)
 
     def _tell(self, trial: Trial, result: TrialResult, uploader: TrialUploader | None = None) -> TrialRecord:
         """Record a trial's final status, reason, metrics and values: the one place that decides them.
@@ -388,12 +393,6 @@ def _tracker(conf: cfg.StudyConfig, directory: Path) -> Any:
     from lorahpo import tracking
 
     return tracking.StudyTracker.open(conf, directory) if tracking.enabled(conf.tracking) else None
-
-
-def _report(trial: Trial, reports: list[Report]) -> None:
-    """Record intermediate values of a running trial in the store."""
-    for step, value in reports:
-        trial.report(value, step)
 
 
 def _dominates(a: list[float], b: list[float]) -> bool:
