@@ -193,6 +193,53 @@ def test_resolve_model_spec_names(tmp_path):
             resolve_model_spec(tmp_path / "s", name)
 
 
+def _killed_while_running_the_first_trial(directory, conf):
+    """What a driver killed during its first trial leaves: that trial running in the store."""
+    from lorahpo.study import attach_sampler
+
+    study = Study.open(directory, conf)
+    attach_sampler(study.optuna_study, conf)
+    return study.store.ask(conf.space.distributions())
+
+
+@pytest.mark.parametrize("optimizer", ["tpe", "nomad"])
+def test_the_start_point_is_the_trial_that_evaluated_it_after_its_first_evaluation_was_interrupted(
+    tmp_path, objectives_module, optimizer
+):
+    conf = make_config({"python": "testobj:quad"}, optimizer=optimizer, budget=3)
+    first = _killed_while_running_the_first_trial(tmp_path / "s", conf)
+    assert first.params == {"x": -1.0, "y": 2}
+    study = Study.open(tmp_path / "s", conf)
+    summary = study.run()
+    records = study.records()
+    assert records[0].status == "interrupted" and summary.finished == 3
+    assert summary.x0 is not None and summary.x0.status == "complete" and summary.x0.params == first.params
+    assert study.x0_record() == summary.x0 and summary.x0.number == 1  # evaluated again, next
+
+
+def test_the_adapter_of_the_start_point_is_kept_when_its_first_evaluation_was_interrupted(tmp_path):
+    from lorahpo.study import attach_sampler, resolve_model_spec
+
+    conf = cfg.parse({
+        "name": "l", "optimizer": "tpe", "budget": 3, "keep_adapters": 1,
+        "space": {"params": {"rank": {"type": "choice", "values": [4, 8, 16], "x0": 8}}},
+        "objective": {"lora": {"model": {"name": str(tmp_path / "model")}}},
+    })
+    interrupted = _killed_while_running_the_first_trial(tmp_path / "s", conf)
+    study = Study.open(tmp_path / "s", conf)
+    study.store.interrupt_lost()  # as the next run starts
+    attach_sampler(study.optuna_study, conf)
+    for value in (3.0, 1.0, 2.0):
+        trial = study.store.ask(conf.space.distributions())
+        (study.trial_dir(trial.number) / "adapter").mkdir(parents=True)
+        study._tell(trial, TrialResult(metrics={"validation_loss": value}))
+    study._prune_adapters()
+    assert study.records()[1].params == interrupted.params  # the start point, evaluated again
+    kept = sorted(r.number for r in study.records() if (r.directory / "adapter").is_dir())
+    assert kept == [1, 2]  # the start point (1) and the best (2)
+    assert resolve_model_spec(tmp_path / "s", "x0")[1] == study.trial_dir(1) / "adapter"
+
+
 def test_a_multiobjective_study_records_the_reports_of_its_trials(tmp_path, objectives_module):
     # Optuna's Trial.report refuses multi-objective studies; a LoRA trial always reports its validation loss.
     conf = make_config({"python": "testobj:two_curves", "metric": "loss", "secondary": {"size": "minimize"}},

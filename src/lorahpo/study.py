@@ -167,9 +167,17 @@ class Study:
         return self.directory / "trials" / str(number)
 
     def x0_record(self) -> TrialRecord | None:
-        """The trial that evaluated the starting point (the first trial), if any."""
-        records = self.records()
-        return records[0] if records and records[0].status != "running" else None
+        """The trial that evaluated the starting point (the first trial's point), once it has ended."""
+        record = self._x0(self.records())
+        return record if record is not None and record.status != "running" else None
+
+    @staticmethod
+    def _x0(records: list[TrialRecord]) -> TrialRecord | None:
+        """The first trial, or when it was interrupted the first later one that evaluates its point
+        again (a resumed study does), running or not."""
+        if not records:
+            return None
+        return next((r for r in records if r.status != "interrupted" and r.params == records[0].params), None)
 
     def finished_count(self) -> int:
         return self._census(set())[0]
@@ -364,7 +372,8 @@ class Study:
     def _kept(self, number: int, metrics: dict[str, float]) -> bool:
         """Whether a complete trial's adapter is kept now: the start point, or among the ``keep_adapters``
         best so far by the main objective (feasible ones only)."""
-        if number == 0:  # the start point (the first trial), kept as _prune_adapters does
+        x0 = self._x0(self.records())
+        if x0 is not None and x0.number == number:  # the start point, kept as _prune_adapters does
             return True
         keep = self.config.keep_adapters
         if keep == 0 or not self.config.feasible(metrics):
