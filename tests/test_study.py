@@ -1,6 +1,7 @@
 """The study loop: store, budget, failures as results, resume and config identity."""
 
 import math
+import signal
 import sys
 
 import pytest
@@ -250,3 +251,19 @@ def test_a_multiobjective_study_records_the_reports_of_its_trials(tmp_path, obje
     for t in study.optuna_study.get_trials():
         loss = t.values[0]
         assert t.intermediate_values == {1: pytest.approx(loss + 1.0), 2: pytest.approx(loss + 0.5)}
+
+
+def test_a_trial_killed_by_a_signal_without_a_name_fails_alone(tmp_path, objectives_module):
+    (tmp_path / "rtsig.py").write_text(
+        "import os, signal\n"
+        "def f(p):\n"
+        "    if p['x'] > 0:\n"
+        "        os.kill(os.getpid(), signal.SIGRTMIN + 2)\n"
+        "    return p['x'] ** 2\n"
+    )
+    space = {"params": {"x": {"type": "real", "low": -2, "high": 2, "x0": 1.0}}}
+    study = Study.open(tmp_path / "s", make_config({"python": "rtsig:f"}, space=space, budget=3))
+    summary = study.run()
+    first = study.records()[0]
+    assert summary.finished == 3 and first.status == "failed"
+    assert first.reason.startswith(f"killed by signal {int(signal.SIGRTMIN) + 2}")

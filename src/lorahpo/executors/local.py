@@ -182,12 +182,20 @@ class LocalExecutor:
             return result
         stderr = (task.trial_dir / "stderr.log").read_text(errors="replace")
         if code < 0:
-            name = signal.Signals(-code).name
+            name = _signal_name(-code)
             hint = " (out of memory?)" if name == "SIGKILL" and not self._closing else ""
             reason = f"killed by {name}{hint}: {tail(stderr, 3)}"
         else:
             reason = f"worker exited with code {code}: {tail(stderr)}"
         return TrialResult.failure(reason, duration_s=elapsed)
+
+
+def _signal_name(number: int) -> str:
+    """``SIGKILL``, or ``signal 36`` for one Python has no name for (a real-time signal)."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
