@@ -3,6 +3,7 @@
 import math
 import signal
 import sys
+import time
 
 import pytest
 
@@ -251,6 +252,25 @@ def test_a_multiobjective_study_records_the_reports_of_its_trials(tmp_path, obje
     for t in study.optuna_study.get_trials():
         loss = t.values[0]
         assert t.intermediate_values == {1: pytest.approx(loss + 1.0), 2: pytest.approx(loss + 0.5)}
+
+
+def test_an_error_in_the_loop_ends_the_running_trials_at_once_and_records_them_interrupted(tmp_path, objectives_module):
+    space = {"params": {"x": {"type": "real", "low": -2, "high": 2, "x0": 1.0}}}  # testobj:sleepy sleeps 60 s
+    study = Study.open(tmp_path / "s", make_config({"python": "testobj:sleepy"}, space=space, parallel=2))
+    calls = []
+
+    def stop_when():
+        calls.append(1)
+        if len(calls) > 3:
+            raise RuntimeError("the benchmark's clock broke")
+        return False
+
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="clock broke"):
+        study.run(stop_when=stop_when)
+    assert time.monotonic() - start < 30  # not after the trial's 60 s
+    assert study.records()[0].status == "interrupted"
+    assert all(r.status != "running" for r in study.records())
 
 
 def test_a_trial_killed_by_a_signal_without_a_name_fails_alone(tmp_path, objectives_module):

@@ -222,7 +222,8 @@ class Study:
 
         ``on_event(kind, payload)`` reports progress: ``("start", TrialRecord)`` and
         ``("finish", TrialRecord)``. Ctrl-C (KeyboardInterrupt) ends running trials, marks them
-        interrupted and returns; the next run resumes.
+        interrupted and returns; the next run resumes. Any other error in the loop ends and marks
+        them the same way, at once (not after they finish, their results unrecorded), and propagates.
 
         Trials run on ``executor`` (default: the one the config names; a benchmark gives a
         :class:`~lorahpo.executors.replay.ReplayExecutor`), shut down when the run ends. Once
@@ -296,13 +297,15 @@ class Study:
                     notify("finish", record)
                 if done and conf.objective.lora is not None:
                     self._prune_adapters()
-        except KeyboardInterrupt:
+        except BaseException as error:  # Ctrl-C, or an error: the running trials' results would be lost
             executor.shutdown(kill=True)
             for trial in running.values():
                 store.tell_interrupted(trial)
                 if tracker:
                     tracker.finish_trial(self._record(store.snapshot(trial)))
             stopped = "interrupted"
+            if not isinstance(error, KeyboardInterrupt):
+                raise
         finally:
             executor.shutdown()
             protocol.close(sampler)
